@@ -1,0 +1,193 @@
+//! How a pool is set up.
+
+use crate::error::PoolError;
+
+/// What a pool is for, as the seed's line editor names its pools.
+///
+/// The kind changes no behaviour; it labels the pool in statistics, the C
+/// API and listeners' events, so that a program with many pools can tell
+/// them apart.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::{MemoryPool, PoolConfig, PoolKind};
+///
+/// let pool = MemoryPool::with_config(PoolConfig::new(64 * 1024).kind(PoolKind::Event))?;
+/// assert_eq!(pool.kind(), PoolKind::Event);
+/// # Ok::<(), lle_mempool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PoolKind {
+    /// Text buffers.
+    Buffer,
+    /// Input and editor events.
+    Event,
+    /// Strings.
+    String,
+    /// Short-lived scratch memory.
+    Temp,
+    /// History entries.
+    History,
+    /// Syntax-highlighting state.
+    Syntax,
+    /// Completion candidates.
+    Completion,
+    /// Anything else.
+    #[default]
+    Custom,
+}
+
+/// The settings a pool is created with.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::{MemoryPool, PoolConfig, PoolKind};
+///
+/// let config = PoolConfig::new(1 << 20)
+///     .kind(PoolKind::Buffer)
+///     .alignment(64)
+///     .max_size(16 << 20)
+///     .growth_factor(1.5);
+/// let pool = MemoryPool::with_config(config)?;
+/// assert_eq!(pool.allocate(100)?.as_ptr() as usize % 64, 0);
+/// # Ok::<(), lle_mempool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub(crate) initial_size: usize,
+    pub(crate) kind: PoolKind,
+    pub(crate) alignment: usize,
+    pub(crate) max_size: Option<usize>,
+    pub(crate) growth_factor: f64,
+    pub(crate) checked: bool,
+}
+
+/// The smallest default alignment a pool accepts: what `malloc` promises.
+pub(crate) const MIN_DEFAULT_ALIGNMENT: usize = 16;
+
+impl PoolConfig {
+    /// A configuration for a pool that starts with `initial_size` bytes
+    /// (rounded up to whole pages), with alignment 16, no maximum size, a
+    /// growth factor of 2 and no double-free checks on the fast path.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = lle_mempool::PoolConfig::new(4096);
+    /// let pool = lle_mempool::MemoryPool::with_config(config)?;
+    /// assert_eq!(pool.size(), 4096);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn new(initial_size: usize) -> Self {
+        PoolConfig {
+            initial_size,
+            kind: PoolKind::Custom,
+            alignment: MIN_DEFAULT_ALIGNMENT,
+            max_size: None,
+            growth_factor: 2.0,
+            checked: false,
+        }
+    }
+
+    /// Labels the pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{PoolConfig, PoolKind};
+    /// let config = PoolConfig::new(4096).kind(PoolKind::History);
+    /// # let _ = config;
+    /// ```
+    pub fn kind(mut self, kind: PoolKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The alignment of blocks from [`MemoryPool::allocate`]: a power of two,
+    /// at least 16.
+    ///
+    /// [`MemoryPool::allocate`]: crate::MemoryPool::allocate
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = lle_mempool::PoolConfig::new(4096).alignment(8);
+    /// assert!(lle_mempool::MemoryPool::with_config(config).is_err());
+    /// ```
+    pub fn alignment(mut self, align: usize) -> Self {
+        self.alignment = align;
+        self
+    }
+
+    /// The most bytes the pool may map, in all its regions together.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::with_config(
+    ///     lle_mempool::PoolConfig::new(4096).max_size(8192),
+    /// )?;
+    /// assert!(pool.expand(1 << 20).is_err());
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn max_size(mut self, max: usize) -> Self {
+        self.max_size = Some(max);
+        self
+    }
+
+    /// By how much the pool multiplies its size when an allocation finds no
+    /// room: a finite number of at least 1.0 (1.0 grows by just what the
+    /// allocation needs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = lle_mempool::PoolConfig::new(4096).growth_factor(1.25);
+    /// # let _ = config;
+    /// ```
+    pub fn growth_factor(mut self, factor: f64) -> Self {
+        self.growth_factor = factor;
+        self
+    }
+
+    /// Whether the fast path detects double frees. Off by default: it costs
+    /// an atomic read-modify-write on every fast allocation and free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolConfig, PoolError};
+    ///
+    /// let pool = MemoryPool::with_config(PoolConfig::new(1 << 20).checked(true))?;
+    /// let block = pool.allocate_fast(64)?;
+    /// unsafe {
+    ///     pool.free_fast(block)?;
+    ///     assert!(matches!(pool.free_fast(block), Err(PoolError::DoubleFree { .. })));
+    /// }
+    /// # Ok::<(), PoolError>(())
+    /// ```
+    pub fn checked(mut self, on: bool) -> Self {
+        self.checked = on;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), PoolError> {
+        if !self.alignment.is_power_of_two() {
+            return Err(PoolError::InvalidAlignment { align: self.alignment });
+        }
+        if self.alignment < MIN_DEFAULT_ALIGNMENT {
+            return Err(PoolError::InvalidConfig { reason: "alignment must be at least 16" });
+        }
+        if !(self.growth_factor.is_finite() && self.growth_factor >= 1.0) {
+            return Err(PoolError::InvalidConfig { reason: "growth factor must be a finite number >= 1.0" });
+        }
+        if let Some(max) = self.max_size {
+            if self.initial_size > max {
+                return Err(PoolError::ExceedsMaxSize { requested: self.initial_size, max });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! What can go wrong, as values.
+
+use std::fmt;
+
+/// Why a pool operation was refused.
+///
+/// Every refusal leaves the pool exactly as it was: [`MemoryPool::check`]
+/// passes afterwards and the pool stays usable.
+///
+/// [`MemoryPool::check`]: crate::MemoryPool::check
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::{MemoryPool, PoolError};
+///
+/// let pool = MemoryPool::new(64 * 1024)?;
+/// assert_eq!(pool.allocate(0), Err(PoolError::ZeroSize));
+/// assert!(matches!(pool.allocate_aligned(64, 3), Err(PoolError::InvalidAlignment { align: 3 })));
+/// # Ok::<(), PoolError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// A size of zero bytes was asked for.
+    ZeroSize,
+    /// The size, once rounded up to the pool's granule or alignment, does
+    /// not fit in `usize` or exceeds the largest block a pool can hold.
+    SizeOverflow {
+        /// The size asked for.
+        size: usize,
+    },
+    /// The alignment is zero or not a power of two.
+    InvalidAlignment {
+        /// The alignment asked for.
+        align: usize,
+    },
+    /// The alignment is a power of two, but larger than the pool supports.
+    AlignmentTooLarge {
+        /// The alignment asked for.
+        align: usize,
+    },
+    /// The pointer does not lie in any of this pool's regions.
+    ForeignPointer {
+        /// The pointer's address.
+        addr: usize,
+    },
+    /// The pointer lies inside a live block but not at its start.
+    InteriorPointer {
+        /// The pointer's address.
+        addr: usize,
+    },
+    /// The pointer lies in the pool but no live block starts there: it was
+    /// freed already, or never handed out.
+    DoubleFree {
+        /// The pointer's address.
+        addr: usize,
+    },
+    /// Growing would take the pool past its configured maximum size.
+    ExceedsMaxSize {
+        /// The size the pool would have reached.
+        requested: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A resize asked for less than the bytes in live blocks.
+    ShrinkBelowUsed {
+        /// The size asked for.
+        requested: usize,
+        /// Bytes in use.
+        used: usize,
+    },
+    /// A resize asked for a size that live blocks prevent: free space is not
+    /// at the ends of regions, and live blocks never move.
+    ShrinkBlocked {
+        /// The size asked for.
+        requested: usize,
+        /// The smallest size reachable without moving a live block.
+        reachable: usize,
+    },
+    /// The operating system refused memory.
+    OutOfMemory {
+        /// Bytes asked of the OS.
+        requested: usize,
+        /// The `errno` it gave.
+        errno: i32,
+    },
+    /// The configuration is unusable.
+    InvalidConfig {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// [`MemoryPool::check`](crate::MemoryPool::check) found a broken
+    /// invariant.
+    Corrupted {
+        /// Which invariant, and where.
+        reason: String,
+    },
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::ZeroSize => write!(f, "cannot allocate zero bytes"),
+            PoolError::SizeOverflow { size } => {
+                write!(f, "size {size} overflows when rounded up to the pool's alignment")
+            }
+            PoolError::InvalidAlignment { align } => {
+                write!(f, "alignment {align} is not a non-zero power of two")
+            }
+            PoolError::AlignmentTooLarge { align } => {
+                write!(f, "alignment {align} is larger than the pool supports")
+            }
+            PoolError::ForeignPointer { addr } => {
+                write!(f, "pointer {addr:#x} does not belong to this pool")
+            }
+            PoolError::InteriorPointer { addr } => {
+                write!(f, "pointer {addr:#x} points inside a block, not at its start")
+            }
+            PoolError::DoubleFree { addr } => {
+                write!(f, "pointer {addr:#x} is not a live block (double free?)")
+            }
+            PoolError::ExceedsMaxSize { requested, max } => {
+                write!(f, "growing to {requested} bytes would exceed the pool's maximum of {max} bytes")
+            }
+            PoolError::ShrinkBelowUsed { requested, used } => {
+                write!(f, "cannot shrink to {requested} bytes: {used} bytes are in use")
+            }
+            PoolError::ShrinkBlocked { requested, reachable } => write!(
+                f,
+                "cannot shrink to {requested} bytes without moving live blocks; {reachable} bytes is the smallest reachable size"
+            ),
+            PoolError::OutOfMemory { requested, errno } => write!(
+                f,
+                "the operating system refused {requested} bytes ({})",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            PoolError::InvalidConfig { reason } => write!(f, "invalid pool configuration: {reason}"),
+            PoolError::Corrupted { reason } => write!(f, "pool invariant broken: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}

@@ -1,0 +1,783 @@
+//! A lock-free concurrent memory pool for programs that allocate small
+//! objects (events, nodes, buffers) at high rates from many threads.
+//!
+//! A [`MemoryPool`] owns its memory: anonymous mappings you can size, grow,
+//! shrink, inspect and check. Small blocks come from per-thread caches with
+//! no lock and no atomic read-modify-write ([`MemoryPool::allocate_fast`]);
+//! any size comes from the shared first-fit pool ([`MemoryPool::allocate`]).
+//!
+//! ```
+//! use lle_mempool::MemoryPool;
+//!
+//! let pool = MemoryPool::new(1 << 20)?;
+//! let event = pool.allocate_fast(48)?;
+//! unsafe {
+//!     event.as_ptr().write_bytes(0xAB, 48);
+//!     pool.free_fast(event)?;
+//! }
+//! assert!(pool.check().is_ok());
+//! # Ok::<(), lle_mempool::PoolError>(())
+//! ```
+//!
+//! # Design
+//!
+//! ```text
+//!   thread A            thread B            thread C
+//!  +-----------+       +-----------+       +-----------+
+//!  | heap: per |       | heap: per |       | heap: per |   allocate_fast / free_fast:
+//!  | class ring|       | class ring|       | class ring|   pop/push the owner's slab list,
+//!  | of slabs  |       | of slabs  |       | of slabs  |   remote frees CAS onto the slab
+//!  +-----+-----+       +-----+-----+       +-----+-----+
+//!        |  64 KiB slabs, in batches           |
+//!  +-----v-----------------------------------v--------+
+//!  | shared pool: first fit by address                |   allocate / free / expand /
+//!  |  mutex for writers, seqlock for readers,         |   compact / resize
+//!  |  summary tree per region finds the fit in O(log n)|
+//!  +-----+------------------+----------------+--------+
+//!        |                  |                |
+//!  +-----v-----+      +-----v-----+    +-----v-----+
+//!  | region 0  |      | region 1  |    | region 2  |     anonymous mmaps, grown in place
+//!  +-----------+      +-----------+    +-----------+     with mremap, never moved
+//! ```
+//!
+//! - **Regions** (`region`): anonymous mappings. A region is grown in place
+//!   with `mremap` without `MREMAP_MAYMOVE`; when the kernel can't, a new
+//!   region is mapped. A live block never moves.
+//! - **Free-block index** (`free_index`): per region, one bit per 16-byte
+//!   granule for "free" and one for "a block starts here", under a summary
+//!   tree that finds the leftmost fitting free run in O(log n). Coalescing is
+//!   implicit: a free block is a maximal run of free granules.
+//! - **Seqlock** (`seqlock`): writers hold the pool's mutex and bracket each
+//!   change; `stats`, `utilization` and `check` read without blocking them.
+//!   Every word a reader can see is an atomic.
+//! - **Epochs**: region tables, grown or trimmed indexes and unmapped ranges
+//!   are retired through a crossbeam-epoch `Collector` owned by the pool, so
+//!   nothing is freed or unmapped while a reader may hold it.
+//! - **Thread caches** (`thread_cache`, `slab`, `size_class`, `slab_map`):
+//!   36 size classes up to 1 KiB, per-thread rings of 64 KiB slabs taken
+//!   from the shared pool, mimalloc-style thread-free lists for cross-thread
+//!   frees, and a radix map from address to slab that rejects foreign
+//!   pointers without touching foreign memory.
+//! - **Facades** (`sync`, `os`): every atomic, lock and thread-local comes
+//!   from `sync`, so the same code runs under loom and shuttle; every system
+//!   call goes through `os`, which the models replace with heap memory.
+//!
+//! # Errors, not panics
+//!
+//! Zero or overflowing sizes, bad alignments, foreign, interior and
+//! double-freed pointers, growth past the maximum, shrinking below live data
+//! and the OS refusing memory are all [`PoolError`] values. A refused call
+//! leaves the pool as it was; [`MemoryPool::check`] verifies every invariant.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod align;
+mod config;
+mod error;
+mod free_index;
+mod listeners;
+mod os;
+mod region;
+mod seqlock;
+mod shared_pool;
+mod size_class;
+mod slab;
+mod slab_map;
+mod stats;
+mod sync;
+mod thread_cache;
+
+pub use align::{align_up, clamp_size};
+pub use config::{PoolConfig, PoolKind};
+pub use error::PoolError;
+pub use listeners::{ListenerId, ResizeEvent, ResizeReason};
+pub use stats::{FastPathStats, PoolStats};
+
+use shared_pool::{SharedPool, MAX_ALIGNMENT};
+use size_class::{class_of, class_size, MAX_FAST_SIZE};
+use slab::Slab;
+use slab_map::SlabMap;
+use stats::mean_duration;
+use std::fmt;
+use std::ops::Range;
+use std::ptr::NonNull;
+use sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+use thread_cache::{with_heap, CacheRegistry};
+
+/// A concurrent memory pool over anonymous mappings.
+///
+/// Every method takes `&self`; share the pool between threads by reference
+/// (scoped threads), `Arc`, or a `static`. Dropping the pool unmaps all of
+/// its memory: blocks still live at that point become invalid.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::{MemoryPool, PoolConfig, PoolKind};
+///
+/// let pool = MemoryPool::with_config(PoolConfig::new(256 * 1024).kind(PoolKind::Buffer))?;
+/// let buffer = pool.allocate(1000)?;
+/// unsafe { buffer.as_ptr().write_bytes(7, 1000) };
+/// assert_eq!(pool.stats().live_allocations, 1);
+/// unsafe { pool.free(buffer)? };
+/// # Ok::<(), lle_mempool::PoolError>(())
+/// ```
+pub struct MemoryPool {
+    inner: Box<PoolInner>,
+}
+
+/// The pool itself, boxed so that thread heaps can point at it while the
+/// `MemoryPool` handle moves.
+pub(crate) struct PoolInner {
+    pub(crate) id: u64,
+    pub(crate) config: PoolConfig,
+    pub(crate) shared: SharedPool,
+    pub(crate) slabs: SlabMap,
+    pub(crate) caches: Arc<CacheRegistry>,
+    /// Slabs whose threads exited with blocks still out.
+    pub(crate) abandoned: Mutex<Vec<*mut Slab>>,
+    /// Blocks in all registered slabs, and the slabs: changed only when a
+    /// slab is made or released.
+    pub(crate) slab_blocks: AtomicUsize,
+    pub(crate) slab_count: AtomicUsize,
+    /// Cache blocks freed by threads whose table was already gone.
+    orphan_frees: AtomicU64,
+}
+
+// SAFETY: the raw slab pointers in `abandoned` are only dereferenced under
+// its lock; everything else is atomics, locks or immutable configuration.
+unsafe impl Send for PoolInner {}
+// SAFETY: as above.
+unsafe impl Sync for PoolInner {}
+
+impl PoolInner {
+    /// Gives an empty slab back to the shared pool.
+    pub(crate) fn release_slab(&self, slab: *mut Slab) {
+        // SAFETY: the caller owns the slab and it is mapped.
+        let capacity = unsafe { (*slab).capacity() };
+        debug_assert_eq!(unsafe { (*slab).used() }, 0, "releasing a slab with live blocks");
+        self.slabs.unregister(slab);
+        self.slab_blocks.fetch_sub(capacity, Ordering::Relaxed);
+        self.slab_count.fetch_sub(1, Ordering::Relaxed);
+        let released = self.shared.free(slab as usize);
+        debug_assert!(released.is_ok(), "slab was not a live block: {released:?}");
+    }
+
+    /// Leaves a slab with live blocks for other threads to adopt.
+    pub(crate) fn abandon_slab(&self, slab: *mut Slab) {
+        let mut abandoned = lock(&self.abandoned);
+        // SAFETY: the caller owns the slab; ownership passes to the list.
+        unsafe { (*slab).set_owner(std::ptr::null_mut()) };
+        abandoned.push(slab);
+    }
+
+    /// Releases abandoned slabs whose blocks have all come home.
+    fn reclaim_abandoned(&self) {
+        let mut abandoned = lock(&self.abandoned);
+        abandoned.retain(|&slab| {
+            // SAFETY: abandoned slabs are mapped and owned by this lock.
+            let slab_ref = unsafe { &*slab };
+            slab_ref.collect_remote();
+            if slab_ref.used() == 0 {
+                self.release_slab(slab);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn failed<T>(&self, error: PoolError) -> Result<T, PoolError> {
+        self.shared.counters.failed_allocations.fetch_add(1, Ordering::Relaxed);
+        Err(error)
+    }
+
+    /// Frees a block of `slab`, from any thread.
+    fn free_to_slab(&self, slab: &Slab, block: NonNull<u8>) -> Result<(), PoolError> {
+        let index = slab.block_index(block.as_ptr() as usize)?;
+        if slab.is_checked() && !slab.mark_freed(index) {
+            return Err(PoolError::DoubleFree { addr: block.as_ptr() as usize });
+        }
+        let owner = slab.owner();
+        let handled = with_heap(self, |heap| {
+            if std::ptr::eq(owner, heap) {
+                heap.free_local(slab, block);
+            } else {
+                slab.push_remote(block);
+                heap.count_remote_free();
+            }
+        });
+        if handled.is_none() {
+            slab.push_remote(block);
+            self.orphan_frees.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl MemoryPool {
+    /// A pool of `initial_size` bytes (rounded up to pages) with the default
+    /// configuration. `0` makes an empty pool that maps memory on first use.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(10_000)?;
+    /// assert_eq!(pool.size(), 12_288);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn new(initial_size: usize) -> Result<MemoryPool, PoolError> {
+        Self::with_config(PoolConfig::new(initial_size))
+    }
+
+    /// A pool set up by `config`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolConfig, PoolError};
+    ///
+    /// let pool = MemoryPool::with_config(PoolConfig::new(4096).max_size(4096))?;
+    /// assert!(matches!(pool.expand(4096), Err(PoolError::ExceedsMaxSize { .. })));
+    /// assert!(MemoryPool::with_config(PoolConfig::new(4096).growth_factor(0.5)).is_err());
+    /// # Ok::<(), PoolError>(())
+    /// ```
+    pub fn with_config(config: PoolConfig) -> Result<MemoryPool, PoolError> {
+        config.validate()?;
+        let shared = SharedPool::new(config.initial_size, config.max_size, config.growth_factor)?;
+        Ok(MemoryPool {
+            inner: Box::new(PoolInner {
+                id: sync::next_pool_id(),
+                config,
+                shared,
+                slabs: SlabMap::new(),
+                caches: Arc::new(CacheRegistry::new()),
+                abandoned: Mutex::new(Vec::new()),
+                slab_blocks: AtomicUsize::new(0),
+                slab_count: AtomicUsize::new(0),
+                orphan_frees: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// What the pool is for.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(lle_mempool::MemoryPool::new(0)?.kind(), lle_mempool::PoolKind::Custom);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn kind(&self) -> PoolKind {
+        self.inner.config.kind
+    }
+
+    /// The alignment of blocks from [`allocate`](Self::allocate).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(lle_mempool::MemoryPool::new(0)?.alignment(), 16);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn alignment(&self) -> usize {
+        self.inner.config.alignment
+    }
+
+    /// The configuration the pool was made with.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// assert_eq!(pool.config().clone(), lle_mempool::PoolConfig::new(4096));
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
+    /// Allocates `size` bytes from the shared pool, aligned to the pool's
+    /// alignment, growing the pool if no free block fits. The block's
+    /// contents are unspecified.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::ZeroSize`], [`PoolError::SizeOverflow`], or, when the
+    /// pool can't grow, [`PoolError::ExceedsMaxSize`] or
+    /// [`PoolError::OutOfMemory`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// let first = pool.allocate(100)?;
+    /// let second = pool.allocate(100)?;
+    /// // First fit by address: the second block follows the first.
+    /// assert_eq!(second.as_ptr() as usize - first.as_ptr() as usize, 112);
+    /// assert!(pool.allocate(usize::MAX - 3).is_err());
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn allocate(&self, size: usize) -> Result<NonNull<u8>, PoolError> {
+        self.allocate_aligned(size, self.inner.config.alignment)
+    }
+
+    /// Allocates `size` bytes aligned to `align`, any power of two up to
+    /// 1 GiB.
+    ///
+    /// # Errors
+    ///
+    /// As [`allocate`](Self::allocate), plus
+    /// [`PoolError::InvalidAlignment`] for zero or a non-power of two and
+    /// [`PoolError::AlignmentTooLarge`] above 1 GiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(64 * 1024)?;
+    /// let page = pool.allocate_aligned(100, 4096)?;
+    /// assert_eq!(page.as_ptr() as usize % 4096, 0);
+    /// assert!(pool.allocate_aligned(100, 3).is_err());
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn allocate_aligned(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
+        if size == 0 {
+            return self.inner.failed(PoolError::ZeroSize);
+        }
+        if !align.is_power_of_two() {
+            return self.inner.failed(PoolError::InvalidAlignment { align });
+        }
+        if align > MAX_ALIGNMENT {
+            return self.inner.failed(PoolError::AlignmentTooLarge { align });
+        }
+        self.inner.shared.allocate(size, align)
+    }
+
+    /// Frees a block from any of this pool's allocation methods.
+    ///
+    /// Equivalent to [`free_fast`](Self::free_fast): both look the pointer
+    /// up and return it to where it came from (a thread cache's slab or the
+    /// shared pool).
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::ForeignPointer`] for a pointer outside the pool,
+    /// [`PoolError::InteriorPointer`] for one inside a block but not at its
+    /// start, and [`PoolError::DoubleFree`] for a free block of the shared
+    /// pool (cache blocks are checked for double frees only with
+    /// [`PoolConfig::checked`]). The pool is unchanged by a refused free.
+    ///
+    /// # Safety
+    ///
+    /// If `ptr` is a live block of this pool, nobody may use it afterwards.
+    /// Freeing a cache block twice without `checked` is undefined
+    /// behaviour; freeing any other pointer is refused safely.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolError};
+    ///
+    /// let pool = MemoryPool::new(4096)?;
+    /// let block = pool.allocate(64)?;
+    /// unsafe {
+    ///     pool.free(block)?;
+    ///     assert!(matches!(pool.free(block), Err(PoolError::DoubleFree { .. })));
+    /// }
+    /// let mut on_stack = 0u8;
+    /// let foreign = std::ptr::NonNull::from(&mut on_stack);
+    /// assert!(matches!(unsafe { pool.free(foreign) }, Err(PoolError::ForeignPointer { .. })));
+    /// # Ok::<(), PoolError>(())
+    /// ```
+    pub unsafe fn free(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
+        // SAFETY: the caller's contract is free_fast's.
+        unsafe { self.free_fast(ptr) }
+    }
+
+    /// Allocates `size` bytes from this thread's cache: no lock, no atomic
+    /// read-modify-write in the common case. Sizes above 1 KiB are served by
+    /// the shared pool. The block is aligned to 16 bytes, or to the largest
+    /// power of two dividing `size` if that is smaller (the alignment of any
+    /// Rust type of that size).
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::ZeroSize`], or the shared pool's errors when a new slab
+    /// can't be had.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(1 << 20)?;
+    /// let blocks: Vec<_> = (0..100).map(|_| pool.allocate_fast(64)).collect::<Result<_, _>>()?;
+    /// for block in blocks {
+    ///     assert_eq!(block.as_ptr() as usize % 16, 0);
+    ///     unsafe { pool.free_fast(block)? };
+    /// }
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    #[inline]
+    pub fn allocate_fast(&self, size: usize) -> Result<NonNull<u8>, PoolError> {
+        let inner = &*self.inner;
+        if size == 0 {
+            return inner.failed(PoolError::ZeroSize);
+        }
+        if size > MAX_FAST_SIZE {
+            return inner.shared.allocate(size, config::MIN_DEFAULT_ALIGNMENT);
+        }
+        let class = class_of(size);
+        match with_heap(inner, |heap| heap.allocate(class)) {
+            Some(Ok(block)) => Ok(block),
+            Some(Err(error)) => inner.failed(error),
+            None => inner.shared.allocate(class_size(class), config::MIN_DEFAULT_ALIGNMENT),
+        }
+    }
+
+    /// Frees a block from any of this pool's allocation methods, on any
+    /// thread. A cache block goes back to its slab: to the owner's list if
+    /// this thread owns the slab, else onto the slab's thread-free list.
+    ///
+    /// # Errors
+    ///
+    /// As [`free`](Self::free): pointers outside the pool, interior pointers
+    /// and (for the shared pool, or with [`PoolConfig::checked`]) double
+    /// frees are refused, and the pool is unchanged.
+    ///
+    /// # Safety
+    ///
+    /// As [`free`](Self::free).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(1 << 20)?;
+    /// let block = pool.allocate_fast(24)?;
+    /// let address = block.as_ptr() as usize;
+    /// std::thread::spawn(move || address).join().unwrap();
+    /// let interior = unsafe { std::ptr::NonNull::new_unchecked(block.as_ptr().add(8)) };
+    /// assert!(unsafe { pool.free_fast(interior) }.is_err());
+    /// unsafe { pool.free_fast(block)? };
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    #[inline]
+    pub unsafe fn free_fast(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
+        let inner = &*self.inner;
+        let slab = inner.slabs.lookup(ptr.as_ptr() as usize);
+        if slab.is_null() {
+            return inner.shared.free(ptr.as_ptr() as usize).map(|_| ());
+        }
+        // SAFETY: registered slabs are mapped while the pool lives.
+        inner.free_to_slab(unsafe { &*slab }, ptr)
+    }
+
+    /// The bytes usable at a live block: its size class for cache blocks,
+    /// its granule-rounded size for shared blocks.
+    ///
+    /// # Errors
+    ///
+    /// As [`free`](Self::free), for pointers that are not live blocks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(1 << 20)?;
+    /// assert_eq!(pool.usable_size(pool.allocate(100)?)?, 112);
+    /// assert_eq!(pool.usable_size(pool.allocate_fast(65)?)?, 72);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn usable_size(&self, ptr: NonNull<u8>) -> Result<usize, PoolError> {
+        let inner = &*self.inner;
+        let addr = ptr.as_ptr() as usize;
+        let slab = inner.slabs.lookup(addr);
+        if slab.is_null() {
+            return inner.shared.block_size(addr);
+        }
+        // SAFETY: registered slabs are mapped while the pool lives.
+        let slab = unsafe { &*slab };
+        slab.block_index(addr)?;
+        Ok(class_size(slab.class()))
+    }
+
+    /// Whether `ptr` lies inside the pool's memory. Lock-free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// let block = pool.allocate(16)?;
+    /// assert!(pool.contains(block.as_ptr()));
+    /// assert!(!pool.contains(&0u8));
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn contains(&self, ptr: *const u8) -> bool {
+        self.inner.shared.contains(ptr as usize)
+    }
+
+    /// The address ranges of the pool's regions, in address order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(8192)?;
+    /// let regions = pool.regions();
+    /// assert_eq!(regions.len(), 1);
+    /// assert_eq!(regions[0].len(), 8192);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn regions(&self) -> Vec<Range<usize>> {
+        self.inner.shared.regions().into_iter().map(|(start, len)| start..start + len).collect()
+    }
+
+    /// Grows the pool by `additional` bytes, rounded up to pages: in place
+    /// if the kernel can extend the newest region, else as a new region.
+    /// Live blocks never move.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::ExceedsMaxSize`], [`PoolError::SizeOverflow`] or
+    /// [`PoolError::OutOfMemory`]; the pool is then unchanged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// let block = pool.allocate(4096)?;
+    /// pool.expand(8192)?;
+    /// assert_eq!(pool.size(), 12_288);
+    /// assert!(pool.contains(block.as_ptr()));
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn expand(&self, additional: usize) -> Result<(), PoolError> {
+        self.inner.shared.expand(additional)
+    }
+
+    /// Gives free memory back to the OS and returns the bytes unmapped.
+    ///
+    /// Free space at the end of each region, and regions that are entirely
+    /// free, are unmapped (the pool's [`size`](Self::size) shrinks by the
+    /// returned amount); whole free pages inside the pool are purged with
+    /// `madvise`, so they stop counting as resident. Cache slabs abandoned by
+    /// exited threads are released first if their blocks have come home.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// pool.expand(1 << 20)?;
+    /// let keep = pool.allocate(100)?;
+    /// assert_eq!(pool.compact()?, 1 << 20);
+    /// assert_eq!(pool.size(), 4096);
+    /// assert!(pool.contains(keep.as_ptr()));
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn compact(&self) -> Result<usize, PoolError> {
+        self.inner.reclaim_abandoned();
+        self.inner.shared.compact()
+    }
+
+    /// Grows or shrinks the pool to `new_size` bytes, rounded up to pages.
+    /// All or nothing: on error the pool is exactly as before. Shrinking
+    /// removes free space from the ends of regions, highest addresses first;
+    /// it never moves a live block.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::ShrinkBelowUsed`] below the bytes in use,
+    /// [`PoolError::ShrinkBlocked`] when live blocks sit where memory would
+    /// have to go, and the errors of [`expand`](Self::expand) when growing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolError};
+    ///
+    /// let pool = MemoryPool::new(64 * 1024)?;
+    /// pool.resize(128 * 1024)?;
+    /// assert_eq!(pool.size(), 128 * 1024);
+    /// let block = pool.allocate(40 * 1024)?;
+    /// assert!(matches!(pool.resize(4096), Err(PoolError::ShrinkBelowUsed { .. })));
+    /// assert_eq!(pool.size(), 128 * 1024);
+    /// unsafe { pool.free(block)? };
+    /// pool.resize(4096)?;
+    /// assert_eq!(pool.size(), 4096);
+    /// # Ok::<(), PoolError>(())
+    /// ```
+    pub fn resize(&self, new_size: usize) -> Result<(), PoolError> {
+        self.inner.shared.resize(new_size)
+    }
+
+    /// Bytes mapped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(lle_mempool::MemoryPool::new(1)?.size(), 4096);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn size(&self) -> usize {
+        self.inner.shared.snapshot().size
+    }
+
+    /// The share of the pool in live blocks, in percent (0 to 100). An
+    /// empty pool (size 0) is 0% used.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// let _half = pool.allocate(2048)?;
+    /// assert_eq!(pool.utilization(), 50.0);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn utilization(&self) -> f64 {
+        let snapshot = self.inner.shared.snapshot();
+        if snapshot.size == 0 {
+            0.0
+        } else {
+            snapshot.used as f64 * 100.0 / snapshot.size as f64
+        }
+    }
+
+    /// A snapshot of the pool's state and history, read without blocking
+    /// allocations; fast-path counters are summed over threads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.size, stats.used, stats.free, stats.free_blocks), (4096, 0, 4096, 1));
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        let inner = &*self.inner;
+        let shared = inner.shared.snapshot();
+        let fast = inner.caches.totals();
+        let frees = fast.frees + inner.orphan_frees.load(Ordering::Relaxed);
+        let live_cache_blocks = fast.allocations.saturating_sub(frees) as usize;
+        PoolStats {
+            size: shared.size,
+            used: shared.used,
+            free: shared.size - shared.used,
+            largest_free_block: shared.largest_free_block,
+            free_blocks: shared.free_blocks,
+            live_allocations: shared.live_blocks,
+            peak_used: shared.peak_used,
+            total_allocations: shared.total_allocations,
+            total_frees: shared.total_frees,
+            failed_allocations: shared.failed_allocations,
+            expansions: shared.expansions,
+            compactions: shared.compactions,
+            avg_alloc_time: mean_duration(&[shared.alloc_time, fast.alloc_time]),
+            avg_free_time: mean_duration(&[shared.free_time, fast.free_time]),
+            fast: FastPathStats {
+                allocations: fast.allocations,
+                frees,
+                remote_frees: fast.remote_frees,
+                cached_blocks: inner.slab_blocks.load(Ordering::Relaxed).saturating_sub(live_cache_blocks),
+                slabs: inner.slab_count.load(Ordering::Relaxed),
+            },
+        }
+    }
+
+    /// Recomputes free space, free blocks and live blocks from the block
+    /// records and verifies every invariant of every region's index against
+    /// the counters. Lock-free: it retries while writers change the pool.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Corrupted`] naming the broken invariant.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// let block = pool.allocate(100)?;
+    /// pool.check()?;
+    /// unsafe { pool.free(block)? };
+    /// pool.check()?;
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn check(&self) -> Result<(), PoolError> {
+        self.inner.shared.check()
+    }
+
+    /// Registers `listener`, called after every change of the pool's size
+    /// (expand, automatic growth, compact, resize) with the old and new
+    /// sizes and the reason. It runs on the thread that caused the change,
+    /// after the pool's lock is released: it may call the pool's methods,
+    /// except registering or removing listeners.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// let calls = Arc::new(AtomicUsize::new(0));
+    /// let counter = Arc::clone(&calls);
+    /// pool.on_resize(move |_| { counter.fetch_add(1, Ordering::SeqCst); });
+    /// pool.expand(4096)?;
+    /// pool.compact()?;
+    /// assert_eq!(calls.load(Ordering::SeqCst), 2);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn on_resize<F>(&self, listener: F) -> ListenerId
+    where
+        F: Fn(&ResizeEvent) + Send + Sync + 'static,
+    {
+        self.inner.shared.listeners.add(Box::new(listener))
+    }
+
+    /// Removes a listener; `false` if it was not registered. Once this
+    /// returns, the listener is not running and will not be called again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// let id = pool.on_resize(|_| panic!("not called after removal"));
+    /// assert!(pool.remove_resize_listener(id));
+    /// pool.expand(4096)?;
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn remove_resize_listener(&self, id: ListenerId) -> bool {
+        self.inner.shared.listeners.remove(id)
+    }
+
+    /// How many resize listeners are registered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// pool.on_resize(|_| {});
+    /// assert_eq!(pool.resize_listener_count(), 1);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn resize_listener_count(&self) -> usize {
+        self.inner.shared.listeners.count()
+    }
+}
+
+impl Drop for MemoryPool {
+    fn drop(&mut self) {
+        // From here on no thread heap touches the pool; a thread flushing
+        // into it right now holds the registry lock, so this waits for it.
+        self.inner.caches.close();
+    }
+}
+
+impl fmt::Debug for MemoryPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stats = self.stats();
+        f.debug_struct("MemoryPool")
+            .field("kind", &self.kind())
+            .field("size", &stats.size)
+            .field("used", &stats.used)
+            .field("live_allocations", &stats.live_allocations)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,117 @@
+//! Resize listeners: user callbacks told about every change of a pool's size.
+//!
+//! The seed declared `lle_notify_pool_resize_listeners` and left it a
+//! placeholder. Here listeners are called after the pool's own lock is
+//! released, so a listener may call any of the pool's methods that do not
+//! touch listeners (`size`, `stats`, `check`, even `allocate`). Calls are
+//! made while holding the listener list's lock, which is what makes
+//! [`MemoryPool::remove_resize_listener`] a barrier: once it returns, the
+//! listener is not running and will not run again. The price is that a
+//! listener must not add or remove listeners itself.
+//!
+//! [`MemoryPool::remove_resize_listener`]: crate::MemoryPool::remove_resize_listener
+
+use crate::sync::{lock, Mutex};
+
+/// Names a registered resize listener, for removing it.
+///
+/// # Examples
+///
+/// ```
+/// let pool = lle_mempool::MemoryPool::new(4096)?;
+/// let id = pool.on_resize(|_| {});
+/// assert!(pool.remove_resize_listener(id));
+/// assert!(!pool.remove_resize_listener(id));
+/// # Ok::<(), lle_mempool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId(u64);
+
+/// Why a pool changed size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResizeReason {
+    /// [`MemoryPool::expand`](crate::MemoryPool::expand) was called.
+    Expand,
+    /// An allocation found no room and the pool grew by its growth factor.
+    AutoExpand,
+    /// [`MemoryPool::compact`](crate::MemoryPool::compact) gave memory back.
+    Compact,
+    /// [`MemoryPool::resize`](crate::MemoryPool::resize) was called.
+    Resize,
+}
+
+/// What a resize listener is told.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::{MemoryPool, ResizeReason};
+/// use std::sync::{Arc, Mutex};
+///
+/// let pool = MemoryPool::new(4096)?;
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let log = Arc::clone(&seen);
+/// pool.on_resize(move |event| log.lock().unwrap().push(*event));
+/// pool.expand(4096)?;
+/// let events = seen.lock().unwrap();
+/// assert_eq!((events[0].old_size, events[0].new_size, events[0].reason), (4096, 8192, ResizeReason::Expand));
+/// # Ok::<(), lle_mempool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResizeEvent {
+    /// The pool's size before, in bytes.
+    pub old_size: usize,
+    /// The pool's size after, in bytes.
+    pub new_size: usize,
+    /// What caused it.
+    pub reason: ResizeReason,
+}
+
+type Listener = Box<dyn Fn(&ResizeEvent) + Send + Sync>;
+
+pub(crate) struct Listeners {
+    list: Mutex<ListenerList>,
+}
+
+struct ListenerList {
+    next_id: u64,
+    entries: Vec<(ListenerId, Listener)>,
+}
+
+impl Listeners {
+    pub(crate) fn new() -> Self {
+        Listeners { list: Mutex::new(ListenerList { next_id: 1, entries: Vec::new() }) }
+    }
+
+    pub(crate) fn add(&self, listener: Listener) -> ListenerId {
+        let mut list = lock(&self.list);
+        let id = ListenerId(list.next_id);
+        list.next_id += 1;
+        list.entries.push((id, listener));
+        id
+    }
+
+    pub(crate) fn remove(&self, id: ListenerId) -> bool {
+        let mut list = lock(&self.list);
+        let before = list.entries.len();
+        list.entries.retain(|(entry, _)| *entry != id);
+        list.entries.len() != before
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        lock(&self.list).entries.len()
+    }
+
+    /// Tells every listener, in registration order. A listener that panics
+    /// is skipped, not propagated: the resize it reports has happened and
+    /// the pool is consistent, so the caller's operation still succeeded.
+    pub(crate) fn notify(&self, event: ResizeEvent) {
+        if event.old_size == event.new_size {
+            return;
+        }
+        let list = lock(&self.list);
+        for (_, listener) in &list.entries {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(&event)));
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The operating system's memory calls, and nothing else.
+//!
+//! The pool asks the OS for four things: map fresh zeroed memory, grow a
+//! mapping in place (never moving it: a live allocation never moves), give a
+//! range back, and drop a range's contents while keeping it mapped. Keeping
+//! them behind this module lets the loom and shuttle models swap in heap
+//! memory, which they can reason about, for syscalls, which they can't.
+
+/// Bytes per page; every mapping length is a multiple of it.
+pub(crate) fn page_size() -> usize {
+    imp::page_size()
+}
+
+/// Why the OS refused memory: the `errno` it reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OsError(pub(crate) i32);
+
+pub(crate) use imp::{grow_in_place, map, purge, unmap};
+
+#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+mod imp {
+    use super::OsError;
+    use std::ptr::NonNull;
+
+    pub(crate) fn page_size() -> usize {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+        let cached = PAGE_SIZE.load(Ordering::Relaxed);
+        if cached != 0 {
+            return cached;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let reported = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let size = if reported > 0 { reported as usize } else { 4096 };
+        PAGE_SIZE.store(size, Ordering::Relaxed);
+        size
+    }
+
+    fn last_errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOMEM)
+    }
+
+    /// Maps `len` bytes of private, zeroed, read-write memory.
+    pub(crate) fn map(len: usize) -> Result<NonNull<u8>, OsError> {
+        debug_assert!(len > 0 && len % page_size() == 0);
+        // SAFETY: an anonymous private mapping at an address of the kernel's
+        // choosing aliases nothing the program already owns.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(OsError(last_errno()));
+        }
+        NonNull::new(address.cast::<u8>()).ok_or(OsError(libc::ENOMEM))
+    }
+
+    /// Grows the mapping at `base` from `old_len` to `new_len` bytes without
+    /// moving it. Returns `false` when the kernel can't (the pages after the
+    /// mapping are taken), in which case nothing changed.
+    ///
+    /// # Safety
+    /// `base..base + old_len` must be a mapping made by [`map`] and not yet
+    /// unmapped.
+    pub(crate) unsafe fn grow_in_place(base: NonNull<u8>, old_len: usize, new_len: usize) -> bool {
+        debug_assert!(new_len > old_len && new_len % page_size() == 0);
+        // SAFETY: the caller guarantees the mapping; without MREMAP_MAYMOVE
+        // the kernel either extends it where it stands or fails, so no
+        // pointer into it can dangle.
+        let result = unsafe { libc::mremap(base.as_ptr().cast(), old_len, new_len, 0) };
+        result != libc::MAP_FAILED
+    }
+
+    /// Gives `addr..addr + len` back to the OS.
+    ///
+    /// # Safety
+    /// The range must be page-aligned, lie inside mappings made by [`map`],
+    /// and nothing may access it afterwards.
+    pub(crate) unsafe fn unmap(addr: NonNull<u8>, len: usize) {
+        // SAFETY: the caller guarantees nobody uses the range any more.
+        let result = unsafe { libc::munmap(addr.as_ptr().cast(), len) };
+        debug_assert_eq!(result, 0, "munmap of a range the pool mapped failed");
+    }
+
+    /// Drops the contents of `addr..addr + len`, keeping it mapped: the pages
+    /// stop counting as resident and read back as zeros.
+    ///
+    /// # Safety
+    /// The range must be page-aligned, inside a mapping made by [`map`], and
+    /// hold no data anybody still needs.
+    pub(crate) unsafe fn purge(addr: NonNull<u8>, len: usize) {
+        // SAFETY: the caller guarantees the range holds nothing live, and
+        // MADV_DONTNEED on private anonymous memory only zero-fills it.
+        let _ = unsafe { libc::madvise(addr.as_ptr().cast(), len, libc::MADV_DONTNEED) };
+    }
+}
+
+/// Heap memory standing in for mappings under the models. Each "mapping"
+/// reserves twice its length so that in-place growth succeeds once and then
+/// fails, exercising both of the pool's growth paths.
+#[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+mod imp {
+    use super::OsError;
+    use std::alloc::Layout;
+    use std::ptr::NonNull;
+    use std::sync::Mutex;
+
+    const MODEL_PAGE_SIZE: usize = 4096;
+
+    struct Reservation {
+        base: usize,
+        layout: Layout,
+    }
+
+    // A plain std mutex: the registry is bookkeeping for the stand-in, not a
+    // part of the pool whose interleavings the models explore, and nothing
+    // yields to the model scheduler while it is held.
+    static RESERVATIONS: Mutex<Vec<Reservation>> = Mutex::new(Vec::new());
+
+    fn reservations() -> std::sync::MutexGuard<'static, Vec<Reservation>> {
+        RESERVATIONS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn page_size() -> usize {
+        MODEL_PAGE_SIZE
+    }
+
+    pub(crate) fn map(len: usize) -> Result<NonNull<u8>, OsError> {
+        let layout = Layout::from_size_align(len.checked_mul(2).ok_or(OsError(12))?, MODEL_PAGE_SIZE)
+            .map_err(|_| OsError(12))?;
+        // SAFETY: the layout has a non-zero size.
+        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or(OsError(12))?;
+        reservations().push(Reservation { base: base.as_ptr() as usize, layout });
+        Ok(base)
+    }
+
+    /// # Safety
+    /// As for the real `grow_in_place`.
+    pub(crate) unsafe fn grow_in_place(base: NonNull<u8>, _old_len: usize, new_len: usize) -> bool {
+        reservations()
+            .iter()
+            .any(|reservation| reservation.base == base.as_ptr() as usize && new_len <= reservation.layout.size())
+    }
+
+    /// # Safety
+    /// As for the real `unmap`.
+    pub(crate) unsafe fn unmap(addr: NonNull<u8>, _len: usize) {
+        let mut reservations = reservations();
+        // Only unmapping from a reservation's base frees it: the pool unmaps
+        // tails first and whole regions from their base.
+        if let Some(index) = reservations.iter().position(|r| r.base == addr.as_ptr() as usize) {
+            let reservation = reservations.swap_remove(index);
+            // SAFETY: allocated above with this very layout.
+            unsafe { std::alloc::dealloc(reservation.base as *mut u8, reservation.layout) };
+        }
+    }
+
+    /// # Safety
+    /// As for the real `purge`.
+    pub(crate) unsafe fn purge(addr: NonNull<u8>, len: usize) {
+        // SAFETY: the caller guarantees the range is ours and holds nothing live.
+        unsafe { std::ptr::write_bytes(addr.as_ptr(), 0, len) };
+    }
+}

@@ -1,0 +1,96 @@
+//! A region: one anonymous mapping and the free-block index over it.
+//!
+//! A region's base never changes and its memory never moves. Its length and
+//! index are fixed for the life of a `Region` value: growing or trimming a
+//! region in place builds a new `Region` for the same base and publishes it,
+//! while readers that still hold the old one keep reading it until the epoch
+//! collector frees it (see `shared_pool`).
+
+use crate::free_index::{FreeIndex, GRANULE};
+use crate::os;
+use std::ptr::NonNull;
+
+pub(crate) struct Region {
+    base: NonNull<u8>,
+    len: usize,
+    pub(crate) index: FreeIndex,
+}
+
+// SAFETY: a Region is a description of memory (an address, a length and an
+// index made of atomics); the memory itself is handed out as raw pointers,
+// so sharing the description between threads is sound.
+unsafe impl Send for Region {}
+// SAFETY: as above; every shared-access method reads atomics only.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Maps a fresh region of `len` bytes (a whole number of pages), all free.
+    pub(crate) fn map(len: usize) -> Result<Region, os::OsError> {
+        let base = os::map(len)?;
+        Ok(Region { base, len, index: FreeIndex::new(len / GRANULE) })
+    }
+
+    /// The same mapping described with a new length, after the caller grew it
+    /// in place or before it trims the tail; the new part is free.
+    pub(crate) fn with_len(&self, len: usize) -> Region {
+        debug_assert!(len > 0 && len % os::page_size() == 0);
+        Region { base: self.base, len, index: self.index.resized(len / GRANULE) }
+    }
+
+    pub(crate) fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+
+    pub(crate) fn start(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
+    pub(crate) fn end(&self) -> usize {
+        self.start() + self.len
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn contains(&self, addr: usize) -> bool {
+        (self.start()..self.end()).contains(&addr)
+    }
+
+    pub(crate) fn address_of(&self, granule: usize) -> NonNull<u8> {
+        debug_assert!(granule < self.index.granules());
+        // SAFETY: the granule lies inside the mapping, so the offset stays in
+        // bounds of one allocated object and cannot wrap to null.
+        unsafe { NonNull::new_unchecked(self.base.as_ptr().add(granule * GRANULE)) }
+    }
+
+    pub(crate) fn granule_of(&self, addr: usize) -> usize {
+        debug_assert!(self.contains(addr));
+        (addr - self.start()) / GRANULE
+    }
+
+    /// Free bytes at the end that whole pages could give back.
+    pub(crate) fn releasable_tail(&self) -> usize {
+        let page = os::page_size();
+        let in_use_end = self.len - self.index.trailing_free() * GRANULE;
+        self.len - in_use_end.div_ceil(page) * page
+    }
+}
+
+/// The regions as lock-free readers see them, sorted by address.
+pub(crate) struct RegionTable {
+    pub(crate) regions: Vec<*const Region>,
+}
+
+// SAFETY: the pointers are to Regions (Send + Sync) kept alive by the epoch
+// scheme: a table and the regions it names are retired together.
+unsafe impl Send for RegionTable {}
+// SAFETY: as above.
+unsafe impl Sync for RegionTable {}
+
+/// Where `addr` falls in address-sorted `regions`, if anywhere.
+pub(crate) fn find_region<R: std::ops::Deref<Target = Region>>(regions: &[R], addr: usize) -> Option<usize> {
+    let after = regions.partition_point(|region| region.start() <= addr);
+    let candidate = after.checked_sub(1)?;
+    regions[candidate].contains(addr).then_some(candidate)
+}

@@ -1,0 +1,122 @@
+//! A sequence lock whose readers never block writers and never race.
+//!
+//! Writers are serialised by the pool's mutex and bracket every change with
+//! [`SeqLock::write`]; readers run a closure over the protected words and
+//! retry if a write overlapped. The words themselves are atomics, read and
+//! written `Relaxed`: a plain read racing a write would be undefined
+//! behaviour even if its value were thrown away (Boehm, "Can seqlocks get
+//! along with programming language memory models?"). The fences follow that
+//! paper's recipe, which loom checks in `loom/seqlock.rs`.
+
+use crate::sync::{fence, spin_loop, yield_now, AtomicU64, Ordering};
+
+pub(crate) struct SeqLock {
+    /// Even while no write is under way; odd during one.
+    sequence: AtomicU64,
+}
+
+/// An open write bracket; closing it (on drop) publishes the write.
+pub(crate) struct SeqWriteGuard<'a> {
+    lock: &'a SeqLock,
+}
+
+impl SeqLock {
+    pub(crate) fn new() -> Self {
+        SeqLock { sequence: AtomicU64::new(0) }
+    }
+
+    /// Opens a write bracket. The caller must hold the lock that serialises
+    /// writers: two open brackets would leave the sequence even mid-write.
+    pub(crate) fn write(&self) -> SeqWriteGuard<'_> {
+        let sequence = self.sequence.load(Ordering::Relaxed);
+        debug_assert!(sequence % 2 == 0, "nested seqlock write");
+        self.sequence.store(sequence.wrapping_add(1), Ordering::Relaxed);
+        // Orders the odd sequence before every protected store that follows,
+        // so a reader that sees any of them also sees the sequence move.
+        fence(Ordering::Release);
+        SeqWriteGuard { lock: self }
+    }
+
+    /// Runs `read` until it completes without a write overlapping it, and
+    /// returns its result. `read` may see torn values on the attempts that
+    /// are thrown away, so it must not trust them for anything but reading:
+    /// no indexing that could go out of bounds, no panics.
+    pub(crate) fn read<T>(&self, mut read: impl FnMut() -> T) -> T {
+        let mut attempts = 0u32;
+        loop {
+            let before = self.sequence.load(Ordering::Acquire);
+            if before % 2 == 0 {
+                let value = read();
+                // Orders the protected loads before the check below, so a
+                // write that overlapped them has moved the sequence by then.
+                fence(Ordering::Acquire);
+                if self.sequence.load(Ordering::Relaxed) == before {
+                    return value;
+                }
+            }
+            attempts = attempts.saturating_add(1);
+            if cfg!(any(lle_mempool_loom, feature = "shuttle")) || attempts > 64 {
+                yield_now();
+            } else {
+                spin_loop();
+            }
+        }
+    }
+
+    /// The current sequence; even between writes. For `check`, which
+    /// reports if writes keep it from ever reading a stable snapshot.
+    #[cfg(test)]
+    pub(crate) fn sequence(&self) -> u64 {
+        self.sequence.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SeqWriteGuard<'_> {
+    fn drop(&mut self) {
+        let sequence = self.lock.sequence.load(Ordering::Relaxed);
+        debug_assert!(sequence % 2 == 1, "seqlock write closed twice");
+        // Release: every protected store above happens-before a reader's
+        // Acquire load of this even value.
+        self.lock.sequence.store(sequence.wrapping_add(1), Ordering::Release);
+    }
+}
+
+#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    #[test]
+    fn reader_sees_only_whole_writes() {
+        struct Shared {
+            lock: SeqLock,
+            low: AtomicU64,
+            high: AtomicU64,
+        }
+        let shared = Arc::new(Shared { lock: SeqLock::new(), low: AtomicU64::new(0), high: AtomicU64::new(0) });
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let shared = Arc::clone(&shared);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut value = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    value += 1;
+                    let _bracket = shared.lock.write();
+                    shared.low.store(value, Ordering::Relaxed);
+                    shared.high.store(value * 3, Ordering::Relaxed);
+                }
+            })
+        };
+        for _ in 0..20_000 {
+            let (low, high) = shared.lock.read(|| {
+                (shared.low.load(Ordering::Relaxed), shared.high.load(Ordering::Relaxed))
+            });
+            assert_eq!(high, low * 3, "torn snapshot");
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(shared.lock.sequence() % 2, 0);
+    }
+}

@@ -1,0 +1,663 @@
+//! The shared pool: first fit by address over mmap'd regions.
+//!
+//! Writers (allocate, free, expand, compact, resize) are serialised by one
+//! mutex and bracket each change of the free-block indexes and counters with
+//! the seqlock, so `stats` and `check` read a consistent snapshot without
+//! ever blocking them. Readers find the regions through a table published in
+//! an epoch-protected pointer: whatever a writer replaces or shrinks (a
+//! table, a region's index, a region's tail, a whole region) is retired
+//! through the pool's own crossbeam-epoch `Collector` and only freed or
+//! unmapped once no reader can still hold it.
+//!
+//! Growth never moves memory: the newest region is grown in place (mremap
+//! without `MREMAP_MAYMOVE`), and a new region is mapped when the kernel
+//! can't.
+
+use crate::error::PoolError;
+use crate::free_index::{GRANULE, MAX_REGION_GRANULES};
+use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
+use crate::os;
+use crate::region::{find_region, Region, RegionTable};
+use crate::seqlock::SeqLock;
+use crate::stats::{bump, TimeSamples, TIMING_SAMPLE_PERIOD};
+use crate::sync::{lock, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crossbeam_epoch::{Atomic, Collector, Guard, Owned};
+use std::ptr::NonNull;
+use std::time::Instant;
+
+/// The largest region, in bytes; bigger requests span several regions.
+const MAX_REGION_BYTES: usize = MAX_REGION_GRANULES * GRANULE;
+/// The largest alignment `allocate_aligned` accepts: alignment padding comes
+/// out of a single region.
+pub(crate) const MAX_ALIGNMENT: usize = 1 << 30;
+
+pub(crate) struct SharedPool {
+    state: Mutex<PoolState>,
+    seqlock: SeqLock,
+    table: Atomic<RegionTable>,
+    collector: Collector,
+    pub(crate) counters: SharedCounters,
+    pub(crate) listeners: Listeners,
+    max_size: Option<usize>,
+    growth_factor: f64,
+}
+
+struct PoolState {
+    /// Sorted by address; the table readers see mirrors this.
+    regions: Vec<Box<Region>>,
+    /// The base of the region mapped last: the one growth tries to extend.
+    newest: Option<usize>,
+}
+
+/// Counters written under the pool's lock and read inside a seqlock read.
+pub(crate) struct SharedCounters {
+    pub(crate) size: AtomicUsize,
+    pub(crate) used: AtomicUsize,
+    pub(crate) live_blocks: AtomicUsize,
+    pub(crate) free_runs: AtomicUsize,
+    pub(crate) peak_used: AtomicUsize,
+    pub(crate) total_allocations: AtomicU64,
+    pub(crate) total_frees: AtomicU64,
+    /// Bumped by any thread, with a read-modify-write: refusals are rare.
+    pub(crate) failed_allocations: AtomicU64,
+    pub(crate) expansions: AtomicU64,
+    pub(crate) compactions: AtomicU64,
+    pub(crate) alloc_time: TimeSamples,
+    pub(crate) free_time: TimeSamples,
+}
+
+/// A consistent reading of the shared pool.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SharedSnapshot {
+    pub(crate) size: usize,
+    pub(crate) used: usize,
+    pub(crate) largest_free_block: usize,
+    pub(crate) free_blocks: usize,
+    pub(crate) live_blocks: usize,
+    pub(crate) peak_used: usize,
+    pub(crate) total_allocations: u64,
+    pub(crate) total_frees: u64,
+    pub(crate) failed_allocations: u64,
+    pub(crate) expansions: u64,
+    pub(crate) compactions: u64,
+    pub(crate) alloc_time: (u64, u64),
+    pub(crate) free_time: (u64, u64),
+}
+
+fn add(counter: &AtomicUsize, amount: usize) {
+    counter.store(counter.load(Ordering::Relaxed) + amount, Ordering::Relaxed);
+}
+
+fn subtract(counter: &AtomicUsize, amount: usize) {
+    let value = counter.load(Ordering::Relaxed);
+    debug_assert!(value >= amount, "counter underflow");
+    counter.store(value - amount, Ordering::Relaxed);
+}
+
+/// Applies a signed change to the count of free runs.
+fn adjust_runs(counter: &AtomicUsize, added: usize, removed: usize) {
+    add(counter, added);
+    subtract(counter, removed);
+}
+
+/// Granules for `size` bytes.
+fn granules_for(size: usize) -> Result<usize, PoolError> {
+    let granules = size.checked_add(GRANULE - 1).ok_or(PoolError::SizeOverflow { size })? / GRANULE;
+    if granules > MAX_REGION_GRANULES {
+        return Err(PoolError::SizeOverflow { size });
+    }
+    Ok(granules)
+}
+
+impl SharedPool {
+    pub(crate) fn new(initial_size: usize, max_size: Option<usize>, growth_factor: f64) -> Result<Self, PoolError> {
+        let pool = SharedPool {
+            state: Mutex::new(PoolState { regions: Vec::new(), newest: None }),
+            seqlock: SeqLock::new(),
+            table: Atomic::new(RegionTable { regions: Vec::new() }),
+            collector: Collector::new(),
+            counters: SharedCounters {
+                size: AtomicUsize::new(0),
+                used: AtomicUsize::new(0),
+                live_blocks: AtomicUsize::new(0),
+                free_runs: AtomicUsize::new(0),
+                peak_used: AtomicUsize::new(0),
+                total_allocations: AtomicU64::new(0),
+                total_frees: AtomicU64::new(0),
+                failed_allocations: AtomicU64::new(0),
+                expansions: AtomicU64::new(0),
+                compactions: AtomicU64::new(0),
+                alloc_time: TimeSamples::new(),
+                free_time: TimeSamples::new(),
+            },
+            listeners: Listeners::new(),
+            max_size,
+            growth_factor,
+        };
+        if initial_size > 0 {
+            let bytes = crate::align_up(initial_size, os::page_size())
+                .ok_or(PoolError::SizeOverflow { size: initial_size })?;
+            if let Some(max) = max_size {
+                if bytes > max {
+                    return Err(PoolError::ExceedsMaxSize { requested: bytes, max });
+                }
+            }
+            let mut state = lock(&pool.state);
+            pool.add_capacity(&mut state, bytes)?;
+            drop(state);
+            // The initial mapping is not an expansion.
+            pool.counters.expansions.store(0, Ordering::Relaxed);
+        }
+        Ok(pool)
+    }
+
+    /// Allocates `size` bytes (non-zero) aligned to `align` (a power of two,
+    /// at most [`MAX_ALIGNMENT`]), growing the pool if no free block fits.
+    pub(crate) fn allocate(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
+        debug_assert!(size > 0 && align.is_power_of_two() && align <= MAX_ALIGNMENT);
+        let result = self.allocate_inner(size, align);
+        if result.is_err() {
+            self.counters.failed_allocations.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn allocate_inner(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
+        let granules = granules_for(size)?;
+        let padding = align.max(GRANULE) / GRANULE - 1;
+        let wanted = granules + padding;
+        if wanted > MAX_REGION_GRANULES {
+            return Err(PoolError::SizeOverflow { size });
+        }
+        let mut state = lock(&self.state);
+        let timer = self.start_timer(&self.counters.total_allocations);
+        if let Some(block) = self.claim_first_fit(&state, granules, wanted, align) {
+            self.stop_timer(timer, &self.counters.alloc_time);
+            return Ok(block);
+        }
+        let old_size = self.counters.size.load(Ordering::Relaxed);
+        self.grow(&mut state, wanted * GRANULE)?;
+        let block = self.claim_first_fit(&state, granules, wanted, align);
+        let new_size = self.counters.size.load(Ordering::Relaxed);
+        drop(state);
+        self.listeners.notify(ResizeEvent { old_size, new_size, reason: ResizeReason::AutoExpand });
+        // Growth made a free run of at least `wanted` granules.
+        debug_assert!(block.is_some());
+        block.ok_or(PoolError::OutOfMemory { requested: size, errno: libc::ENOMEM })
+    }
+
+    fn start_timer(&self, operations: &AtomicU64) -> Option<Instant> {
+        (operations.load(Ordering::Relaxed) % TIMING_SAMPLE_PERIOD == 0).then(Instant::now)
+    }
+
+    fn stop_timer(&self, timer: Option<Instant>, samples: &TimeSamples) {
+        if let Some(started) = timer {
+            samples.record(started.elapsed());
+        }
+    }
+
+    /// Claims `granules` granules, aligned to `align`, out of the leftmost
+    /// free run of `wanted` (granules plus worst-case alignment padding).
+    fn claim_first_fit(
+        &self,
+        state: &MutexGuard<'_, PoolState>,
+        granules: usize,
+        wanted: usize,
+        align: usize,
+    ) -> Option<NonNull<u8>> {
+        for region in &state.regions {
+            let Some(run_start) = region.index.find_first_fit(wanted) else { continue };
+            let run_address = region.address_of(run_start).as_ptr() as usize;
+            let aligned = run_address.next_multiple_of(align.max(GRANULE));
+            let first = region.granule_of(aligned);
+            debug_assert!(first + granules <= run_start + wanted);
+            let _write = self.seqlock.write();
+            region.index.claim(first, granules);
+            let left_free = first > 0 && region.index.is_free(first - 1);
+            let right_free = region.index.is_free(first + granules);
+            adjust_runs(&self.counters.free_runs, usize::from(left_free) + usize::from(right_free), 1);
+            let bytes = granules * GRANULE;
+            add(&self.counters.used, bytes);
+            add(&self.counters.live_blocks, 1);
+            bump(&self.counters.total_allocations, 1);
+            let used = self.counters.used.load(Ordering::Relaxed);
+            if used > self.counters.peak_used.load(Ordering::Relaxed) {
+                self.counters.peak_used.store(used, Ordering::Relaxed);
+            }
+            return Some(region.address_of(first));
+        }
+        None
+    }
+
+    /// Where `addr` is in the pool: the region and granule of the live block
+    /// starting there, or why there is none.
+    fn locate_block(state: &PoolState, addr: usize) -> Result<(usize, usize), PoolError> {
+        let index = find_region(&state.regions, addr).ok_or(PoolError::ForeignPointer { addr })?;
+        let region = &state.regions[index];
+        let granule = region.granule_of(addr);
+        if addr % GRANULE == 0 && region.index.is_block_start(granule) {
+            Ok((index, granule))
+        } else if region.index.is_free(granule) {
+            Err(PoolError::DoubleFree { addr })
+        } else {
+            Err(PoolError::InteriorPointer { addr })
+        }
+    }
+
+    /// The bytes usable at the live block that starts at `addr`.
+    pub(crate) fn block_size(&self, addr: usize) -> Result<usize, PoolError> {
+        let state = lock(&self.state);
+        let (region, granule) = Self::locate_block(&state, addr)?;
+        Ok(state.regions[region].index.block_granules(granule) * GRANULE)
+    }
+
+    /// Frees the live block at `addr`; returns its size in bytes.
+    pub(crate) fn free(&self, addr: usize) -> Result<usize, PoolError> {
+        let state = lock(&self.state);
+        let timer = self.start_timer(&self.counters.total_frees);
+        let (region_index, first) = Self::locate_block(&state, addr)?;
+        let region = &state.regions[region_index];
+        let granules = region.index.block_granules(first);
+        {
+            let _write = self.seqlock.write();
+            region.index.release(first, granules);
+            let left_free = first > 0 && region.index.is_free(first - 1);
+            let right_free = region.index.is_free(first + granules);
+            adjust_runs(&self.counters.free_runs, 1, usize::from(left_free) + usize::from(right_free));
+            subtract(&self.counters.used, granules * GRANULE);
+            subtract(&self.counters.live_blocks, 1);
+            bump(&self.counters.total_frees, 1);
+        }
+        self.stop_timer(timer, &self.counters.free_time);
+        Ok(granules * GRANULE)
+    }
+
+    /// Grows the pool (by the growth factor, within the maximum size) so that
+    /// a free run of at least `needed` bytes exists.
+    fn grow(&self, state: &mut PoolState, needed: usize) -> Result<(), PoolError> {
+        let page = os::page_size();
+        let size = self.counters.size.load(Ordering::Relaxed);
+        let overflow = PoolError::SizeOverflow { size: needed };
+        let needed = crate::align_up(needed, page).ok_or(overflow.clone())?;
+        let by_factor = (size as f64 * (self.growth_factor - 1.0)).min(MAX_REGION_BYTES as f64) as usize;
+        let mut additional = crate::align_up(needed.max(by_factor), page).ok_or(overflow.clone())?;
+        if let Some(max) = self.max_size {
+            let room = max.saturating_sub(size) / page * page;
+            if needed > room {
+                return Err(PoolError::ExceedsMaxSize { requested: size.saturating_add(needed), max });
+            }
+            additional = additional.min(room);
+        }
+        self.add_capacity(state, additional)
+    }
+
+    /// Grows the pool by `additional` bytes (page multiple, within the
+    /// maximum), in place if the kernel allows, else with new regions. A
+    /// single free run of `additional` bytes results, if it fits one region.
+    fn add_capacity(&self, state: &mut PoolState, additional: usize) -> Result<(), PoolError> {
+        debug_assert!(additional % os::page_size() == 0);
+        let handle = self.collector.register();
+        let guard = handle.pin();
+        let grown_in_place = self.grow_newest_in_place(state, additional, &guard);
+        if !grown_in_place {
+            let mut remaining = additional;
+            let mut mapped = Vec::new();
+            while remaining > 0 {
+                let len = remaining.min(MAX_REGION_BYTES);
+                match Region::map(len) {
+                    Ok(region) => mapped.push(Box::new(region)),
+                    Err(os::OsError(errno)) => {
+                        for region in mapped {
+                            // SAFETY: mapped just now and never published.
+                            unsafe { os::unmap(region.base(), region.len()) };
+                        }
+                        return Err(PoolError::OutOfMemory { requested: len, errno });
+                    }
+                }
+                remaining -= len;
+            }
+            let _write = self.seqlock.write();
+            for region in mapped {
+                state.newest = Some(region.start());
+                add(&self.counters.free_runs, 1);
+                let at = state.regions.partition_point(|existing| existing.start() < region.start());
+                state.regions.insert(at, region);
+            }
+            self.publish(state, &guard);
+        }
+        {
+            let _write = self.seqlock.write();
+            add(&self.counters.size, additional);
+            bump(&self.counters.expansions, 1);
+        }
+        Ok(())
+    }
+
+    fn grow_newest_in_place(&self, state: &mut PoolState, additional: usize, guard: &Guard) -> bool {
+        let Some(newest) = state.newest else { return false };
+        let Some(position) = state.regions.iter().position(|region| region.start() == newest) else { return false };
+        let region = &state.regions[position];
+        let new_len = region.len() + additional;
+        if new_len > MAX_REGION_BYTES {
+            return false;
+        }
+        // SAFETY: the region is a live mapping of `region.len()` bytes.
+        if !unsafe { os::grow_in_place(region.base(), region.len(), new_len) } {
+            return false;
+        }
+        let grown = Box::new(region.with_len(new_len));
+        let joins_free_tail = region.index.trailing_free() > 0;
+        let _write = self.seqlock.write();
+        if !joins_free_tail {
+            add(&self.counters.free_runs, 1);
+        }
+        let old = std::mem::replace(&mut state.regions[position], grown);
+        self.publish(state, guard);
+        self.retire(old, guard);
+        true
+    }
+
+    /// Makes readers see `state.regions`. Called inside a write bracket.
+    fn publish(&self, state: &PoolState, guard: &Guard) {
+        let table = RegionTable { regions: state.regions.iter().map(|region| &**region as *const Region).collect() };
+        let old = self.table.swap(Owned::new(table), Ordering::AcqRel, guard);
+        // SAFETY: the old table is unreachable for new readers now, and the
+        // collector frees it only after every reader pinned before this point
+        // has unpinned.
+        unsafe { guard.defer_destroy(old) };
+    }
+
+    /// Frees a region description once no reader can hold it.
+    fn retire(&self, region: Box<Region>, guard: &Guard) {
+        // SAFETY: `region` was removed from the state and the published table
+        // before this call; readers that loaded the older table are pinned,
+        // and the closure runs only after all of them unpin. Dropping a
+        // Region frees its index only: the mapping is unmapped explicitly.
+        unsafe { guard.defer_unchecked(move || drop(region)) };
+    }
+
+    /// Unmaps `addr..addr + len` once no reader can hold it. Its contents
+    /// are purged at once, so the resident memory drops now.
+    fn retire_range(&self, addr: NonNull<u8>, len: usize, guard: &Guard) {
+        // SAFETY: the range is free pool memory, no longer part of any
+        // published region; nobody reads free memory.
+        unsafe { os::purge(addr, len) };
+        let (addr, len) = (addr.as_ptr() as usize, len);
+        // SAFETY: as in `retire`; after the grace period nothing can refer to
+        // the range, and it was mapped by the pool.
+        unsafe {
+            guard.defer_unchecked(move || os::unmap(NonNull::new_unchecked(addr as *mut u8), len));
+        }
+    }
+
+    /// Grows the pool by `additional` bytes (rounded up to pages).
+    pub(crate) fn expand(&self, additional: usize) -> Result<(), PoolError> {
+        if additional == 0 {
+            return Ok(());
+        }
+        let additional = crate::align_up(additional, os::page_size())
+            .ok_or(PoolError::SizeOverflow { size: additional })?;
+        let mut state = lock(&self.state);
+        let old_size = self.counters.size.load(Ordering::Relaxed);
+        let new_size = old_size.checked_add(additional).ok_or(PoolError::SizeOverflow { size: additional })?;
+        if let Some(max) = self.max_size {
+            if new_size > max {
+                return Err(PoolError::ExceedsMaxSize { requested: new_size, max });
+            }
+        }
+        self.add_capacity(&mut state, additional)?;
+        drop(state);
+        self.listeners.notify(ResizeEvent { old_size, new_size, reason: ResizeReason::Expand });
+        Ok(())
+    }
+
+    /// Cuts `bytes` (page multiple, at most its releasable tail) off the end
+    /// of region `position`, removing it if nothing is left. Called inside a
+    /// write bracket.
+    fn trim_region(&self, state: &mut PoolState, position: usize, bytes: usize, guard: &Guard) {
+        let region = &state.regions[position];
+        debug_assert!(bytes > 0 && bytes <= region.releasable_tail());
+        let trailing_free = region.index.trailing_free() * GRANULE;
+        if trailing_free == bytes {
+            subtract(&self.counters.free_runs, 1);
+        }
+        subtract(&self.counters.size, bytes);
+        if bytes == region.len() {
+            let old = state.regions.remove(position);
+            if state.newest == Some(old.start()) {
+                state.newest = None;
+            }
+            self.retire_range(old.base(), old.len(), guard);
+            self.retire(old, guard);
+        } else {
+            let new_len = region.len() - bytes;
+            let trimmed = Box::new(region.with_len(new_len));
+            // SAFETY: new_len < len, so the tail lies inside the mapping.
+            let tail = unsafe { NonNull::new_unchecked(region.base().as_ptr().add(new_len)) };
+            self.retire_range(tail, bytes, guard);
+            let old = std::mem::replace(&mut state.regions[position], trimmed);
+            self.retire(old, guard);
+        }
+    }
+
+    /// Gives free memory back to the OS: free tails of regions and whole
+    /// free regions are unmapped, and whole free pages inside free blocks are
+    /// purged. Returns the bytes unmapped (by which `size` shrank).
+    pub(crate) fn compact(&self) -> Result<usize, PoolError> {
+        let mut state = lock(&self.state);
+        let old_size = self.counters.size.load(Ordering::Relaxed);
+        let handle = self.collector.register();
+        {
+            let guard = handle.pin();
+            let _write = self.seqlock.write();
+            let mut position = 0;
+            while position < state.regions.len() {
+                let tail = state.regions[position].releasable_tail();
+                let removes_region = tail == state.regions[position].len();
+                if tail > 0 {
+                    self.trim_region(&mut state, position, tail, &guard);
+                }
+                if !removes_region {
+                    position += 1;
+                }
+            }
+            if self.counters.size.load(Ordering::Relaxed) != old_size {
+                self.publish(&state, &guard);
+                bump(&self.counters.compactions, 1);
+            }
+        }
+        self.purge_free_pages(&state);
+        let new_size = self.counters.size.load(Ordering::Relaxed);
+        drop(state);
+        Self::collect_garbage(&handle);
+        self.listeners.notify(ResizeEvent { old_size, new_size, reason: ResizeReason::Compact });
+        Ok(old_size - new_size)
+    }
+
+    /// Purges whole pages inside free blocks. Called with the lock held, so
+    /// no allocation can claim a page while it is purged.
+    fn purge_free_pages(&self, state: &MutexGuard<'_, PoolState>) {
+        let page = os::page_size();
+        for region in &state.regions {
+            region.index.for_each_free_run(|first, count| {
+                let start = region.address_of(first).as_ptr() as usize;
+                let end = start + count * GRANULE;
+                let (page_start, page_end) = (start.next_multiple_of(page), end / page * page);
+                if page_end > page_start {
+                    // SAFETY: the pages lie inside a free run of a live
+                    // mapping, and the lock keeps them free meanwhile.
+                    unsafe { os::purge(NonNull::new_unchecked(page_start as *mut u8), page_end - page_start) };
+                }
+            });
+        }
+    }
+
+    /// Nudges the collector so retired memory is freed soon rather than at
+    /// some later operation.
+    fn collect_garbage(handle: &crossbeam_epoch::LocalHandle) {
+        for _ in 0..3 {
+            handle.pin().flush();
+        }
+    }
+
+    /// Grows or shrinks the pool to `new_size` bytes, rounded up to pages.
+    /// All or nothing: on error the pool is exactly as before.
+    pub(crate) fn resize(&self, new_size: usize) -> Result<(), PoolError> {
+        let target =
+            crate::align_up(new_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: new_size })?;
+        let mut state = lock(&self.state);
+        let old_size = self.counters.size.load(Ordering::Relaxed);
+        let handle = self.collector.register();
+        if target > old_size {
+            if let Some(max) = self.max_size {
+                if target > max {
+                    return Err(PoolError::ExceedsMaxSize { requested: target, max });
+                }
+            }
+            self.add_capacity(&mut state, target - old_size)?;
+        } else if target < old_size {
+            let used = self.counters.used.load(Ordering::Relaxed);
+            if target < used {
+                return Err(PoolError::ShrinkBelowUsed { requested: new_size, used });
+            }
+            // Plan first, from the highest addresses down, so that a refusal
+            // changes nothing.
+            let mut excess = old_size - target;
+            let mut plan = Vec::new();
+            for (position, region) in state.regions.iter().enumerate().rev() {
+                if excess == 0 {
+                    break;
+                }
+                let take = region.releasable_tail().min(excess);
+                if take > 0 {
+                    plan.push((position, take));
+                    excess -= take;
+                }
+            }
+            if excess > 0 {
+                return Err(PoolError::ShrinkBlocked { requested: new_size, reachable: target + excess });
+            }
+            let guard = handle.pin();
+            let _write = self.seqlock.write();
+            // Highest positions first, so removals don't shift pending ones.
+            for (position, take) in plan {
+                self.trim_region(&mut state, position, take, &guard);
+            }
+            self.publish(&state, &guard);
+            bump(&self.counters.compactions, 1);
+        }
+        drop(state);
+        Self::collect_garbage(&handle);
+        self.listeners.notify(ResizeEvent { old_size, new_size: target, reason: ResizeReason::Resize });
+        Ok(())
+    }
+
+    /// Whether `addr` lies in one of the pool's regions. Lock-free.
+    pub(crate) fn contains(&self, addr: usize) -> bool {
+        let handle = self.collector.register();
+        let guard = handle.pin();
+        self.with_regions(&guard, |regions| find_region(regions, addr).is_some())
+    }
+
+    /// The regions' `(start, length)`, in address order.
+    pub(crate) fn regions(&self) -> Vec<(usize, usize)> {
+        let state = lock(&self.state);
+        state.regions.iter().map(|region| (region.start(), region.len())).collect()
+    }
+
+    /// A consistent snapshot, read without blocking writers.
+    pub(crate) fn snapshot(&self) -> SharedSnapshot {
+        let handle = self.collector.register();
+        let guard = handle.pin();
+        let counters = &self.counters;
+        self.seqlock.read(|| {
+            let size = counters.size.load(Ordering::Relaxed);
+            let used = counters.used.load(Ordering::Relaxed);
+            SharedSnapshot {
+                size,
+                used,
+                largest_free_block: self.with_regions(&guard, |regions| {
+                    regions.iter().map(|region| region.index.longest_free() * GRANULE).max().unwrap_or(0)
+                }),
+                free_blocks: counters.free_runs.load(Ordering::Relaxed),
+                live_blocks: counters.live_blocks.load(Ordering::Relaxed),
+                peak_used: counters.peak_used.load(Ordering::Relaxed),
+                total_allocations: counters.total_allocations.load(Ordering::Relaxed),
+                total_frees: counters.total_frees.load(Ordering::Relaxed),
+                failed_allocations: counters.failed_allocations.load(Ordering::Relaxed),
+                expansions: counters.expansions.load(Ordering::Relaxed),
+                compactions: counters.compactions.load(Ordering::Relaxed),
+                alloc_time: counters.alloc_time.read(),
+                free_time: counters.free_time.read(),
+            }
+        })
+    }
+
+    fn with_regions<T>(&self, guard: &Guard, read: impl FnOnce(&[&Region]) -> T) -> T {
+        let table = self.table.load(Ordering::Acquire, guard);
+        // SAFETY: the table pointer is never null after construction; the
+        // table and its regions are retired through the collector, so they
+        // stay alive while `guard` is pinned.
+        let table = unsafe { table.deref() };
+        // SAFETY: as above, for each region the table names.
+        let regions: Vec<&Region> = table.regions.iter().map(|&region| unsafe { &*region }).collect();
+        read(&regions)
+    }
+
+    /// Recomputes free space, free blocks and live blocks from the bitmaps
+    /// and checks them, and every summary in every index, against the
+    /// counters (the seed's `lle_recalculate_free_space`). Lock-free.
+    pub(crate) fn check(&self) -> Result<(), PoolError> {
+        let handle = self.collector.register();
+        let guard = handle.pin();
+        let counters = &self.counters;
+        let verdict = self.seqlock.read(|| -> Result<(), String> {
+            self.with_regions(&guard, |regions| {
+                let (mut size, mut free, mut runs, mut live) = (0usize, 0usize, 0usize, 0usize);
+                let mut previous_end = 0usize;
+                for region in regions {
+                    if region.start() < previous_end {
+                        return Err(format!("region at {:#x} overlaps its predecessor", region.start()));
+                    }
+                    previous_end = region.end();
+                    let (region_free, region_runs, region_live) = region.index.audit()?;
+                    size += region.len();
+                    free += region_free * GRANULE;
+                    runs += region_runs;
+                    live += region_live;
+                }
+                let expect = |what: &str, counted: usize, recorded: usize| {
+                    if counted == recorded {
+                        Ok(())
+                    } else {
+                        Err(format!("{what}: the blocks say {counted}, the counters say {recorded}"))
+                    }
+                };
+                expect("size", size, counters.size.load(Ordering::Relaxed))?;
+                expect("bytes in use", size - free, counters.used.load(Ordering::Relaxed))?;
+                expect("free blocks", runs, counters.free_runs.load(Ordering::Relaxed))?;
+                expect("live blocks", live, counters.live_blocks.load(Ordering::Relaxed))
+            })
+        });
+        verdict.map_err(|reason| PoolError::Corrupted { reason })
+    }
+}
+
+impl Drop for SharedPool {
+    fn drop(&mut self) {
+        let state = match self.state.get_mut() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for region in state.regions.drain(..) {
+            // SAFETY: dropping the pool ends every block's life (the caller
+            // owns the pool exclusively), and no reader can be pinned: all
+            // readers borrow the pool.
+            unsafe { os::unmap(region.base(), region.len()) };
+        }
+        // SAFETY: no thread can be reading the table: we have `&mut self`.
+        drop(unsafe { std::mem::replace(&mut self.table, Atomic::null()).into_owned() });
+        // The collector drops with the pool and runs whatever is still
+        // deferred: old tables, old indexes, tails waiting to be unmapped.
+    }
+}

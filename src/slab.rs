@@ -1,0 +1,331 @@
+//! Slabs: the unit in which per-thread caches take memory from the pool.
+//!
+//! A slab is one `SLAB_SIZE`-byte block of the shared pool, aligned to its
+//! size, carved into equal blocks of one size class. Its header sits at its
+//! start (as mimalloc's page metadata sits in its segment): a free list only
+//! the owning thread touches, with no atomics, and a second list that other
+//! threads push freed blocks onto with one compare-and-swap, which the owner
+//! takes whole with one swap when its own list runs dry (mimalloc's
+//! `xthread_free`, rpmalloc's thread-free list). Blocks that have never been
+//! handed out are not on any list: a bump index carves them lazily, so a new
+//! slab costs nothing per block.
+
+use crate::error::PoolError;
+use crate::size_class::class_size;
+use crate::sync::{AtomicPtr, AtomicU64, Ordering};
+use crate::thread_cache::ThreadHeap;
+use crossbeam_utils::CachePadded;
+use std::cell::Cell;
+use std::ptr::{self, NonNull};
+
+/// Bytes per slab. Small under the models, so their regions stay tiny.
+#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+pub(crate) const SLAB_SIZE: usize = 64 * 1024;
+#[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+pub(crate) const SLAB_SIZE: usize = 4096;
+pub(crate) const SLAB_SHIFT: u32 = SLAB_SIZE.trailing_zeros();
+
+/// The most blocks a slab holds (of the smallest class, 16 bytes).
+const MAX_BLOCKS: usize = SLAB_SIZE / 16;
+const BITMAP_WORDS: usize = MAX_BLOCKS / 64;
+
+/// A free block's first word links it to the next.
+#[repr(C)]
+pub(crate) struct FreeBlock {
+    next: *mut FreeBlock,
+}
+
+#[repr(C, align(64))]
+pub(crate) struct Slab {
+    // Fixed while the slab exists; read by any thread.
+    block_size: u32,
+    capacity: u32,
+    class: u32,
+    /// `ceil(2^32 / block_size)`: turns an offset into a block index with a
+    /// multiply, exactly, because offsets and sizes are below 2^16.
+    reciprocal: u32,
+    checked: bool,
+    /// The heap that owns the slab; null while abandoned by an exited thread.
+    /// Only the owner (or, while abandoned, the holder of the pool's
+    /// abandoned-slab lock) changes it.
+    owner: AtomicPtr<ThreadHeap>,
+    // Owner-only state: touched only by the owning thread or, while the slab
+    // is abandoned, under the pool's abandoned-slab lock.
+    local_free: Cell<*mut FreeBlock>,
+    /// Blocks `bump..capacity` have never been handed out.
+    bump: Cell<u32>,
+    /// Blocks handed out and not yet back on `local_free`: blocks sitting on
+    /// `thread_free` still count.
+    used: Cell<u32>,
+    /// The owning heap's ring of slabs of this class.
+    pub(crate) next: Cell<*mut Slab>,
+    pub(crate) previous: Cell<*mut Slab>,
+    /// Blocks freed by other threads; on its own cache line so remote frees
+    /// do not bounce the owner's line.
+    thread_free: CachePadded<AtomicPtr<FreeBlock>>,
+    /// With `checked`: one bit per block, set while the block is handed out.
+    allocated: [AtomicU64; BITMAP_WORDS],
+}
+
+/// Where the first block starts: right after the header.
+const DATA_OFFSET: usize = std::mem::size_of::<Slab>();
+const _: () = assert!(DATA_OFFSET % 64 == 0 && DATA_OFFSET < SLAB_SIZE / 4);
+
+impl Slab {
+    /// Writes a fresh header for class `class` at `memory`.
+    ///
+    /// # Safety
+    /// `memory` must be `SLAB_SIZE` bytes, aligned to `SLAB_SIZE`, owned by
+    /// the caller and otherwise unused.
+    pub(crate) unsafe fn create(memory: NonNull<u8>, class: usize, owner: *mut ThreadHeap, checked: bool) -> *mut Slab {
+        debug_assert_eq!(memory.as_ptr() as usize % SLAB_SIZE, 0);
+        let block_size = class_size(class);
+        let capacity = (SLAB_SIZE - DATA_OFFSET) / block_size;
+        let slab = memory.as_ptr().cast::<Slab>();
+        let header = Slab {
+            block_size: block_size as u32,
+            capacity: capacity as u32,
+            class: class as u32,
+            reciprocal: ((1u64 << 32).div_ceil(block_size as u64)) as u32,
+            checked,
+            owner: AtomicPtr::new(owner),
+            local_free: Cell::new(ptr::null_mut()),
+            bump: Cell::new(0),
+            used: Cell::new(0),
+            next: Cell::new(slab),
+            previous: Cell::new(slab),
+            thread_free: CachePadded::new(AtomicPtr::new(ptr::null_mut())),
+            allocated: std::array::from_fn(|_| AtomicU64::new(0)),
+        };
+        // SAFETY: the caller hands us SLAB_SIZE suitably aligned bytes, and
+        // the header is far smaller than that.
+        unsafe { ptr::write(slab, header) };
+        slab
+    }
+
+    pub(crate) fn class(&self) -> usize {
+        self.class as usize
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    pub(crate) fn owner(&self) -> *mut ThreadHeap {
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    /// Hands the slab to `owner` (null: abandoned). The caller must be the
+    /// current owner, or hold the abandoned-slab lock.
+    pub(crate) fn set_owner(&self, owner: *mut ThreadHeap) {
+        self.owner.store(owner, Ordering::Relaxed);
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        self.used.get() as usize
+    }
+
+    fn base(&self) -> usize {
+        self as *const Slab as usize
+    }
+
+    /// The index of the block that starts at `addr`, which lies in this
+    /// slab, or why `addr` is no block start.
+    #[inline]
+    pub(crate) fn block_index(&self, addr: usize) -> Result<usize, PoolError> {
+        let offset = addr.wrapping_sub(self.base() + DATA_OFFSET);
+        if offset >= SLAB_SIZE {
+            // Before the first block: the header.
+            return Err(PoolError::InteriorPointer { addr });
+        }
+        let index = ((offset as u64 * u64::from(self.reciprocal)) >> 32) as usize;
+        if index * self.block_size as usize != offset || index >= self.capacity as usize {
+            return Err(PoolError::InteriorPointer { addr });
+        }
+        Ok(index)
+    }
+
+    /// Takes a block. Owner only.
+    #[inline]
+    pub(crate) fn pop(&self) -> Option<NonNull<u8>> {
+        let head = self.local_free.get();
+        let block = if !head.is_null() {
+            // SAFETY: blocks on the local list are free blocks of this slab,
+            // whose first word the owner wrote when it pushed them.
+            self.local_free.set(unsafe { (*head).next });
+            head.cast::<u8>()
+        } else {
+            let bump = self.bump.get();
+            if bump == self.capacity {
+                return None;
+            }
+            self.bump.set(bump + 1);
+            (self.base() + DATA_OFFSET + bump as usize * self.block_size as usize) as *mut u8
+        };
+        self.used.set(self.used.get() + 1);
+        // SAFETY: both branches produce an address inside the slab.
+        Some(unsafe { NonNull::new_unchecked(block) })
+    }
+
+    /// Gives a block back to the owner's list; returns the blocks still used.
+    /// Owner only; `block` must be a handed-out block of this slab.
+    #[inline]
+    pub(crate) fn push_local(&self, block: NonNull<u8>) -> usize {
+        let block = block.as_ptr().cast::<FreeBlock>();
+        // SAFETY: the block is ours to reuse: the caller just freed it.
+        unsafe { (*block).next = self.local_free.get() };
+        self.local_free.set(block);
+        let used = self.used.get() - 1;
+        self.used.set(used);
+        used as usize
+    }
+
+    /// Gives a block back from any thread.
+    pub(crate) fn push_remote(&self, block: NonNull<u8>) {
+        let block = block.as_ptr().cast::<FreeBlock>();
+        let mut head = self.thread_free.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the caller freed the block, so nobody else writes it;
+            // the Release below publishes this link with it.
+            unsafe { (*block).next = head };
+            match self.thread_free.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(current) => head = current,
+            }
+        }
+    }
+
+    /// Moves every remotely freed block onto the local list. Owner only.
+    /// Returns whether there were any.
+    pub(crate) fn collect_remote(&self) -> bool {
+        if self.thread_free.load(Ordering::Relaxed).is_null() {
+            return false;
+        }
+        // Acquire: the links the pushers wrote before their Release CAS.
+        let head = self.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
+        if head.is_null() {
+            return false;
+        }
+        let mut tail = head;
+        let mut count = 1u32;
+        // SAFETY: every block on the list was pushed by `push_remote`, which
+        // wrote its link before publishing it.
+        unsafe {
+            while !(*tail).next.is_null() {
+                tail = (*tail).next;
+                count += 1;
+            }
+            (*tail).next = self.local_free.get();
+        }
+        self.local_free.set(head);
+        debug_assert!(count <= self.used.get());
+        self.used.set(self.used.get() - count);
+        true
+    }
+
+    /// Whether the owner could take a block without a new slab.
+    pub(crate) fn has_free_block(&self) -> bool {
+        !self.local_free.get().is_null()
+            || self.bump.get() < self.capacity
+            || !self.thread_free.load(Ordering::Relaxed).is_null()
+    }
+
+    pub(crate) fn is_checked(&self) -> bool {
+        self.checked
+    }
+
+    /// With `checked`: records that block `index` was handed out.
+    pub(crate) fn mark_allocated(&self, index: usize) {
+        let previous = self.allocated[index / 64].fetch_or(1 << (index % 64), Ordering::Relaxed);
+        debug_assert_eq!(previous & (1 << (index % 64)), 0, "block handed out twice");
+    }
+
+    /// With `checked`: records that block `index` was freed; `false` if it
+    /// was not handed out (a double free).
+    pub(crate) fn mark_freed(&self, index: usize) -> bool {
+        let bit = 1u64 << (index % 64);
+        self.allocated[index / 64].fetch_and(!bit, Ordering::Relaxed) & bit != 0
+    }
+
+    /// The index of a block `pop` handed out.
+    pub(crate) fn index_of(&self, block: NonNull<u8>) -> usize {
+        (block.as_ptr() as usize - self.base() - DATA_OFFSET) / self.block_size as usize
+    }
+}
+
+#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+mod tests {
+    use super::*;
+    use crate::size_class::CLASS_COUNT;
+
+    struct SlabMemory(*mut u8);
+
+    impl SlabMemory {
+        fn new() -> Self {
+            let layout = std::alloc::Layout::from_size_align(SLAB_SIZE, SLAB_SIZE).unwrap();
+            // SAFETY: non-zero size.
+            SlabMemory(unsafe { std::alloc::alloc_zeroed(layout) })
+        }
+    }
+
+    impl Drop for SlabMemory {
+        fn drop(&mut self) {
+            let layout = std::alloc::Layout::from_size_align(SLAB_SIZE, SLAB_SIZE).unwrap();
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.0, layout) };
+        }
+    }
+
+    #[test]
+    fn block_index_accepts_exactly_the_block_starts() {
+        let memory = SlabMemory::new();
+        for class in 0..CLASS_COUNT {
+            // SAFETY: fresh, aligned, exclusively ours.
+            let slab = unsafe { &*Slab::create(NonNull::new(memory.0).unwrap(), class, ptr::null_mut(), false) };
+            let size = class_size(class);
+            let base = memory.0 as usize;
+            for addr in base..base + SLAB_SIZE {
+                let offset = addr as isize - (base + DATA_OFFSET) as isize;
+                let expected = offset >= 0 && offset as usize % size == 0 && (offset as usize / size) < slab.capacity();
+                assert_eq!(slab.block_index(addr).is_ok(), expected, "class {class} addr offset {offset}");
+                if expected {
+                    assert_eq!(slab.block_index(addr).unwrap(), offset as usize / size);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pop_push_and_remote_lists_hand_each_block_out_once() {
+        let memory = SlabMemory::new();
+        // SAFETY: fresh, aligned, exclusively ours.
+        let slab = unsafe { &*Slab::create(NonNull::new(memory.0).unwrap(), 3, ptr::null_mut(), true) };
+        let mut blocks = Vec::new();
+        while let Some(block) = slab.pop() {
+            slab.mark_allocated(slab.index_of(block));
+            blocks.push(block);
+        }
+        assert_eq!(blocks.len(), slab.capacity());
+        let mut sorted: Vec<usize> = blocks.iter().map(|b| b.as_ptr() as usize).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), blocks.len());
+        let (remote, local) = blocks.split_at(blocks.len() / 2);
+        for &block in remote {
+            assert!(slab.mark_freed(slab.index_of(block)));
+            slab.push_remote(block);
+        }
+        assert!(!slab.mark_freed(slab.index_of(remote[0])), "double free not caught");
+        for &block in local {
+            slab.push_local(block);
+        }
+        assert_eq!(slab.used(), remote.len());
+        assert!(slab.collect_remote());
+        assert_eq!(slab.used(), 0);
+        let mut again = 0;
+        while slab.pop().is_some() {
+            again += 1;
+        }
+        assert_eq!(again, slab.capacity());
+    }
+}
