@@ -150,17 +150,7 @@ impl ThreadHeap {
     #[inline]
     pub(crate) fn allocate(&self, class: usize) -> Result<NonNull<u8>, PoolError> {
         let allocations = self.counters.allocations.load(Ordering::Relaxed);
-        if allocations % FAST_TIMING_PERIOD == 0 {
-            let started = Instant::now();
-            let block = self.allocate_untimed(class);
-            self.counters.alloc_time.record(started.elapsed());
-            return block;
-        }
-        self.allocate_untimed(class)
-    }
-
-    #[inline]
-    fn allocate_untimed(&self, class: usize) -> Result<NonNull<u8>, PoolError> {
+        let started = (allocations % FAST_TIMING_PERIOD == 0).then(Instant::now);
         let slab = self.classes[class].current.get();
         // SAFETY: current slabs are owned by this heap and mapped while the
         // pool lives.
@@ -175,7 +165,10 @@ impl ThreadHeap {
             let slab = unsafe { &*slab };
             slab.mark_allocated(slab.index_of(block));
         }
-        bump(&self.counters.allocations, 1);
+        self.counters.allocations.store(allocations + 1, Ordering::Relaxed);
+        if let Some(started) = started {
+            self.counters.alloc_time.record(started.elapsed());
+        }
         Ok(block)
     }
 
