@@ -142,7 +142,7 @@ pub(crate) struct PoolInner {
     pub(crate) slab_blocks: AtomicUsize,
     pub(crate) slab_count: AtomicUsize,
     /// Cache blocks freed by threads whose table was already gone.
-    orphan_frees: AtomicU64,
+    pub(crate) orphan_frees: AtomicU64,
 }
 
 // SAFETY: the raw slab pointers in `abandoned` are only dereferenced under
@@ -194,25 +194,9 @@ impl PoolInner {
     }
 
     /// Frees a block of `slab`, from any thread.
-    fn free_to_slab(&self, slab: &Slab, block: NonNull<u8>) -> Result<(), PoolError> {
-        let index = slab.block_index(block.as_ptr() as usize)?;
-        if slab.is_checked() && !slab.mark_freed(index) {
-            return Err(PoolError::DoubleFree { addr: block.as_ptr() as usize });
-        }
-        let owner = slab.owner();
-        let handled = with_heap(self, |heap| {
-            if std::ptr::eq(owner, heap) {
-                heap.free_local(slab, block);
-            } else {
-                slab.push_remote(block);
-                heap.count_remote_free();
-            }
-        });
-        if handled.is_none() {
-            slab.push_remote(block);
-            self.orphan_frees.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
+    #[inline]
+    pub(crate) fn free_to_slab(&self, slab: &Slab, block: NonNull<u8>) -> Result<(), PoolError> {
+        thread_cache::free_to_slab(self, slab, block)
     }
 }
 
@@ -417,8 +401,23 @@ impl MemoryPool {
     /// }
     /// # Ok::<(), lle_mempool::PoolError>(())
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn allocate_fast(&self, size: usize) -> Result<NonNull<u8>, PoolError> {
+        // The common case, kept small enough to inline into the caller: a
+        // cached size class, this thread's most recent pool, a block on the
+        // current slab's list.
+        if size.wrapping_sub(1) < MAX_FAST_SIZE {
+            if let Some(block) = thread_cache::try_allocate_cached(&self.inner, class_of(size)) {
+                return Ok(block);
+            }
+        }
+        self.allocate_fast_slow(size)
+    }
+
+    /// Everything `allocate_fast` does not do inline: errors, large sizes,
+    /// refills, sampled timing, checked mode, the first use on a thread.
+    #[inline(never)]
+    fn allocate_fast_slow(&self, size: usize) -> Result<NonNull<u8>, PoolError> {
         let inner = &*self.inner;
         if size == 0 {
             return inner.failed(PoolError::ZeroSize);
@@ -460,8 +459,26 @@ impl MemoryPool {
     /// unsafe { pool.free_fast(block)? };
     /// # Ok::<(), lle_mempool::PoolError>(())
     /// ```
-    #[inline]
+    #[inline(always)]
     pub unsafe fn free_fast(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
+        // The common case, inline: a block of a slab this thread owns.
+        let slab = self.inner.slabs.lookup(ptr.as_ptr() as usize);
+        // SAFETY: registered slabs are mapped while the pool lives.
+        if !slab.is_null() && thread_cache::try_free_cached(unsafe { &*slab }, ptr) {
+            return Ok(());
+        }
+        // SAFETY: the caller's contract is ours.
+        unsafe { self.free_fast_slow(ptr) }
+    }
+
+    /// Everything `free_fast` does not do inline: validation errors, shared
+    /// blocks, remote frees, sampled timing, checked mode.
+    ///
+    /// # Safety
+    ///
+    /// As [`free_fast`](Self::free_fast).
+    #[inline(never)]
+    unsafe fn free_fast_slow(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
         let inner = &*self.inner;
         let slab = inner.slabs.lookup(ptr.as_ptr() as usize);
         if slab.is_null() {

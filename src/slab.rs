@@ -12,7 +12,7 @@
 
 use crate::error::PoolError;
 use crate::size_class::class_size;
-use crate::sync::{AtomicPtr, AtomicU64, Ordering};
+use crate::sync::{current_thread_token, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::thread_cache::ThreadHeap;
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
@@ -49,6 +49,9 @@ pub(crate) struct Slab {
     /// Only the owner (or, while abandoned, the holder of the pool's
     /// abandoned-slab lock) changes it.
     owner: AtomicPtr<ThreadHeap>,
+    /// The owning thread's `current_thread_token`, 0 while abandoned; set
+    /// with `owner`.
+    owner_token: AtomicUsize,
     // Owner-only state: touched only by the owning thread or, while the slab
     // is abandoned, under the pool's abandoned-slab lock.
     local_free: Cell<*mut FreeBlock>,
@@ -89,6 +92,7 @@ impl Slab {
             reciprocal: ((1u64 << 32).div_ceil(block_size as u64)) as u32,
             checked,
             owner: AtomicPtr::new(owner),
+            owner_token: AtomicUsize::new(if owner.is_null() { 0 } else { current_thread_token() }),
             local_free: Cell::new(ptr::null_mut()),
             bump: Cell::new(0),
             used: Cell::new(0),
@@ -103,28 +107,44 @@ impl Slab {
         slab
     }
 
+    #[inline]
     pub(crate) fn class(&self) -> usize {
         self.class as usize
     }
 
+    #[inline]
     pub(crate) fn capacity(&self) -> usize {
         self.capacity as usize
     }
 
+    #[inline]
     pub(crate) fn owner(&self) -> *mut ThreadHeap {
         self.owner.load(Ordering::Relaxed)
     }
 
-    /// Hands the slab to `owner` (null: abandoned). The caller must be the
-    /// current owner, or hold the abandoned-slab lock.
+    /// Whether the calling thread owns the slab. A stale answer is
+    /// impossible: only the owner changes the token, and it clears it before
+    /// its thread (and token) can go away.
+    #[inline]
+    pub(crate) fn is_owned_by_current_thread(&self) -> bool {
+        let token = self.owner_token.load(Ordering::Relaxed);
+        token != 0 && token == current_thread_token()
+    }
+
+    /// Hands the slab to `owner` on the calling thread (null: abandoned).
+    /// The caller must be the current owner, or hold the abandoned-slab lock.
     pub(crate) fn set_owner(&self, owner: *mut ThreadHeap) {
+        let token = if owner.is_null() { 0 } else { current_thread_token() };
+        self.owner_token.store(token, Ordering::Relaxed);
         self.owner.store(owner, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn used(&self) -> usize {
         self.used.get() as usize
     }
 
+    #[inline]
     fn base(&self) -> usize {
         self as *const Slab as usize
     }
@@ -181,6 +201,7 @@ impl Slab {
     }
 
     /// Gives a block back from any thread.
+    #[inline]
     pub(crate) fn push_remote(&self, block: NonNull<u8>) {
         let block = block.as_ptr().cast::<FreeBlock>();
         let mut head = self.thread_free.load(Ordering::Relaxed);
@@ -230,11 +251,13 @@ impl Slab {
             || !self.thread_free.load(Ordering::Relaxed).is_null()
     }
 
+    #[inline]
     pub(crate) fn is_checked(&self) -> bool {
         self.checked
     }
 
     /// With `checked`: records that block `index` was handed out.
+    #[inline]
     pub(crate) fn mark_allocated(&self, index: usize) {
         let previous = self.allocated[index / 64].fetch_or(1 << (index % 64), Ordering::Relaxed);
         debug_assert_eq!(previous & (1 << (index % 64)), 0, "block handed out twice");
@@ -242,12 +265,14 @@ impl Slab {
 
     /// With `checked`: records that block `index` was freed; `false` if it
     /// was not handed out (a double free).
+    #[inline]
     pub(crate) fn mark_freed(&self, index: usize) -> bool {
         let bit = 1u64 << (index % 64);
         self.allocated[index / 64].fetch_and(!bit, Ordering::Relaxed) & bit != 0
     }
 
     /// The index of a block `pop` handed out.
+    #[inline]
     pub(crate) fn index_of(&self, block: NonNull<u8>) -> usize {
         (block.as_ptr() as usize - self.base() - DATA_OFFSET) / self.block_size as usize
     }

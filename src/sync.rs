@@ -43,6 +43,36 @@ mod imp {
 
 pub(crate) use imp::*;
 
+/// Declares a thread-local whose initial value is a constant expression.
+///
+/// With `std` this is `thread_local!` with a `const` initialiser, which
+/// compiles to a plain TLS access with no lazy-initialisation check: the fast
+/// path touches thread-locals on every call. loom's and shuttle's macros have
+/// no `const` form, so there the value is built on first use.
+macro_rules! const_thread_local {
+    ($(#[$attribute:meta])* static $name:ident: $type:ty = $init:expr;) => {
+        #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+        std::thread_local! { $(#[$attribute])* static $name: $type = const { $init }; }
+        #[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+        crate::sync::thread_local! { $(#[$attribute])* static $name: $type = $init; }
+    };
+}
+pub(crate) use const_thread_local;
+
+const_thread_local! {
+    /// Its address names the current thread while the thread lives.
+    static THREAD_TOKEN: u8 = 0;
+}
+
+/// A non-zero number that no other live thread has: the address of a
+/// thread-local. Slabs record their owner's token, so a free can tell "mine"
+/// from "another thread's" with one comparison and no table lookup. `0` once
+/// the thread's locals are being destroyed (no live thread has it either).
+#[inline]
+pub(crate) fn current_thread_token() -> usize {
+    THREAD_TOKEN.try_with(|token| token as *const u8 as usize).unwrap_or(0)
+}
+
 /// Locks `mutex`, ignoring poisoning.
 ///
 /// The pool never panics while holding a lock on purpose; if a user's resize

@@ -26,7 +26,7 @@ use crate::error::PoolError;
 use crate::size_class::{class_size, CLASS_COUNT};
 use crate::slab::{Slab, SLAB_SIZE};
 use crate::stats::{bump, TimeSamples};
-use crate::sync::{lock, thread_local, Arc, AtomicU64, Mutex, Ordering};
+use crate::sync::{const_thread_local, lock, Arc, AtomicU64, Mutex, Ordering};
 use crate::PoolInner;
 use std::cell::Cell;
 use std::ptr::{self, NonNull};
@@ -139,6 +139,7 @@ pub(crate) struct ThreadHeap {
 }
 
 impl ThreadHeap {
+    #[inline]
     fn pool(&self) -> &PoolInner {
         // SAFETY: a heap is only used by its thread while that thread holds
         // a reference to the pool, or at exit under the registry lock after
@@ -296,6 +297,7 @@ impl ThreadHeap {
     }
 
     /// Counts a block this thread gave back to another thread's slab.
+    #[inline]
     pub(crate) fn count_remote_free(&self) {
         bump(&self.counters.frees, 1);
         bump(&self.counters.remote_frees, 1);
@@ -373,10 +375,10 @@ struct ThreadHeaps {
 }
 
 impl ThreadHeaps {
-    fn new() -> Self {
+    const fn new() -> Self {
         ThreadHeaps {
-            pool_ids: std::array::from_fn(|_| Cell::new(0)),
-            heaps: std::array::from_fn(|_| Cell::new(ptr::null_mut())),
+            pool_ids: [const { Cell::new(0) }; HEAPS_PER_THREAD],
+            heaps: [const { Cell::new(ptr::null_mut()) }; HEAPS_PER_THREAD],
         }
     }
 
@@ -459,8 +461,81 @@ impl Drop for ThreadHeaps {
     }
 }
 
-thread_local! {
+const_thread_local! {
     static THREAD_HEAPS: ThreadHeaps = ThreadHeaps::new();
+}
+
+/// Takes a block of `class` from this thread's heap for `pool` if that is
+/// the thread's most recently used heap and its current slab has one.
+/// `None` sends the caller to the full path, which also handles the sampled
+/// timing and checked mode, so that this one stays a handful of instructions.
+#[inline]
+pub(crate) fn try_allocate_cached(pool: &PoolInner, class: usize) -> Option<NonNull<u8>> {
+    THREAD_HEAPS
+        .try_with(|heaps| {
+            if heaps.pool_ids[0].get() != pool.id {
+                return None;
+            }
+            // SAFETY: the front entry is this thread's live heap for `pool`.
+            let heap = unsafe { &*heaps.heaps[0].get() };
+            let allocations = heap.counters.allocations.load(Ordering::Relaxed);
+            if heap.checked || allocations % FAST_TIMING_PERIOD == 0 {
+                return None;
+            }
+            let slab = heap.classes[class].current.get();
+            if slab.is_null() {
+                return None;
+            }
+            // SAFETY: current slabs are owned by this heap and mapped.
+            let block = unsafe { (*slab).pop() }?;
+            heap.counters.allocations.store(allocations + 1, Ordering::Relaxed);
+            Some(block)
+        })
+        .ok()
+        .flatten()
+}
+
+/// Frees `block` if it is a valid block of a slab this thread owns and
+/// nothing special applies; `false` sends the caller to [`free_to_slab`].
+#[inline]
+pub(crate) fn try_free_cached(slab: &Slab, block: NonNull<u8>) -> bool {
+    if !slab.is_owned_by_current_thread() || slab.is_checked() || slab.block_index(block.as_ptr() as usize).is_err() {
+        return false;
+    }
+    // SAFETY: the owner's heap lives as long as its thread owns the slab,
+    // and this is that thread.
+    let heap = unsafe { &*slab.owner() };
+    let frees = heap.counters.frees.load(Ordering::Relaxed);
+    if frees % FAST_TIMING_PERIOD == 0 {
+        return false;
+    }
+    if slab.push_local(block) == 0 && heap.classes[slab.class()].current.get() as *const Slab != slab as *const Slab {
+        heap.retire_empty(slab);
+    }
+    heap.counters.frees.store(frees + 1, Ordering::Relaxed);
+    true
+}
+
+/// Frees a cache block of `slab`, on any thread: onto the owner's list when
+/// this thread owns the slab (no table lookup, no atomic read-modify-write),
+/// else onto the slab's thread-free list.
+#[inline]
+pub(crate) fn free_to_slab(pool: &PoolInner, slab: &Slab, block: NonNull<u8>) -> Result<(), PoolError> {
+    let index = slab.block_index(block.as_ptr() as usize)?;
+    if slab.is_checked() && !slab.mark_freed(index) {
+        return Err(PoolError::DoubleFree { addr: block.as_ptr() as usize });
+    }
+    if slab.is_owned_by_current_thread() {
+        // SAFETY: the owner's heap lives as long as its thread owns the slab,
+        // and this is that thread.
+        unsafe { &*slab.owner() }.free_local(slab, block);
+        return Ok(());
+    }
+    slab.push_remote(block);
+    if with_heap(pool, ThreadHeap::count_remote_free).is_none() {
+        pool.orphan_frees.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// Runs `use_heap` with this thread's heap for `pool`, creating it on first
