@@ -73,6 +73,8 @@
 #![warn(missing_docs)]
 
 mod align;
+#[cfg(feature = "capi")]
+pub mod capi;
 mod config;
 mod error;
 mod free_index;

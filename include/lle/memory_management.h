@@ -1,0 +1,224 @@
+/*
+ * lle/memory_management.h - C interface to lle-mempool, a lock-free
+ * concurrent memory pool.
+ *
+ * Build the Rust crate with `--features capi` and link against
+ * liblle_mempool.a (plus -lpthread -ldl -lm) or liblle_mempool.so.
+ *
+ * Conventions, for every function below:
+ *   - A pool handle may be used from any number of threads at once, except
+ *     by lle_destroy_memory_pool, which must be the handle's last use.
+ *   - A NULL pool or NULL output pointer never crashes: functions returning
+ *     lle_result_t report LLE_ERROR_NULL_POINTER; the others return NULL,
+ *     0 or -1.0 as documented on each.
+ *   - Allocation functions return NULL on any failure (size 0, a bad
+ *     alignment, out of memory, ...); they never abort.
+ *   - An internal failure of the library is reported as LLE_ERROR_INTERNAL
+ *     (or NULL) rather than terminating the process.
+ *
+ * This header is hand-written; the crate's test suite checks every constant,
+ * size and field offset below against the Rust definitions.
+ */
+#ifndef LLE_MEMORY_MANAGEMENT_H
+#define LLE_MEMORY_MANAGEMENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* An opaque pool handle; create with lle_create_memory_pool. */
+typedef struct lle_memory_pool lle_memory_pool_t;
+
+/* What a pool is used for: a label reported in statistics and logs. */
+typedef enum lle_memory_pool_type {
+    LLE_POOL_BUFFER = 0,
+    LLE_POOL_EVENT = 1,
+    LLE_POOL_STRING = 2,
+    LLE_POOL_TEMP = 3,
+    LLE_POOL_HISTORY = 4,
+    LLE_POOL_SYNTAX = 5,
+    LLE_POOL_COMPLETION = 6,
+    LLE_POOL_CUSTOM = 7,
+    /* Not a pool type: forces a 32-bit enum even under -fshort-enums, so
+     * the ABI matches the Rust side. */
+    LLE_POOL_TYPE_MAX_ENUM = 0x7FFFFFFF
+} lle_memory_pool_type_t;
+
+/* Result codes: LLE_SUCCESS is 0, every failure is negative. The values are
+ * part of the ABI and will not change. */
+typedef enum lle_result {
+    LLE_SUCCESS = 0,
+    /* The pool handle or a required output pointer was NULL. */
+    LLE_ERROR_NULL_POINTER = -1,
+    /* An argument was out of range before reaching the pool. */
+    LLE_ERROR_INVALID_PARAMETER = -2,
+    /* A size of 0 was requested. */
+    LLE_ERROR_ZERO_SIZE = -3,
+    /* A size so large that rounding it overflows. */
+    LLE_ERROR_SIZE_OVERFLOW = -4,
+    /* An alignment that is not a power of two. */
+    LLE_ERROR_INVALID_ALIGNMENT = -5,
+    /* An alignment larger than the pool supports. */
+    LLE_ERROR_ALIGNMENT_TOO_LARGE = -6,
+    /* The pointer does not lie inside this pool (malloc'd, stack, other pool). */
+    LLE_ERROR_FOREIGN_POINTER = -7,
+    /* The pointer lies inside the pool but not at the start of a block. */
+    LLE_ERROR_INTERIOR_POINTER = -8,
+    /* The block was already freed. */
+    LLE_ERROR_DOUBLE_FREE = -9,
+    /* Growing would pass the pool's maximum size. */
+    LLE_ERROR_EXCEEDS_MAX_SIZE = -10,
+    /* A resize below the bytes currently in use. */
+    LLE_ERROR_SHRINK_BELOW_USED = -11,
+    /* A resize that live blocks near the end of the pool prevent. */
+    LLE_ERROR_SHRINK_BLOCKED = -12,
+    /* The operating system refused memory. */
+    LLE_ERROR_OUT_OF_MEMORY = -13,
+    /* The pool could not be configured as asked. */
+    LLE_ERROR_INVALID_CONFIG = -14,
+    /* The pool's internal structures failed a consistency check. */
+    LLE_ERROR_CORRUPTED = -15,
+    /* The library hit an internal error (a bug); the call had no reliable effect. */
+    LLE_ERROR_INTERNAL = -16,
+    /* Not a result: forces a 32-bit enum even under -fshort-enums. */
+    LLE_RESULT_MAX_ENUM = 0x7FFFFFFF
+} lle_result_t;
+
+/* The per-thread caches behind lle_pool_allocate_fast, summed over threads. */
+typedef struct lle_fast_path_statistics {
+    /* Blocks handed out from the caches. */
+    uint64_t allocations;
+    /* Cache blocks given back, on any thread. */
+    uint64_t frees;
+    /* Of those, the ones freed by a thread other than the block's owner. */
+    uint64_t remote_frees;
+    /* Free blocks sitting in slabs, ready for the caches. */
+    size_t cached_blocks;
+    /* Slabs held by the caches (or left behind by exited threads). */
+    size_t slabs;
+} lle_fast_path_statistics_t;
+
+/* A snapshot of a pool's state and history; see lle_get_pool_statistics.
+ * The cache slabs are blocks of the shared pool, so the shared-pool fields
+ * count each slab as one block, whatever it holds. */
+typedef struct lle_pool_statistics {
+    /* Bytes mapped, in all regions. */
+    size_t size;
+    /* Bytes in live blocks of the shared pool, cache slabs included. */
+    size_t used;
+    /* Bytes in free blocks: size - used. */
+    size_t free;
+    /* The largest free block, in bytes. */
+    size_t largest_free_block;
+    /* Free blocks: maximal runs of free memory. */
+    size_t free_blocks;
+    /* Live blocks of the shared pool (each cache slab counts as one). */
+    size_t live_allocations;
+    /* The most bytes ever in use at once. */
+    size_t peak_used;
+    /* Allocations from the shared pool, ever. */
+    uint64_t total_allocations;
+    /* Frees to the shared pool, ever. */
+    uint64_t total_frees;
+    /* Allocations refused, on either path. */
+    uint64_t failed_allocations;
+    /* Times the pool grew. */
+    uint64_t expansions;
+    /* Times compaction or a resize gave memory back. */
+    uint64_t compactions;
+    /* Mean time of a sampled allocation, either path, in nanoseconds. */
+    uint64_t avg_alloc_time_ns;
+    /* Mean time of a sampled free, either path, in nanoseconds. */
+    uint64_t avg_free_time_ns;
+    /* The per-thread caches. */
+    lle_fast_path_statistics_t fast;
+} lle_pool_statistics_t;
+
+/*
+ * Creates a pool of initial_size bytes (the pool may round it up, and grows
+ * on demand). Blocks from lle_pool_allocate are aligned to `alignment`: 0
+ * means the default (16), and powers of two below 16 are raised to 16.
+ * Returns NULL if alignment is not a power of two, type is not an LLE_POOL_*
+ * value, or the pool cannot be created.
+ * Pools created here detect double frees on the fast path as well.
+ * Release with lle_destroy_memory_pool.
+ */
+lle_memory_pool_t *lle_create_memory_pool(size_t initial_size, size_t alignment,
+                                          lle_memory_pool_type_t type);
+
+/*
+ * Destroys a pool and returns its memory to the OS; every block it handed
+ * out becomes invalid. No other thread may be using the pool. NULL is
+ * ignored.
+ */
+void lle_destroy_memory_pool(lle_memory_pool_t *pool);
+
+/* Allocates `size` bytes aligned to the pool's alignment; NULL on failure
+ * (including size 0 and a NULL pool). */
+void *lle_pool_allocate(lle_memory_pool_t *pool, size_t size);
+
+/* Allocates `size` bytes aligned to `alignment`, a power of two; NULL on
+ * failure (including size 0, alignment 0 or not a power of two). */
+void *lle_pool_allocate_aligned(lle_memory_pool_t *pool, size_t size, size_t alignment);
+
+/* Allocates through the calling thread's cache: fastest for sizes up to
+ * 1 KiB (larger sizes use the shared pool). The block is aligned to 16, or to
+ * the largest power of two dividing `size` if smaller: enough for any object
+ * of that size, as with malloc. NULL on failure. */
+void *lle_pool_allocate_fast(lle_memory_pool_t *pool, size_t size);
+
+/*
+ * Returns a block to the pool. Accepts blocks from any allocate function,
+ * from any thread. Like free(3), a NULL ptr does nothing and returns
+ * LLE_SUCCESS. A pointer the pool cannot free is refused and nothing is
+ * freed: LLE_ERROR_FOREIGN_POINTER (not from this pool),
+ * LLE_ERROR_INTERIOR_POINTER (not the start of a block),
+ * LLE_ERROR_DOUBLE_FREE (already freed).
+ */
+lle_result_t lle_pool_free(lle_memory_pool_t *pool, void *ptr);
+
+/* Same as lle_pool_free: both return a block to wherever it came from (a
+ * thread cache or the shared pool), whichever function allocated it and
+ * whichever thread frees it. */
+lle_result_t lle_pool_free_fast(lle_memory_pool_t *pool, void *ptr);
+
+/* Grows the pool by additional_size bytes (the pool may round it up). */
+lle_result_t lle_expand_pool_memory(lle_memory_pool_t *pool, size_t additional_size);
+
+/* Gives unused memory back to the OS. If `released` is not NULL it receives
+ * the number of bytes given back (0 on failure); NULL is allowed. */
+lle_result_t lle_compact_pool_memory(lle_memory_pool_t *pool, size_t *released);
+
+/* Sets the pool's size to new_size bytes, all or nothing: on failure the pool
+ * is unchanged (LLE_ERROR_SHRINK_BELOW_USED, LLE_ERROR_SHRINK_BLOCKED,
+ * LLE_ERROR_EXCEEDS_MAX_SIZE, ...). */
+lle_result_t lle_atomic_pool_resize(lle_memory_pool_t *pool, size_t new_size);
+
+/* Bytes the pool manages; 0 for a NULL pool (a compacted pool with nothing
+ * live may also be empty). */
+size_t lle_get_pool_size(const lle_memory_pool_t *pool);
+
+/* Percentage of the pool handed out, 0.0 to 100.0; -1.0 for a NULL pool. */
+double lle_calculate_pool_utilization(const lle_memory_pool_t *pool);
+
+/* Fills *out with a snapshot of the pool's statistics. LLE_ERROR_NULL_POINTER
+ * if pool or out is NULL; *out is untouched on failure. */
+lle_result_t lle_get_pool_statistics(const lle_memory_pool_t *pool, lle_pool_statistics_t *out);
+
+/* Rounds size up to a multiple of alignment (a power of two). Returns 0 if
+ * alignment is not a power of two (0 included) or the result would not fit
+ * in size_t; size 0 also gives 0. */
+size_t lle_align_memory_size(size_t size, size_t alignment);
+
+/* Limits size to [min_size, max_size]. If min_size > max_size, max_size wins:
+ * the result is MIN(MAX(size, min_size), max_size). */
+size_t lle_clamp_size(size_t size, size_t min_size, size_t max_size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LLE_MEMORY_MANAGEMENT_H */

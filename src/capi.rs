@@ -1,0 +1,571 @@
+//! C ABI for the pool, declared in `include/lle/memory_management.h`.
+//!
+//! Every function is safe to call with a NULL pool or NULL output pointer: it
+//! reports [`LleResult::ErrorNullPointer`] (or NULL, 0, -1.0 where the C
+//! signature has no room for a code) instead of crashing.  No Rust panic ever
+//! unwinds into C: each body runs under [`std::panic::catch_unwind`] and a
+//! panic becomes [`LleResult::ErrorInternal`] or NULL.
+//!
+//! The header is written by hand; `tests/capi.rs` compiles a probe against it
+//! and compares every constant, size and field offset with this module, so the
+//! two cannot drift apart unnoticed.
+
+use std::ffi::{c_uint, c_void};
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr::{self, NonNull};
+use std::time::Duration;
+
+use crate::{align_up, clamp_size, MemoryPool, PoolConfig, PoolError, PoolKind, PoolStats};
+
+/// C `LLE_POOL_BUFFER`: maps to [`PoolKind::Buffer`].
+pub const LLE_POOL_BUFFER: c_uint = 0;
+/// C `LLE_POOL_EVENT`: maps to [`PoolKind::Event`].
+pub const LLE_POOL_EVENT: c_uint = 1;
+/// C `LLE_POOL_STRING`: maps to [`PoolKind::String`].
+pub const LLE_POOL_STRING: c_uint = 2;
+/// C `LLE_POOL_TEMP`: maps to [`PoolKind::Temp`].
+pub const LLE_POOL_TEMP: c_uint = 3;
+/// C `LLE_POOL_HISTORY`: maps to [`PoolKind::History`].
+pub const LLE_POOL_HISTORY: c_uint = 4;
+/// C `LLE_POOL_SYNTAX`: maps to [`PoolKind::Syntax`].
+pub const LLE_POOL_SYNTAX: c_uint = 5;
+/// C `LLE_POOL_COMPLETION`: maps to [`PoolKind::Completion`].
+pub const LLE_POOL_COMPLETION: c_uint = 6;
+/// C `LLE_POOL_CUSTOM`: maps to [`PoolKind::Custom`].
+pub const LLE_POOL_CUSTOM: c_uint = 7;
+
+/// Alignment a pool gets when `lle_create_memory_pool` is passed 0, and the
+/// floor for smaller power-of-two requests (a 16-aligned block is also
+/// 8-aligned, so rounding up never breaks the caller's expectation).
+pub const LLE_DEFAULT_ALIGNMENT: usize = 16;
+
+/// C `lle_result_t`: 0 on success, one negative code per failure cause.
+///
+/// The values are ABI: never renumber, only append.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LleResult {
+    /// `LLE_SUCCESS`
+    Success = 0,
+    /// `LLE_ERROR_NULL_POINTER`: the pool or an output pointer was NULL.
+    ErrorNullPointer = -1,
+    /// `LLE_ERROR_INVALID_PARAMETER`: an argument the pool never sees was out of range.
+    ErrorInvalidParameter = -2,
+    /// `LLE_ERROR_ZERO_SIZE`: [`PoolError::ZeroSize`].
+    ErrorZeroSize = -3,
+    /// `LLE_ERROR_SIZE_OVERFLOW`: [`PoolError::SizeOverflow`].
+    ErrorSizeOverflow = -4,
+    /// `LLE_ERROR_INVALID_ALIGNMENT`: [`PoolError::InvalidAlignment`].
+    ErrorInvalidAlignment = -5,
+    /// `LLE_ERROR_ALIGNMENT_TOO_LARGE`: [`PoolError::AlignmentTooLarge`].
+    ErrorAlignmentTooLarge = -6,
+    /// `LLE_ERROR_FOREIGN_POINTER`: [`PoolError::ForeignPointer`].
+    ErrorForeignPointer = -7,
+    /// `LLE_ERROR_INTERIOR_POINTER`: [`PoolError::InteriorPointer`].
+    ErrorInteriorPointer = -8,
+    /// `LLE_ERROR_DOUBLE_FREE`: [`PoolError::DoubleFree`].
+    ErrorDoubleFree = -9,
+    /// `LLE_ERROR_EXCEEDS_MAX_SIZE`: [`PoolError::ExceedsMaxSize`].
+    ErrorExceedsMaxSize = -10,
+    /// `LLE_ERROR_SHRINK_BELOW_USED`: [`PoolError::ShrinkBelowUsed`].
+    ErrorShrinkBelowUsed = -11,
+    /// `LLE_ERROR_SHRINK_BLOCKED`: [`PoolError::ShrinkBlocked`].
+    ErrorShrinkBlocked = -12,
+    /// `LLE_ERROR_OUT_OF_MEMORY`: [`PoolError::OutOfMemory`].
+    ErrorOutOfMemory = -13,
+    /// `LLE_ERROR_INVALID_CONFIG`: [`PoolError::InvalidConfig`].
+    ErrorInvalidConfig = -14,
+    /// `LLE_ERROR_CORRUPTED`: [`PoolError::Corrupted`].
+    ErrorCorrupted = -15,
+    /// `LLE_ERROR_INTERNAL`: the library panicked; the call had no effect
+    /// that the caller can rely on.
+    ErrorInternal = -16,
+}
+
+impl From<&PoolError> for LleResult {
+    fn from(error: &PoolError) -> Self {
+        // Deliberately no wildcard arm: inside this crate `#[non_exhaustive]`
+        // does not apply, so a new PoolError variant fails to compile here
+        // until it is given its own C code.
+        match error {
+            PoolError::ZeroSize => LleResult::ErrorZeroSize,
+            PoolError::SizeOverflow { .. } => LleResult::ErrorSizeOverflow,
+            PoolError::InvalidAlignment { .. } => LleResult::ErrorInvalidAlignment,
+            PoolError::AlignmentTooLarge { .. } => LleResult::ErrorAlignmentTooLarge,
+            PoolError::ForeignPointer { .. } => LleResult::ErrorForeignPointer,
+            PoolError::InteriorPointer { .. } => LleResult::ErrorInteriorPointer,
+            PoolError::DoubleFree { .. } => LleResult::ErrorDoubleFree,
+            PoolError::ExceedsMaxSize { .. } => LleResult::ErrorExceedsMaxSize,
+            PoolError::ShrinkBelowUsed { .. } => LleResult::ErrorShrinkBelowUsed,
+            PoolError::ShrinkBlocked { .. } => LleResult::ErrorShrinkBlocked,
+            PoolError::OutOfMemory { .. } => LleResult::ErrorOutOfMemory,
+            PoolError::InvalidConfig { .. } => LleResult::ErrorInvalidConfig,
+            PoolError::Corrupted { .. } => LleResult::ErrorCorrupted,
+        }
+    }
+}
+
+impl From<Result<(), PoolError>> for LleResult {
+    fn from(result: Result<(), PoolError>) -> Self {
+        match result {
+            Ok(()) => LleResult::Success,
+            Err(error) => LleResult::from(&error),
+        }
+    }
+}
+
+/// C `lle_fast_path_statistics_t`: mirrors [`crate::FastPathStats`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LleFastPathStatistics {
+    /// Blocks handed out from the caches.
+    pub allocations: u64,
+    /// Cache blocks given back, on any thread.
+    pub frees: u64,
+    /// Of those, the ones freed by a thread other than the block's owner.
+    pub remote_frees: u64,
+    /// Free blocks sitting in slabs, ready for the caches.
+    pub cached_blocks: usize,
+    /// Slabs held by the caches (or left behind by exited threads).
+    pub slabs: usize,
+}
+
+/// C `lle_pool_statistics_t`: mirrors [`PoolStats`], with durations as
+/// nanoseconds (saturating at `u64::MAX`, about 584 years).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LlePoolStatistics {
+    /// Bytes mapped, in all regions.
+    pub size: usize,
+    /// Bytes in live blocks of the shared pool, cache slabs included.
+    pub used: usize,
+    /// Bytes in free blocks: `size - used`.
+    pub free: usize,
+    /// The largest free block, in bytes.
+    pub largest_free_block: usize,
+    /// Free blocks: maximal runs of free memory.
+    pub free_blocks: usize,
+    /// Live blocks of the shared pool (each cache slab counts as one).
+    pub live_allocations: usize,
+    /// The most bytes ever in use at once.
+    pub peak_used: usize,
+    /// Allocations from the shared pool, ever.
+    pub total_allocations: u64,
+    /// Frees to the shared pool, ever.
+    pub total_frees: u64,
+    /// Allocations refused, on either path.
+    pub failed_allocations: u64,
+    /// Times the pool grew.
+    pub expansions: u64,
+    /// Times compaction or a resize gave memory back.
+    pub compactions: u64,
+    /// Mean time of a sampled allocation, either path, in nanoseconds.
+    pub avg_alloc_time_ns: u64,
+    /// Mean time of a sampled free, either path, in nanoseconds.
+    pub avg_free_time_ns: u64,
+    /// The per-thread caches.
+    pub fast: LleFastPathStatistics,
+}
+
+fn duration_as_nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl From<&PoolStats> for LlePoolStatistics {
+    fn from(stats: &PoolStats) -> Self {
+        LlePoolStatistics {
+            size: stats.size,
+            used: stats.used,
+            free: stats.free,
+            largest_free_block: stats.largest_free_block,
+            free_blocks: stats.free_blocks,
+            live_allocations: stats.live_allocations,
+            peak_used: stats.peak_used,
+            total_allocations: stats.total_allocations,
+            total_frees: stats.total_frees,
+            failed_allocations: stats.failed_allocations,
+            expansions: stats.expansions,
+            compactions: stats.compactions,
+            avg_alloc_time_ns: duration_as_nanos(stats.avg_alloc_time),
+            avg_free_time_ns: duration_as_nanos(stats.avg_free_time),
+            fast: LleFastPathStatistics {
+                allocations: stats.fast.allocations,
+                frees: stats.fast.frees,
+                remote_frees: stats.fast.remote_frees,
+                cached_blocks: stats.fast.cached_blocks,
+                slabs: stats.fast.slabs,
+            },
+        }
+    }
+}
+
+/// Runs `body`, turning a panic into `on_panic`: a panic reaching the edge of
+/// an `extern "C"` function aborts the whole host process, and a C program
+/// that called a memory pool deserves an error code instead.
+///
+/// `AssertUnwindSafe` is sound here in the sense that matters: no value
+/// observed half-updated by the panic is touched again in this call, and the
+/// pool's own invariants are its business (`check()` reports corruption).
+fn guard<T>(on_panic: T, body: impl FnOnce() -> T) -> T {
+    panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        // Dropping the payload runs foreign Drop code that could itself
+        // panic, outside any catch_unwind; leaking one small box on a path
+        // that should never run is the safer trade.
+        std::mem::forget(payload);
+        on_panic
+    })
+}
+
+fn pool_kind(pool_type: c_uint) -> Option<PoolKind> {
+    Some(match pool_type {
+        LLE_POOL_BUFFER => PoolKind::Buffer,
+        LLE_POOL_EVENT => PoolKind::Event,
+        LLE_POOL_STRING => PoolKind::String,
+        LLE_POOL_TEMP => PoolKind::Temp,
+        LLE_POOL_HISTORY => PoolKind::History,
+        LLE_POOL_SYNTAX => PoolKind::Syntax,
+        LLE_POOL_COMPLETION => PoolKind::Completion,
+        LLE_POOL_CUSTOM => PoolKind::Custom,
+        _ => return None,
+    })
+}
+
+fn into_c_ptr(block: Result<NonNull<u8>, PoolError>) -> *mut c_void {
+    block.map_or(ptr::null_mut(), |block| block.as_ptr().cast())
+}
+
+/// Creates a pool of `initial_size` bytes (the pool may round it up, and
+/// grows on demand) whose `lle_pool_allocate` blocks
+/// are aligned to `alignment` (0 means 16; powers of two below 16 are raised
+/// to 16). Returns NULL if `alignment` is not a power of two, `pool_type` is
+/// not an `LLE_POOL_*` value, or the pool cannot be created.
+///
+/// Pools made here always detect double frees on the fast path too: C callers
+/// get an error code instead of silent heap corruption, at a small cost.
+///
+/// # Safety
+///
+/// None: any argument values are accepted. The returned pointer must be
+/// released with [`lle_destroy_memory_pool`] exactly once.
+#[unsafe(no_mangle)]
+pub extern "C" fn lle_create_memory_pool(
+    initial_size: usize,
+    alignment: usize,
+    pool_type: c_uint,
+) -> *mut MemoryPool {
+    guard(ptr::null_mut(), || {
+        let alignment = match alignment {
+            0 => LLE_DEFAULT_ALIGNMENT,
+            a if a.is_power_of_two() => a.max(LLE_DEFAULT_ALIGNMENT),
+            _ => return ptr::null_mut(),
+        };
+        let Some(kind) = pool_kind(pool_type) else {
+            return ptr::null_mut();
+        };
+        let config = PoolConfig::new(initial_size)
+            .kind(kind)
+            .alignment(alignment)
+            .checked(true);
+        MemoryPool::with_config(config)
+            .map_or(ptr::null_mut(), |pool| Box::into_raw(Box::new(pool)))
+    })
+}
+
+/// Destroys a pool and returns all its memory to the OS. NULL is ignored.
+///
+/// # Safety
+///
+/// `pool` must be NULL or a pointer from [`lle_create_memory_pool`] not yet
+/// destroyed, and no other thread may be using it. Every block it handed out
+/// becomes invalid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_destroy_memory_pool(pool: *mut MemoryPool) {
+    if pool.is_null() {
+        return;
+    }
+    guard((), || {
+        // SAFETY: the caller guarantees `pool` came from Box::into_raw in
+        // lle_create_memory_pool and that this is its only destruction.
+        drop(unsafe { Box::from_raw(pool) });
+    });
+}
+
+/// Borrows the pool behind a C handle.
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+unsafe fn pool_ref<'a>(pool: *const MemoryPool) -> Option<&'a MemoryPool> {
+    // SAFETY: forwarded from the caller; a live pool is only ever shared
+    // (every method takes &self), so handing out & references is sound.
+    unsafe { pool.as_ref() }
+}
+
+/// Allocates `size` bytes aligned to the pool's alignment from the shared
+/// pool. Returns NULL on failure, including `size == 0` and a NULL pool.
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_pool_allocate(pool: *mut MemoryPool, size: usize) -> *mut c_void {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return ptr::null_mut();
+    };
+    guard(ptr::null_mut(), || into_c_ptr(pool.allocate(size)))
+}
+
+/// Allocates `size` bytes aligned to `alignment` (a power of two). Returns
+/// NULL on failure, including `size == 0`, a bad alignment and a NULL pool.
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_pool_allocate_aligned(
+    pool: *mut MemoryPool,
+    size: usize,
+    alignment: usize,
+) -> *mut c_void {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return ptr::null_mut();
+    };
+    guard(ptr::null_mut(), || {
+        into_c_ptr(pool.allocate_aligned(size, alignment))
+    })
+}
+
+/// Allocates `size` bytes through the calling thread's cache (sizes above
+/// 1 KiB fall through to the shared pool). The block is aligned to 16, or to
+/// the largest power of two dividing `size` if smaller: enough for any object
+/// of that size, as with `malloc`. Returns NULL on failure.
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_pool_allocate_fast(pool: *mut MemoryPool, size: usize) -> *mut c_void {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return ptr::null_mut();
+    };
+    guard(ptr::null_mut(), || into_c_ptr(pool.allocate_fast(size)))
+}
+
+/// Which of the pool's two free paths a C call asked for.
+#[derive(Clone, Copy)]
+enum FreePath {
+    Shared,
+    Fast,
+}
+
+/// Shared body of the two free functions.
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+unsafe fn free_block(pool: *mut MemoryPool, block: *mut c_void, path: FreePath) -> LleResult {
+    // SAFETY: forwarded from the caller.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return LleResult::ErrorNullPointer;
+    };
+    let Some(block) = NonNull::new(block.cast::<u8>()) else {
+        return LleResult::Success;
+    };
+    guard(LleResult::ErrorInternal, || {
+        // SAFETY: the pool refuses, without touching it, any pointer that is
+        // not one of its live blocks; the one exception, a second free of a
+        // thread-cache block, is refused too because pools made by
+        // lle_create_memory_pool are `checked`. Not using a block once it is
+        // freed is the C caller's side of lle_pool_free's contract.
+        let freed = unsafe {
+            match path {
+                FreePath::Shared => pool.free(block),
+                FreePath::Fast => pool.free_fast(block),
+            }
+        };
+        LleResult::from(freed)
+    })
+}
+
+/// Returns a block to the pool. Accepts blocks from any of the allocate
+/// functions. Like `free(3)`, a NULL `ptr` is a no-op returning
+/// `LLE_SUCCESS`; a pointer the pool did not hand out is refused with an
+/// error code and nothing is freed.
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// Once this returns `LLE_SUCCESS`, the block must no longer be used.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_pool_free(pool: *mut MemoryPool, ptr: *mut c_void) -> LleResult {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { free_block(pool, ptr, FreePath::Shared) }
+}
+
+/// The same as [`lle_pool_free`]: the pool sends every block back to where
+/// it came from (a thread cache or the shared pool), whichever function
+/// allocated it and whichever thread frees it.
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// Once this returns `LLE_SUCCESS`, the block must no longer be used.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_pool_free_fast(pool: *mut MemoryPool, ptr: *mut c_void) -> LleResult {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { free_block(pool, ptr, FreePath::Fast) }
+}
+
+/// Grows the pool by `additional_size` bytes (the pool may round it up).
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_expand_pool_memory(
+    pool: *mut MemoryPool,
+    additional_size: usize,
+) -> LleResult {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return LleResult::ErrorNullPointer;
+    };
+    guard(LleResult::ErrorInternal, || {
+        pool.expand(additional_size).into()
+    })
+}
+
+/// Gives unused memory back to the OS. If `released` is not NULL, the
+/// number of bytes given back is stored there (0 on failure).
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`];
+/// `released` must be NULL or valid for writing one `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_compact_pool_memory(
+    pool: *mut MemoryPool,
+    released: *mut usize,
+) -> LleResult {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return LleResult::ErrorNullPointer;
+    };
+    let (result, released_bytes) = guard((LleResult::ErrorInternal, 0), || match pool.compact() {
+        Ok(bytes) => (LleResult::Success, bytes),
+        Err(error) => (LleResult::from(&error), 0),
+    });
+    if !released.is_null() {
+        // SAFETY: non-NULL `released` is valid for writes per the contract.
+        unsafe { released.write(released_bytes) };
+    }
+    result
+}
+
+/// Sets the pool's size to `new_size` bytes, all or nothing: on failure the
+/// pool is unchanged.
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_atomic_pool_resize(
+    pool: *mut MemoryPool,
+    new_size: usize,
+) -> LleResult {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return LleResult::ErrorNullPointer;
+    };
+    guard(LleResult::ErrorInternal, || pool.resize(new_size).into())
+}
+
+/// Bytes the pool manages; 0 for a NULL pool (a compacted pool with nothing
+/// live may also be empty).
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_get_pool_size(pool: *const MemoryPool) -> usize {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return 0;
+    };
+    guard(0, || pool.size())
+}
+
+/// Percentage (0 to 100) of the pool handed out; -1.0 for a NULL pool, so
+/// the caller can tell "no pool" from "empty pool".
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_calculate_pool_utilization(pool: *const MemoryPool) -> f64 {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return -1.0;
+    };
+    guard(-1.0, || pool.utilization())
+}
+
+/// Copies the pool's statistics into `*out`. `*out` is left untouched on
+/// failure.
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`];
+/// `out` must be NULL or valid for writing one `lle_pool_statistics_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_get_pool_statistics(
+    pool: *const MemoryPool,
+    out: *mut LlePoolStatistics,
+) -> LleResult {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return LleResult::ErrorNullPointer;
+    };
+    if out.is_null() {
+        return LleResult::ErrorNullPointer;
+    }
+    guard(LleResult::ErrorInternal, || {
+        let stats = LlePoolStatistics::from(&pool.stats());
+        // SAFETY: `out` is non-NULL and valid for writes per the contract;
+        // `write` does not read or drop the old (possibly uninitialised) value.
+        unsafe { out.write(stats) };
+        LleResult::Success
+    })
+}
+
+/// Rounds `size` up to a multiple of `alignment` (a power of two). Returns 0
+/// if `alignment` is not a power of two or the result would overflow; note
+/// that `size == 0` also gives 0.
+///
+/// # Safety
+///
+/// None: any argument values are accepted.
+#[unsafe(no_mangle)]
+pub extern "C" fn lle_align_memory_size(size: usize, alignment: usize) -> usize {
+    guard(0, || align_up(size, alignment).unwrap_or(0))
+}
+
+/// Limits `size` to `min_size..=max_size`. If `min_size > max_size`,
+/// `max_size` wins, as with `MIN(MAX(size, min_size), max_size)`.
+///
+/// # Safety
+///
+/// None: any argument values are accepted.
+#[unsafe(no_mangle)]
+pub extern "C" fn lle_clamp_size(size: usize, min_size: usize, max_size: usize) -> usize {
+    if min_size > max_size {
+        // Handled here rather than passed on: an inverted range is a caller
+        // bug that Rust's `clamp` answers with a panic, and C has no way to
+        // hear about it.
+        return max_size;
+    }
+    guard(max_size, || clamp_size(size, min_size, max_size))
+}

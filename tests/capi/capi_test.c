@@ -1,0 +1,367 @@
+/*
+ * Exercises the C interface of lle-mempool from plain C11: concurrent use
+ * from several pthreads on both allocation paths, statistics, resizing, and
+ * refusal of bad input with the documented codes.
+ *
+ * Built and run by tests/capi.rs; prints "N passed, M failed" last and exits
+ * non-zero if anything failed.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lle/memory_management.h"
+
+#define WORKER_THREADS 4
+#define ROUNDS_PER_WORKER 200
+#define BLOCKS_PER_ROUND 64
+/* Sizes cycle through this table so both fast-path size classes and the
+ * shared pool (sizes above 1 KiB) are exercised. */
+static const size_t block_sizes[] = {1, 8, 16, 24, 48, 64, 100, 256, 512, 1000, 1024, 1500, 4096, 9000};
+#define BLOCK_SIZE_COUNT (sizeof block_sizes / sizeof block_sizes[0])
+#define FAST_PATH_LIMIT 1024
+
+static unsigned passed;
+static unsigned failed;
+
+static void check(int ok, const char *what, const char *file, int line) {
+    if (ok) {
+        passed++;
+    } else {
+        failed++;
+        fprintf(stderr, "FAIL %s:%d: %s\n", file, line, what);
+    }
+}
+#define CHECK(cond) check((cond) ? 1 : 0, #cond, __FILE__, __LINE__)
+
+static unsigned char pattern_byte(unsigned worker, unsigned round, unsigned block, size_t offset) {
+    return (unsigned char)(worker * 131u + round * 31u + block * 7u + (unsigned)offset);
+}
+
+static int is_aligned(const void *ptr, size_t alignment) {
+    return ((uintptr_t)ptr % alignment) == 0;
+}
+
+/* The fast path promises what malloc does: 16, or the largest power of two
+ * dividing the size if smaller, since no object of that size needs more. */
+static size_t fast_path_alignment(size_t size) {
+    size_t alignment = 1;
+    while (alignment < 16 && size % (alignment * 2) == 0) {
+        alignment *= 2;
+    }
+    return alignment;
+}
+
+struct worker {
+    lle_memory_pool_t *pool;
+    unsigned id;
+    pthread_t thread;
+    /* Tallies written only by the worker and read after join. */
+    unsigned long shared_allocations;
+    unsigned long fast_allocations;
+    unsigned long small_fast_allocations;
+    unsigned long allocation_failures;
+    unsigned long misaligned_blocks;
+    unsigned long corrupted_blocks;
+    unsigned long free_failures;
+};
+
+/*
+ * Each round allocates a batch, fills every block with a pattern, then
+ * verifies and frees the whole batch. Holding a batch live at once (instead of
+ * alloc/free pairs) makes blocks from different threads interleave in the
+ * pool, so an overlap between live blocks would show up as a corrupted pattern.
+ * Block i is allocated on path i % 2 and freed on path (i / 2) % 2, covering
+ * all four combinations of shared and fast paths.
+ */
+static void *worker_main(void *arg) {
+    struct worker *w = arg;
+    void *blocks[BLOCKS_PER_ROUND];
+    size_t sizes[BLOCKS_PER_ROUND];
+
+    for (unsigned round = 0; round < ROUNDS_PER_WORKER; round++) {
+        for (unsigned i = 0; i < BLOCKS_PER_ROUND; i++) {
+            size_t size = block_sizes[(w->id + round + i) % BLOCK_SIZE_COUNT];
+            int fast = i % 2;
+            void *block = fast ? lle_pool_allocate_fast(w->pool, size) : lle_pool_allocate(w->pool, size);
+            blocks[i] = block;
+            sizes[i] = size;
+            if (block == NULL) {
+                w->allocation_failures++;
+                continue;
+            }
+            if (fast) {
+                w->fast_allocations++;
+                if (size <= FAST_PATH_LIMIT) {
+                    w->small_fast_allocations++;
+                }
+            } else {
+                w->shared_allocations++;
+            }
+            if (!is_aligned(block, fast ? fast_path_alignment(size) : 16)) {
+                w->misaligned_blocks++;
+            }
+            unsigned char *bytes = block;
+            for (size_t off = 0; off < size; off++) {
+                bytes[off] = pattern_byte(w->id, round, i, off);
+            }
+        }
+        for (unsigned i = 0; i < BLOCKS_PER_ROUND; i++) {
+            if (blocks[i] == NULL) {
+                continue;
+            }
+            const unsigned char *bytes = blocks[i];
+            for (size_t off = 0; off < sizes[i]; off++) {
+                if (bytes[off] != pattern_byte(w->id, round, i, off)) {
+                    w->corrupted_blocks++;
+                    break;
+                }
+            }
+            lle_result_t freed = (i / 2) % 2 ? lle_pool_free_fast(w->pool, blocks[i]) : lle_pool_free(w->pool, blocks[i]);
+            if (freed != LLE_SUCCESS) {
+                w->free_failures++;
+            }
+        }
+    }
+    return NULL;
+}
+
+static void test_concurrent_use(void) {
+    lle_memory_pool_t *pool = lle_create_memory_pool(1u << 20, 0, LLE_POOL_EVENT);
+    CHECK(pool != NULL);
+    if (pool == NULL) {
+        return;
+    }
+
+    struct worker workers[WORKER_THREADS];
+    memset(workers, 0, sizeof workers);
+    unsigned started = 0;
+    for (unsigned t = 0; t < WORKER_THREADS; t++) {
+        workers[t].pool = pool;
+        workers[t].id = t;
+        if (pthread_create(&workers[t].thread, NULL, worker_main, &workers[t]) != 0) {
+            break;
+        }
+        started++;
+    }
+    CHECK(started == WORKER_THREADS);
+
+    unsigned long shared = 0, fast = 0, small_fast = 0;
+    for (unsigned t = 0; t < started; t++) {
+        CHECK(pthread_join(workers[t].thread, NULL) == 0);
+        CHECK(workers[t].allocation_failures == 0);
+        CHECK(workers[t].misaligned_blocks == 0);
+        CHECK(workers[t].corrupted_blocks == 0);
+        CHECK(workers[t].free_failures == 0);
+        shared += workers[t].shared_allocations;
+        fast += workers[t].fast_allocations;
+        small_fast += workers[t].small_fast_allocations;
+    }
+    CHECK(shared + fast == (unsigned long)started * ROUNDS_PER_WORKER * BLOCKS_PER_ROUND);
+
+    lle_pool_statistics_t stats;
+    memset(&stats, 0xAB, sizeof stats);
+    CHECK(lle_get_pool_statistics(pool, &stats) == LLE_SUCCESS);
+    /* The workers have exited, which hands their emptied cache slabs back,
+     * so nothing at all is live now. */
+    CHECK(stats.live_allocations == 0);
+    CHECK(stats.used == 0);
+    /* total_allocations counts shared-pool blocks (cache slabs and fast
+     * requests above 1 KiB included), fast.allocations counts cache blocks:
+     * each covers at least the calls made on its path. */
+    CHECK(stats.total_allocations >= shared);
+    CHECK(stats.fast.allocations >= small_fast);
+    CHECK(stats.total_frees + stats.fast.frees >= shared + fast);
+    CHECK(stats.failed_allocations == 0);
+    CHECK(stats.size == lle_get_pool_size(pool));
+    CHECK(stats.size >= (size_t)1u << 20);
+    CHECK(stats.peak_used > 0);
+    CHECK(stats.peak_used <= stats.size);
+
+    double utilization = lle_calculate_pool_utilization(pool);
+    CHECK(utilization >= 0.0 && utilization <= 100.0);
+
+    lle_destroy_memory_pool(pool);
+}
+
+static void test_alignment(void) {
+    lle_memory_pool_t *pool = lle_create_memory_pool(1u << 16, 64, LLE_POOL_BUFFER);
+    CHECK(pool != NULL);
+    if (pool == NULL) {
+        return;
+    }
+    void *plain = lle_pool_allocate(pool, 10);
+    CHECK(plain != NULL && is_aligned(plain, 64));
+    void *aligned = lle_pool_allocate_aligned(pool, 10, 256);
+    CHECK(aligned != NULL && is_aligned(aligned, 256));
+    CHECK(lle_pool_free(pool, plain) == LLE_SUCCESS);
+    CHECK(lle_pool_free(pool, aligned) == LLE_SUCCESS);
+    lle_destroy_memory_pool(pool);
+
+    /* Powers of two below the default are raised, not refused. */
+    pool = lle_create_memory_pool(1u << 16, 8, LLE_POOL_BUFFER);
+    CHECK(pool != NULL);
+    if (pool != NULL) {
+        void *block = lle_pool_allocate(pool, 10);
+        CHECK(block != NULL && is_aligned(block, 16));
+        CHECK(lle_pool_free(pool, block) == LLE_SUCCESS);
+        lle_destroy_memory_pool(pool);
+    }
+}
+
+static void test_resizing(void) {
+    const size_t initial = 1u << 16;
+    lle_memory_pool_t *pool = lle_create_memory_pool(initial, 0, LLE_POOL_HISTORY);
+    CHECK(pool != NULL);
+    if (pool == NULL) {
+        return;
+    }
+    size_t before = lle_get_pool_size(pool);
+    CHECK(before >= initial);
+    CHECK(lle_expand_pool_memory(pool, initial) == LLE_SUCCESS);
+    CHECK(lle_get_pool_size(pool) >= before + initial);
+
+    CHECK(lle_atomic_pool_resize(pool, 4 * initial) == LLE_SUCCESS);
+    CHECK(lle_get_pool_size(pool) >= 4 * initial);
+
+    /* All or nothing: a shrink below live data is refused and changes nothing. */
+    void *block = lle_pool_allocate(pool, initial);
+    CHECK(block != NULL);
+    size_t size_before_refused_shrink = lle_get_pool_size(pool);
+    lle_result_t shrink = lle_atomic_pool_resize(pool, 16);
+    CHECK(shrink == LLE_ERROR_SHRINK_BELOW_USED || shrink == LLE_ERROR_SHRINK_BLOCKED);
+    CHECK(lle_get_pool_size(pool) == size_before_refused_shrink);
+    CHECK(lle_pool_free(pool, block) == LLE_SUCCESS);
+
+    /* Nothing is live in a pool grown to 4x its initial size, so compaction
+     * has memory to give back. */
+    size_t released = 0;
+    size_t size_before_compaction = lle_get_pool_size(pool);
+    CHECK(lle_compact_pool_memory(pool, &released) == LLE_SUCCESS);
+    CHECK(released > 0);
+    CHECK(lle_get_pool_size(pool) < size_before_compaction);
+    CHECK(lle_compact_pool_memory(pool, NULL) == LLE_SUCCESS);
+
+    lle_pool_statistics_t stats;
+    CHECK(lle_get_pool_statistics(pool, &stats) == LLE_SUCCESS);
+    CHECK(stats.expansions >= 1);
+    CHECK(stats.compactions >= 1);
+    CHECK(stats.live_allocations == 0);
+    lle_destroy_memory_pool(pool);
+}
+
+static void test_bad_input(void) {
+    lle_memory_pool_t *pool = lle_create_memory_pool(1u << 16, 0, LLE_POOL_TEMP);
+    CHECK(pool != NULL);
+    if (pool == NULL) {
+        return;
+    }
+
+    /* Creation refuses what it cannot honour. */
+    CHECK(lle_create_memory_pool(1u << 16, 3, LLE_POOL_TEMP) == NULL);
+    CHECK(lle_create_memory_pool(1u << 16, 48, LLE_POOL_TEMP) == NULL);
+    CHECK(lle_create_memory_pool(1u << 16, 0, (lle_memory_pool_type_t)99) == NULL);
+
+    /* Size 0 and bad alignments give NULL on every allocation path. */
+    CHECK(lle_pool_allocate(pool, 0) == NULL);
+    CHECK(lle_pool_allocate_fast(pool, 0) == NULL);
+    CHECK(lle_pool_allocate_aligned(pool, 0, 16) == NULL);
+    CHECK(lle_pool_allocate_aligned(pool, 16, 3) == NULL);
+    CHECK(lle_pool_allocate_aligned(pool, 16, 0) == NULL);
+    CHECK(lle_pool_allocate(pool, SIZE_MAX) == NULL);
+
+    /* Everything is allocated before the first frees: a later allocation
+     * could reuse a freed address and turn the double free below into a
+     * valid free. */
+    void *shared_block = lle_pool_allocate(pool, 32);
+    CHECK(shared_block != NULL);
+    void *fast_block = lle_pool_allocate_fast(pool, 32);
+    CHECK(fast_block != NULL);
+    unsigned char *live_block = lle_pool_allocate(pool, 64);
+    CHECK(live_block != NULL);
+    unsigned char *live_fast_block = lle_pool_allocate_fast(pool, 64);
+    CHECK(live_fast_block != NULL);
+    void *from_malloc = malloc(64);
+    CHECK(from_malloc != NULL);
+    int on_stack = 0;
+    CHECK(lle_pool_free(pool, shared_block) == LLE_SUCCESS);
+    CHECK(lle_pool_free_fast(pool, fast_block) == LLE_SUCCESS);
+
+    lle_pool_statistics_t before, after;
+    CHECK(lle_get_pool_statistics(pool, &before) == LLE_SUCCESS);
+
+    /* Double free, on both paths. */
+    CHECK(lle_pool_free(pool, shared_block) == LLE_ERROR_DOUBLE_FREE);
+    CHECK(lle_pool_free_fast(pool, fast_block) == LLE_ERROR_DOUBLE_FREE);
+    /* A pointer into the middle of a live block. */
+    CHECK(lle_pool_free(pool, live_block + 16) == LLE_ERROR_INTERIOR_POINTER);
+    CHECK(lle_pool_free_fast(pool, live_block + 16) == LLE_ERROR_INTERIOR_POINTER);
+    CHECK(lle_pool_free_fast(pool, live_fast_block + 8) == LLE_ERROR_INTERIOR_POINTER);
+    /* Pointers the pool never handed out. */
+    CHECK(lle_pool_free(pool, from_malloc) == LLE_ERROR_FOREIGN_POINTER);
+    CHECK(lle_pool_free_fast(pool, from_malloc) == LLE_ERROR_FOREIGN_POINTER);
+    CHECK(lle_pool_free(pool, &on_stack) == LLE_ERROR_FOREIGN_POINTER);
+    CHECK(lle_pool_free_fast(pool, &on_stack) == LLE_ERROR_FOREIGN_POINTER);
+
+    /* A refused free changes nothing. */
+    CHECK(lle_get_pool_statistics(pool, &after) == LLE_SUCCESS);
+    CHECK(after.total_frees == before.total_frees);
+    CHECK(after.fast.frees == before.fast.frees);
+    CHECK(after.live_allocations == before.live_allocations);
+    CHECK(after.used == before.used);
+    CHECK(lle_pool_free(pool, live_block) == LLE_SUCCESS);
+    CHECK(lle_pool_free_fast(pool, live_fast_block) == LLE_SUCCESS);
+    free(from_malloc);
+
+    /* NULL block is a no-op, as with free(3). */
+    CHECK(lle_pool_free(pool, NULL) == LLE_SUCCESS);
+    CHECK(lle_pool_free_fast(pool, NULL) == LLE_SUCCESS);
+
+    /* NULL pool: codes, NULL, 0 or -1.0, never a crash. */
+    CHECK(lle_pool_allocate(NULL, 16) == NULL);
+    CHECK(lle_pool_allocate_aligned(NULL, 16, 16) == NULL);
+    CHECK(lle_pool_allocate_fast(NULL, 16) == NULL);
+    CHECK(lle_pool_free(NULL, &on_stack) == LLE_ERROR_NULL_POINTER);
+    CHECK(lle_pool_free_fast(NULL, &on_stack) == LLE_ERROR_NULL_POINTER);
+    CHECK(lle_pool_free(NULL, NULL) == LLE_ERROR_NULL_POINTER);
+    CHECK(lle_expand_pool_memory(NULL, 4096) == LLE_ERROR_NULL_POINTER);
+    size_t released = 0;
+    CHECK(lle_compact_pool_memory(NULL, &released) == LLE_ERROR_NULL_POINTER);
+    CHECK(lle_atomic_pool_resize(NULL, 4096) == LLE_ERROR_NULL_POINTER);
+    CHECK(lle_get_pool_size(NULL) == 0);
+    CHECK(lle_calculate_pool_utilization(NULL) < 0.0);
+    lle_pool_statistics_t stats;
+    CHECK(lle_get_pool_statistics(NULL, &stats) == LLE_ERROR_NULL_POINTER);
+    lle_destroy_memory_pool(NULL);
+
+    /* NULL output pointer. */
+    CHECK(lle_get_pool_statistics(pool, NULL) == LLE_ERROR_NULL_POINTER);
+    lle_destroy_memory_pool(pool);
+}
+
+static void test_size_helpers(void) {
+    CHECK(lle_align_memory_size(13, 16) == 16);
+    CHECK(lle_align_memory_size(16, 16) == 16);
+    CHECK(lle_align_memory_size(17, 64) == 64);
+    CHECK(lle_align_memory_size(0, 16) == 0);
+    CHECK(lle_align_memory_size(13, 0) == 0);
+    CHECK(lle_align_memory_size(13, 3) == 0);
+    CHECK(lle_align_memory_size(SIZE_MAX, 16) == 0);
+
+    CHECK(lle_clamp_size(5, 10, 20) == 10);
+    CHECK(lle_clamp_size(15, 10, 20) == 15);
+    CHECK(lle_clamp_size(25, 10, 20) == 20);
+    CHECK(lle_clamp_size(15, 20, 10) == 10);
+}
+
+int main(void) {
+    test_concurrent_use();
+    test_alignment();
+    test_resizing();
+    test_bad_input();
+    test_size_helpers();
+    printf("%u passed, %u failed\n", passed, failed);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
