@@ -296,11 +296,17 @@ impl ThreadHeap {
         }
     }
 
-    /// Counts a block this thread gave back to another thread's slab.
-    #[inline]
-    pub(crate) fn count_remote_free(&self) {
-        bump(&self.counters.frees, 1);
+    /// Gives a block back to a slab another thread owns (or an abandoned
+    /// one), counting and sampling it as this thread's free.
+    pub(crate) fn free_remote(&self, slab: &Slab, block: NonNull<u8>) {
+        let frees = self.counters.frees.load(Ordering::Relaxed);
+        let started = (frees % FAST_TIMING_PERIOD == 0).then(Instant::now);
+        slab.push_remote(block);
+        self.counters.frees.store(frees + 1, Ordering::Relaxed);
         bump(&self.counters.remote_frees, 1);
+        if let Some(started) = started {
+            self.counters.free_time.record(started.elapsed());
+        }
     }
 
     #[cold]
@@ -531,8 +537,8 @@ pub(crate) fn free_to_slab(pool: &PoolInner, slab: &Slab, block: NonNull<u8>) ->
         unsafe { &*slab.owner() }.free_local(slab, block);
         return Ok(());
     }
-    slab.push_remote(block);
-    if with_heap(pool, ThreadHeap::count_remote_free).is_none() {
+    if with_heap(pool, |heap| heap.free_remote(slab, block)).is_none() {
+        slab.push_remote(block);
         pool.orphan_frees.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
