@@ -261,6 +261,38 @@ impl FreeIndex {
         self.set_free(first, count, true);
     }
 
+    /// Turns the `count` free granules from `end` on into the tail of the
+    /// live block that ends at `end`.
+    pub(crate) fn extend_block(&self, end: usize, count: usize) {
+        debug_assert!(!self.is_block_start(end));
+        self.set_free(end, count, false);
+    }
+
+    /// Frees the last `count` granules of the live block that ends at `end`;
+    /// the block keeps its start and the rest.
+    pub(crate) fn truncate_block(&self, end: usize, count: usize) {
+        debug_assert!(count < end && !self.is_block_start(end - count));
+        self.set_free(end - count, count, true);
+    }
+
+    /// How many granules from `granule` on are free, counting at most
+    /// `limit`: a word of the bitmap at a time.
+    pub(crate) fn free_run_from(&self, granule: usize, limit: usize) -> usize {
+        let mut counted = 0;
+        let mut position = granule;
+        while counted < limit && position < self.granules {
+            let offset = position % LEAF_GRANULES;
+            let free = self.free_bits[position / LEAF_GRANULES].load(Ordering::Relaxed) >> offset;
+            let ones = free.trailing_ones() as usize;
+            counted += ones;
+            if offset + ones < LEAF_GRANULES {
+                break;
+            }
+            position += ones;
+        }
+        counted.min(limit)
+    }
+
     /// How many granules the live block starting at `first` spans: up to the
     /// next granule that is free or starts another block.
     pub(crate) fn block_granules(&self, first: usize) -> usize {
@@ -461,6 +493,24 @@ mod tests {
         index.claim(201, 99);
         assert_eq!(index.trailing_free(), 0);
         assert_eq!(index.block_granules(201), 99);
+    }
+
+    #[test]
+    fn blocks_extend_into_and_truncate_to_free_granules() {
+        let index = FreeIndex::new(200);
+        index.claim(10, 5);
+        index.claim(100, 1);
+        assert_eq!(index.free_run_from(15, usize::MAX), 85);
+        assert_eq!(index.free_run_from(15, 70), 70);
+        assert_eq!(index.free_run_from(101, usize::MAX), 99);
+        assert_eq!(index.free_run_from(100, usize::MAX), 0);
+        index.extend_block(15, 85);
+        assert_eq!(index.block_granules(10), 90);
+        assert_eq!(index.audit().unwrap(), (10 + 99, 2, 2));
+        index.truncate_block(100, 89);
+        assert_eq!(index.block_granules(10), 1);
+        assert_eq!(index.free_run_from(11, usize::MAX), 89);
+        assert_eq!(index.audit().unwrap(), (10 + 89 + 99, 3, 2));
     }
 
     #[test]

@@ -272,6 +272,53 @@ impl SharedPool {
         Ok(granules * GRANULE)
     }
 
+    /// Resizes the live block at `addr` to `new_size` bytes (non-zero)
+    /// without moving it: growing takes the free granules right after the
+    /// block, shrinking frees its tail. Returns the block's size in bytes
+    /// afterwards, or `None`, with the pool unchanged, when the granules a
+    /// growth needs are not all free.
+    pub(crate) fn resize_in_place(&self, addr: usize, new_size: usize) -> Result<Option<usize>, PoolError> {
+        if new_size == 0 {
+            return Err(PoolError::ZeroSize);
+        }
+        let wanted = granules_for(new_size)?;
+        let state = lock(&self.state);
+        let (region_index, first) = Self::locate_block(&state, addr)?;
+        let index = &state.regions[region_index].index;
+        let current = index.block_granules(first);
+        let end = first + current;
+        if wanted > current {
+            let extra = wanted - current;
+            // One granule more than needed tells whether the free run after
+            // the block survives the growth or is used up.
+            let free_after = index.free_run_from(end, extra + 1);
+            if free_after < extra {
+                return Ok(None);
+            }
+            let _write = self.seqlock.write();
+            index.extend_block(end, extra);
+            if free_after == extra {
+                subtract(&self.counters.free_runs, 1);
+            }
+            add(&self.counters.used, extra * GRANULE);
+            let used = self.counters.used.load(Ordering::Relaxed);
+            if used > self.counters.peak_used.load(Ordering::Relaxed) {
+                self.counters.peak_used.store(used, Ordering::Relaxed);
+            }
+        } else if wanted < current {
+            let released = current - wanted;
+            let _write = self.seqlock.write();
+            // The freed tail joins the free run after the block, if any.
+            let joins_free_run = index.is_free(end);
+            index.truncate_block(end, released);
+            if !joins_free_run {
+                add(&self.counters.free_runs, 1);
+            }
+            subtract(&self.counters.used, released * GRANULE);
+        }
+        Ok(Some(wanted * GRANULE))
+    }
+
     /// Grows the pool (by the growth factor, within the maximum size) so that
     /// a free run of at least `needed` bytes exists.
     fn grow(&self, state: &mut PoolState, needed: usize) -> Result<(), PoolError> {
@@ -659,5 +706,80 @@ impl Drop for SharedPool {
         drop(unsafe { std::mem::replace(&mut self.table, Atomic::null()).into_owned() });
         // The collector drops with the pool and runs whatever is still
         // deferred: old tables, old indexes, tails waiting to be unmapped.
+    }
+}
+
+#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+mod tests {
+    use super::*;
+
+    fn fill(block: NonNull<u8>, len: usize, value: u8) {
+        // SAFETY: the tests only fill blocks they own, within their size.
+        unsafe { block.as_ptr().write_bytes(value, len) };
+    }
+
+    fn holds(block: NonNull<u8>, len: usize, value: u8) -> bool {
+        // SAFETY: as in `fill`.
+        unsafe { std::slice::from_raw_parts(block.as_ptr(), len) }.iter().all(|&byte| byte == value)
+    }
+
+    #[test]
+    fn blocks_grow_into_free_neighbours_and_shrink_in_place() {
+        let pool = SharedPool::new(4096, None, 2.0).unwrap();
+        let first = pool.allocate(100, 16).unwrap();
+        let second = pool.allocate(100, 16).unwrap();
+        let first_addr = first.as_ptr() as usize;
+        fill(first, 100, 0xA1);
+        // The second block sits right after the first: no room.
+        assert_eq!(pool.resize_in_place(first_addr, 200), Ok(None));
+        assert_eq!(pool.block_size(first_addr), Ok(112));
+        pool.check().unwrap();
+
+        pool.free(second.as_ptr() as usize).unwrap();
+        assert_eq!(pool.resize_in_place(first_addr, 200), Ok(Some(208)));
+        assert_eq!(pool.block_size(first_addr), Ok(208));
+        assert!(holds(first, 100, 0xA1), "growing in place kept the contents");
+        let snapshot = pool.snapshot();
+        assert_eq!((snapshot.used, snapshot.free_blocks, snapshot.live_blocks), (208, 1, 1));
+        pool.check().unwrap();
+
+        // Up to the end of the region: the free run after it is used up.
+        assert_eq!(pool.resize_in_place(first_addr, 4096), Ok(Some(4096)));
+        assert_eq!(pool.snapshot().free_blocks, 0);
+        assert_eq!(pool.snapshot().peak_used, 4096);
+        pool.check().unwrap();
+        assert_eq!(pool.resize_in_place(first_addr, 4097), Ok(None));
+
+        // Shrinking frees the tail as one run, and a later block can use it.
+        assert_eq!(pool.resize_in_place(first_addr, 50), Ok(Some(64)));
+        assert!(holds(first, 50, 0xA1), "shrinking in place kept the contents");
+        let snapshot = pool.snapshot();
+        assert_eq!((snapshot.used, snapshot.free_blocks, snapshot.largest_free_block), (64, 1, 4032));
+        pool.check().unwrap();
+        let third = pool.allocate(32, 16).unwrap();
+        assert_eq!(third.as_ptr() as usize, first_addr + 64);
+
+        // A shrink whose tail does not touch a free run makes a new one.
+        assert_eq!(pool.resize_in_place(first_addr, 16), Ok(Some(16)));
+        assert_eq!(pool.snapshot().free_blocks, 2);
+        pool.check().unwrap();
+        // Same size: nothing to do.
+        assert_eq!(pool.resize_in_place(first_addr, 10), Ok(Some(16)));
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn resizing_refuses_what_is_not_a_live_block() {
+        let pool = SharedPool::new(4096, None, 2.0).unwrap();
+        let block = pool.allocate(64, 16).unwrap();
+        let addr = block.as_ptr() as usize;
+        assert_eq!(pool.resize_in_place(addr, 0), Err(PoolError::ZeroSize));
+        assert_eq!(pool.resize_in_place(addr + 16, 32), Err(PoolError::InteriorPointer { addr: addr + 16 }));
+        assert_eq!(pool.resize_in_place(addr + 64, 32), Err(PoolError::DoubleFree { addr: addr + 64 }));
+        let outside = &8usize as *const usize as usize;
+        assert_eq!(pool.resize_in_place(outside, 8), Err(PoolError::ForeignPointer { addr: outside }));
+        pool.free(addr).unwrap();
+        assert_eq!(pool.resize_in_place(addr, 32), Err(PoolError::DoubleFree { addr }));
+        pool.check().unwrap();
     }
 }
