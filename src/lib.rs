@@ -73,11 +73,14 @@
 #![warn(missing_docs)]
 
 mod align;
+mod allocator;
+mod boxed;
 #[cfg(feature = "capi")]
 pub mod capi;
 mod config;
 mod error;
 mod free_index;
+mod global;
 mod listeners;
 mod os;
 mod region;
@@ -91,8 +94,10 @@ mod sync;
 mod thread_cache;
 
 pub use align::{align_up, clamp_size};
+pub use boxed::PoolBox;
 pub use config::{PoolConfig, PoolKind};
 pub use error::PoolError;
+pub use global::GlobalPool;
 pub use listeners::{ListenerId, ResizeEvent, ResizeReason};
 pub use stats::{FastPathStats, PoolStats};
 

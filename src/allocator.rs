@@ -1,0 +1,205 @@
+//! The pool behind collections: `impl Allocator for &MemoryPool`.
+//!
+//! [`allocator_api2`] mirrors the standard library's unstable `Allocator`
+//! trait on stable Rust; its `Vec` and `Box`, and hashbrown's maps, take any
+//! implementation. Small layouts whose alignment a size class guarantees
+//! come from the thread caches; the rest from the shared pool, aligned as
+//! asked. Growing and shrinking stay in place when they can: inside a
+//! cache block while the new size fits its class, and for shared blocks
+//! when the granules after the block are free (or, shrinking, always).
+
+use crate::free_index::GRANULE;
+use crate::size_class::{class_alignment, class_of, class_size, MAX_FAST_SIZE};
+use crate::{MemoryPool, PoolError};
+use allocator_api2::alloc::{AllocError, Allocator, Layout};
+use std::ptr::{self, NonNull};
+
+/// A block of `len` bytes at `block`, as the `Allocator` trait returns it.
+fn block_slice(block: NonNull<u8>, len: usize) -> NonNull<[u8]> {
+    NonNull::slice_from_raw_parts(block, len)
+}
+
+/// The empty block for a zero-sized layout: never allocated, never freed.
+fn empty_block(align: usize) -> NonNull<[u8]> {
+    // SAFETY: a layout's alignment is a non-zero power of two.
+    let dangling = unsafe { NonNull::new_unchecked(ptr::without_provenance_mut::<u8>(align)) };
+    block_slice(dangling, 0)
+}
+
+/// Whether a cache block of `block_size` bytes should keep holding
+/// `new_size` bytes rather than move: it must fit, and the class `new_size`
+/// would get must be more than half the block, so moving would not even
+/// halve the memory held.
+pub(crate) fn stays_in_cache_block(new_size: usize, block_size: usize) -> bool {
+    new_size > 0 && new_size <= block_size && class_size(class_of(new_size)) * 2 > block_size
+}
+
+impl MemoryPool {
+    /// Allocates a block for `layout` (non-zero size) and returns it with
+    /// the bytes it can hold: a cache block when a size class serves the
+    /// layout's alignment, else a shared block aligned as asked.
+    pub(crate) fn allocate_layout(&self, layout: Layout) -> Result<(NonNull<u8>, usize), PoolError> {
+        let size = layout.size();
+        debug_assert!(size > 0);
+        if size <= MAX_FAST_SIZE {
+            let class = class_of(size);
+            if layout.align() <= class_alignment(class) {
+                // A cache block holds its class's size; the shared pool's
+                // stand-in (when this thread has no cache) holds at least as
+                // much.
+                return Ok((self.allocate_fast(size)?, class_size(class)));
+            }
+        }
+        let block = self.allocate_aligned(size, layout.align())?;
+        Ok((block, size.next_multiple_of(GRANULE)))
+    }
+
+    /// Resizes the block at `block` to `new_layout` without moving it, if
+    /// the pool can; returns the block and the bytes it now holds.
+    fn resize_layout_in_place(&self, block: NonNull<u8>, new_layout: Layout) -> Option<NonNull<[u8]>> {
+        let addr = block.as_ptr() as usize;
+        if addr % new_layout.align() != 0 {
+            return None;
+        }
+        let inner = &*self.inner;
+        let slab = inner.slabs.lookup(addr);
+        if !slab.is_null() {
+            // SAFETY: registered slabs are mapped while the pool lives.
+            let block_size = class_size(unsafe { &*slab }.class());
+            return stays_in_cache_block(new_layout.size(), block_size).then(|| block_slice(block, block_size));
+        }
+        match inner.shared.resize_in_place(addr, new_layout.size()) {
+            Ok(Some(bytes)) => Some(block_slice(block, bytes)),
+            Ok(None) => None,
+            Err(error) => {
+                debug_assert!(false, "resizing a block the allocator did not hand out: {error}");
+                None
+            }
+        }
+    }
+
+    /// Moves the block at `block` into a new one for `new_layout`, copying
+    /// `keep` bytes, and frees the old one.
+    ///
+    /// # Safety
+    /// `block` is a live block of this pool allocated for `old_layout`, and
+    /// `keep` is at most both layouts' sizes.
+    unsafe fn relocate(
+        &self,
+        block: NonNull<u8>,
+        old_layout: Layout,
+        new_layout: Layout,
+        keep: usize,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        let moved = Allocator::allocate(&self, new_layout)?;
+        // SAFETY: both blocks hold at least `keep` bytes, and the new one is
+        // fresh, so they don't overlap; the old one is ours to free.
+        unsafe {
+            ptr::copy_nonoverlapping(block.as_ptr(), moved.cast::<u8>().as_ptr(), keep);
+            Allocator::deallocate(&self, block, old_layout);
+        }
+        Ok(moved)
+    }
+}
+
+/// Lets `allocator_api2` collections and hashbrown maps live in a pool.
+///
+/// Zero-sized layouts get a dangling, well-aligned pointer and never touch
+/// the pool. Blocks report the bytes they really hold (a size class, or the
+/// request rounded to 16 bytes), which vectors use as spare capacity.
+///
+/// # Examples
+///
+/// ```
+/// use allocator_api2::boxed::Box;
+/// use allocator_api2::vec::Vec;
+/// use lle_mempool::MemoryPool;
+///
+/// let pool = MemoryPool::new(1 << 20)?;
+/// let mut squares = Vec::new_in(&pool);
+/// squares.extend((0..1000u64).map(|n| n * n));
+/// assert!(pool.contains(squares.as_ptr().cast()));
+/// assert_eq!(squares[999], 998_001);
+///
+/// let boxed = Box::new_in([7u8; 64], &pool);
+/// assert!(pool.contains(boxed.as_ptr()));
+/// # Ok::<(), lle_mempool::PoolError>(())
+/// ```
+// SAFETY: blocks stay valid until freed or the pool is dropped, which the
+// borrow in `&MemoryPool` prevents while any collection uses it; each block
+// is aligned to and holds at least its layout (see `allocate_layout`); and
+// the pool hands a block to one owner at a time.
+unsafe impl Allocator for &MemoryPool {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        if layout.size() == 0 {
+            return Ok(empty_block(layout.align()));
+        }
+        let (block, len) = self.allocate_layout(layout).map_err(|_| AllocError)?;
+        Ok(block_slice(block, len))
+    }
+
+    unsafe fn deallocate(&self, block: NonNull<u8>, layout: Layout) {
+        if layout.size() == 0 {
+            return;
+        }
+        // SAFETY: the caller gives back a live block of this allocator.
+        let freed = unsafe { self.free_fast(block) };
+        debug_assert!(freed.is_ok(), "deallocating a block the allocator did not hand out: {freed:?}");
+    }
+
+    unsafe fn grow(
+        &self,
+        block: NonNull<u8>,
+        old_layout: Layout,
+        new_layout: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        debug_assert!(new_layout.size() >= old_layout.size());
+        if old_layout.size() == 0 {
+            return Allocator::allocate(self, new_layout);
+        }
+        if let Some(grown) = self.resize_layout_in_place(block, new_layout) {
+            return Ok(grown);
+        }
+        // SAFETY: the caller gives a live block for `old_layout`, and the
+        // old size is the smaller.
+        unsafe { self.relocate(block, old_layout, new_layout, old_layout.size()) }
+    }
+
+    unsafe fn grow_zeroed(
+        &self,
+        block: NonNull<u8>,
+        old_layout: Layout,
+        new_layout: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: the caller's contract is grow's.
+        let grown = unsafe { self.grow(block, old_layout, new_layout) }?;
+        // Everything past the old layout may be stale: a moved block is
+        // fresh, and a block grown in place holds whatever the granules it
+        // took held before.
+        // SAFETY: the grown block holds `grown.len()` bytes.
+        unsafe {
+            let start = grown.cast::<u8>().as_ptr().add(old_layout.size());
+            start.write_bytes(0, grown.len() - old_layout.size());
+        }
+        Ok(grown)
+    }
+
+    unsafe fn shrink(
+        &self,
+        block: NonNull<u8>,
+        old_layout: Layout,
+        new_layout: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        debug_assert!(new_layout.size() <= old_layout.size());
+        if new_layout.size() == 0 {
+            // SAFETY: the caller gives a live block for `old_layout`.
+            unsafe { Allocator::deallocate(self, block, old_layout) };
+            return Ok(empty_block(new_layout.align()));
+        }
+        if let Some(shrunk) = self.resize_layout_in_place(block, new_layout) {
+            return Ok(shrunk);
+        }
+        // SAFETY: as in `grow`; the new size is the smaller.
+        unsafe { self.relocate(block, old_layout, new_layout, new_layout.size()) }
+    }
+}

@@ -1,0 +1,432 @@
+//! `GlobalPool`: a pool as the program's `#[global_allocator]`.
+//!
+//! Three things make a pool usable as the global allocator:
+//!
+//! - **Lazy creation.** A `static` can't run code, so the pool is created by
+//!   the first allocation: a state machine (uninitialised, initialising,
+//!   ready, failed) lets exactly one thread create it, while every other
+//!   allocation meanwhile goes to [`System`].
+//! - **No re-entry.** The pool itself allocates: its thread heaps, its
+//!   regions' indexes, crossbeam-epoch's bookkeeping. While a thread is
+//!   inside a pool operation, a thread-local flag sends its nested
+//!   allocations to [`System`]; otherwise they would re-enter the pool while
+//!   it holds its own locks.
+//! - **Exact routing of frees.** Only cache blocks (at most 1 KiB, aligned
+//!   as their size class guarantees) come from the pool; everything else is
+//!   [`System`]'s. A block is the pool's exactly when the pool's slab map,
+//!   a lock-free radix table that never allocates, finds a slab holding it,
+//!   so `dealloc` can tell the two apart without reading the block or
+//!   taking a lock. Large blocks gain nothing from a pool of small-object
+//!   caches, and keeping them out keeps that test exact.
+
+use crate::allocator::stays_in_cache_block;
+use crate::size_class::{class_alignment, class_of, class_size, MAX_FAST_SIZE};
+use crate::slab::Slab;
+use crate::thread_cache::with_heap;
+use crate::{MemoryPool, PoolConfig};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::{Cell, UnsafeCell};
+use std::fmt;
+use std::mem::{self, MaybeUninit};
+use std::ptr::{self, NonNull};
+// The state lives in a `static` and needs a const constructor, and a global
+// allocator must not be modelled by loom or shuttle (their own runtimes
+// allocate through it): so these are std's, not `crate::sync`'s.
+use std::sync::atomic::{AtomicU8, Ordering};
+
+const UNINITIALISED: u8 = 0;
+const INITIALISING: u8 = 1;
+const READY: u8 = 2;
+const FAILED: u8 = 3;
+
+std::thread_local! {
+    /// Whether this thread is inside an operation of a `GlobalPool`'s pool.
+    /// Const-initialised and without a destructor, so reading it never
+    /// allocates and works until the thread is gone.
+    static INSIDE_POOL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as inside the pool while it lives.
+struct InsidePool;
+
+impl InsidePool {
+    /// `None` if the thread is inside the pool already: the caller is a
+    /// nested allocation and must not use the pool.
+    fn enter() -> Option<InsidePool> {
+        let entered = INSIDE_POOL.try_with(|inside| !inside.replace(true)).unwrap_or(false);
+        // Not `then_some`: it would build, and so drop, a guard either way,
+        // clearing the mark of the outer operation.
+        if entered {
+            Some(InsidePool)
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for InsidePool {
+    fn drop(&mut self) {
+        let _ = INSIDE_POOL.try_with(|inside| inside.set(false));
+    }
+}
+
+/// Aborts the process if dropped: armed around pool code in the
+/// allocator's entry points, which must not unwind (a panic escaping a
+/// global allocator is undefined behaviour), and defused by `mem::forget`.
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        std::process::abort();
+    }
+}
+
+/// A [`MemoryPool`] usable as the `#[global_allocator]`.
+///
+/// The pool is created by the first allocation, with
+/// [`PoolConfig::new`]`(initial_size)`. Allocations of at most 1 KiB whose
+/// alignment a size class guarantees (any Rust type up to 1 KiB aligned to
+/// at most 16 bytes) come from the calling thread's cache; larger or
+/// over-aligned ones, allocations made while the pool is being created,
+/// and allocations the pool itself makes internally go to [`System`].
+/// Frees find their way back to whichever served them.
+///
+/// The pool is never dropped while the `GlobalPool` lives, and a `static`
+/// lives for the whole program. Use [`with_pool`](Self::with_pool) to
+/// read its statistics or call its methods.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::GlobalPool;
+///
+/// #[global_allocator]
+/// static GLOBAL: GlobalPool = GlobalPool::new();
+///
+/// fn main() {
+///     let words: Vec<String> = (0..100).map(|n| format!("word {n}")).collect();
+///     assert_eq!(words[42], "word 42");
+///     let served = GLOBAL.with_pool(|pool| pool.stats().fast.allocations).unwrap();
+///     assert!(served >= 100);
+/// }
+/// ```
+pub struct GlobalPool {
+    state: AtomicU8,
+    initial_size: usize,
+    /// Written once, by the thread that moves `state` from initialising to
+    /// ready; read only after seeing ready.
+    pool: UnsafeCell<MaybeUninit<MemoryPool>>,
+}
+
+// SAFETY: `pool` is written once, before `state` becomes READY with Release
+// ordering, and only read (as a shared `&MemoryPool`, which is Sync) after
+// an Acquire load sees READY.
+unsafe impl Sync for GlobalPool {}
+
+/// The pool's size when created by [`GlobalPool::new`].
+const DEFAULT_INITIAL_SIZE: usize = 1 << 20;
+
+impl GlobalPool {
+    /// A global pool that starts with 1 MiB once created.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// static GLOBAL: lle_mempool::GlobalPool = lle_mempool::GlobalPool::new();
+    /// assert_eq!(GLOBAL.with_pool(|pool| pool.size()), Some(1 << 20));
+    /// ```
+    pub const fn new() -> Self {
+        Self::with_initial_size(DEFAULT_INITIAL_SIZE)
+    }
+
+    /// A global pool that starts with `initial_size` bytes (rounded up to
+    /// pages) once created; `0` maps memory on first use.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// static GLOBAL: lle_mempool::GlobalPool = lle_mempool::GlobalPool::with_initial_size(8 << 20);
+    /// assert_eq!(GLOBAL.with_pool(|pool| pool.size()), Some(8 << 20));
+    /// ```
+    pub const fn with_initial_size(initial_size: usize) -> Self {
+        GlobalPool { state: AtomicU8::new(UNINITIALISED), initial_size, pool: UnsafeCell::new(MaybeUninit::uninit()) }
+    }
+
+    /// Runs `use_pool` with the pool, creating it if no allocation has yet,
+    /// and returns its result; `None` if the pool could not be created.
+    ///
+    /// While `use_pool` runs, this thread's allocations through the global
+    /// allocator go to [`System`], so it may call any of the pool's methods:
+    /// they allocate internally, and would otherwise re-enter the pool while
+    /// it holds its own locks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// static GLOBAL: lle_mempool::GlobalPool = lle_mempool::GlobalPool::new();
+    ///
+    /// let checked = GLOBAL.with_pool(|pool| {
+    ///     let block = pool.allocate_fast(64)?;
+    ///     unsafe { pool.free_fast(block)? };
+    ///     pool.check()
+    /// });
+    /// assert_eq!(checked, Some(Ok(())));
+    /// ```
+    pub fn with_pool<R>(&self, use_pool: impl FnOnce(&MemoryPool) -> R) -> Option<R> {
+        // Nested in another `with_pool`, the outer mark stays in force.
+        let _inside = InsidePool::enter();
+        let pool = loop {
+            match self.state.load(Ordering::Acquire) {
+                READY => break self.ready_pool()?,
+                UNINITIALISED => {
+                    self.initialise();
+                }
+                INITIALISING => std::thread::yield_now(),
+                _ => return None,
+            }
+        };
+        Some(use_pool(pool))
+    }
+
+    fn ready_pool(&self) -> Option<&MemoryPool> {
+        if self.state.load(Ordering::Acquire) != READY {
+            return None;
+        }
+        // SAFETY: READY is stored (Release) only after the pool is written,
+        // and the pool is never written again.
+        Some(unsafe { (*self.pool.get()).assume_init_ref() })
+    }
+
+    /// The pool, created now if this is the first allocation. Called inside
+    /// the pool, so that creating it allocates from [`System`].
+    fn pool_or_initialise(&self) -> Option<&MemoryPool> {
+        match self.state.load(Ordering::Acquire) {
+            READY => self.ready_pool(),
+            UNINITIALISED => self.initialise(),
+            _ => None,
+        }
+    }
+
+    #[cold]
+    fn initialise(&self) -> Option<&MemoryPool> {
+        if self.state.compare_exchange(UNINITIALISED, INITIALISING, Ordering::Acquire, Ordering::Acquire).is_err() {
+            return self.ready_pool();
+        }
+        match MemoryPool::with_config(PoolConfig::new(self.initial_size)) {
+            Ok(pool) => {
+                // SAFETY: winning the exchange above makes this thread the
+                // only writer, and nobody reads before READY.
+                unsafe { (*self.pool.get()).write(pool) };
+                self.state.store(READY, Ordering::Release);
+                self.ready_pool()
+            }
+            Err(_) => {
+                self.state.store(FAILED, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    /// The size class that serves `layout` from the pool, if one does.
+    fn class_for(layout: Layout) -> Option<usize> {
+        let size = layout.size();
+        if size == 0 || size > MAX_FAST_SIZE {
+            return None;
+        }
+        let class = class_of(size);
+        (layout.align() <= class_alignment(class)).then_some(class)
+    }
+
+    /// A cache block for `layout`, or `None` for [`System`] to serve it.
+    fn allocate_from_pool(&self, layout: Layout) -> Option<NonNull<u8>> {
+        let class = Self::class_for(layout)?;
+        let _inside = InsidePool::enter()?;
+        let abort_on_unwind = AbortOnUnwind;
+        let block =
+            self.pool_or_initialise().and_then(|pool| match with_heap(&pool.inner, |heap| heap.allocate(class)) {
+                Some(Ok(block)) => Some(block),
+                // No heap (thread exit, or a full table of heaps) or no memory:
+                // the shared pool's blocks would defeat the exact routing of
+                // frees, so the system serves this one.
+                _ => None,
+            });
+        mem::forget(abort_on_unwind);
+        block
+    }
+
+    /// The pool and the slab holding `block`, if the pool served it.
+    fn owning_slab(&self, block: *mut u8) -> Option<(&MemoryPool, &Slab)> {
+        let pool = self.ready_pool()?;
+        let slab = pool.inner.slabs.lookup(block as usize);
+        // SAFETY: registered slabs are mapped while the pool lives, and the
+        // pool lives as long as `self`.
+        (!slab.is_null()).then(|| (pool, unsafe { &*slab }))
+    }
+
+    /// Gives a cache block back to its slab.
+    fn free_to_pool(pool: &MemoryPool, slab: &Slab, block: NonNull<u8>) {
+        let abort_on_unwind = AbortOnUnwind;
+        match InsidePool::enter() {
+            Some(_inside) => {
+                let freed = pool.inner.free_to_slab(slab, block);
+                debug_assert!(freed.is_ok(), "freeing a block the pool did not hand out: {freed:?}");
+            }
+            None => {
+                // Nested in a pool operation, which may be using this
+                // thread's heap: the thread-free list needs no heap.
+                slab.push_remote(block);
+                pool.inner.orphan_frees.fetch_add(1, crate::sync::Ordering::Relaxed);
+            }
+        }
+        mem::forget(abort_on_unwind);
+    }
+}
+
+impl Default for GlobalPool {
+    /// As [`GlobalPool::new`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let global = lle_mempool::GlobalPool::default();
+    /// assert_eq!(global.with_pool(|pool| pool.size()), Some(1 << 20));
+    /// ```
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for GlobalPool {
+    /// Drops the pool, if it was created. Never happens to a `static`;
+    /// a `GlobalPool` used otherwise must outlive its blocks, as a
+    /// [`MemoryPool`] must.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::{GlobalAlloc, Layout};
+    ///
+    /// let local = lle_mempool::GlobalPool::new();
+    /// let layout = Layout::new::<[u64; 4]>();
+    /// unsafe {
+    ///     let block = local.alloc(layout);
+    ///     local.dealloc(block, layout);
+    /// }
+    /// drop(local); // unmaps the pool's memory
+    /// ```
+    fn drop(&mut self) {
+        if *self.state.get_mut() == READY {
+            // SAFETY: READY means the pool was written, and `&mut self`
+            // means nobody is using it.
+            unsafe { self.pool.get_mut().assume_init_drop() };
+        }
+    }
+}
+
+impl fmt::Debug for GlobalPool {
+    /// The initial size and whether the pool exists yet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let global = lle_mempool::GlobalPool::new();
+    /// assert!(format!("{global:?}").contains("uninitialised"));
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state.load(Ordering::Acquire) {
+            UNINITIALISED => "uninitialised",
+            INITIALISING => "initialising",
+            READY => "ready",
+            _ => "failed",
+        };
+        f.debug_struct("GlobalPool").field("initial_size", &self.initial_size).field("state", &state).finish()
+    }
+}
+
+/// The global allocator's entry points; usable directly too, as below.
+///
+/// # Examples
+///
+/// ```
+/// use std::alloc::{GlobalAlloc, Layout};
+///
+/// let global = lle_mempool::GlobalPool::new();
+/// let small = Layout::from_size_align(24, 8).unwrap();
+/// unsafe {
+///     let block = global.alloc(small);
+///     assert!(global.with_pool(|pool| pool.contains(block)).unwrap());
+///     // Still fits its 32-byte size class: stays where it is.
+///     assert_eq!(global.realloc(block, small, 32), block);
+///     // 4 KiB is beyond the caches: moved to the system allocator.
+///     let moved = global.realloc(block, Layout::from_size_align(32, 8).unwrap(), 4096);
+///     assert!(!global.with_pool(|pool| pool.contains(moved)).unwrap());
+///     global.dealloc(moved, Layout::from_size_align(4096, 8).unwrap());
+/// }
+/// ```
+// SAFETY: blocks come either from the pool's thread caches (aligned to and
+// at least as large as the layout, by the size class chosen in `class_for`)
+// or from `System`; `dealloc` and `realloc` send each block back to the one
+// that served it, decided by the slab map, which holds exactly the pool's
+// live slabs. Nothing unwinds out: pool code runs under `AbortOnUnwind`.
+unsafe impl GlobalAlloc for GlobalPool {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match self.allocate_from_pool(layout) {
+            Some(block) => block.as_ptr(),
+            // SAFETY: the caller's layout contract is System's.
+            None => unsafe { System.alloc(layout) },
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match self.allocate_from_pool(layout) {
+            Some(block) => {
+                // SAFETY: the block holds at least `layout.size()` bytes;
+                // cache blocks are reused, so they must be cleared.
+                unsafe { block.as_ptr().write_bytes(0, layout.size()) };
+                block.as_ptr()
+            }
+            // SAFETY: as in `alloc`; calloc gets fresh pages pre-zeroed.
+            None => unsafe { System.alloc_zeroed(layout) },
+        }
+    }
+
+    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        match self.owning_slab(block) {
+            // SAFETY: non-null, as a block the pool handed out.
+            Some((pool, slab)) => Self::free_to_pool(pool, slab, unsafe { NonNull::new_unchecked(block) }),
+            // SAFETY: not the pool's, so System's, for this layout.
+            None => unsafe { System.dealloc(block, layout) },
+        }
+    }
+
+    unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller guarantees a valid layout for `new_size`.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        match self.owning_slab(block) {
+            Some((_, slab)) => {
+                if stays_in_cache_block(new_size, class_size(slab.class())) {
+                    return block;
+                }
+            }
+            None => {
+                if self.ready_pool().is_none() || Self::class_for(new_layout).is_none() {
+                    // System's block stays System's: let it grow in place.
+                    // SAFETY: the caller's contract is System's.
+                    return unsafe { System.realloc(block, layout, new_size) };
+                }
+            }
+        }
+        // Between the pool and the system, or between size classes.
+        // SAFETY: a valid layout of non-zero size, as the caller guarantees.
+        let moved = unsafe { self.alloc(new_layout) };
+        if !moved.is_null() {
+            // SAFETY: both blocks hold the smaller size and don't overlap;
+            // the old one is the caller's to give up.
+            unsafe {
+                ptr::copy_nonoverlapping(block, moved, layout.size().min(new_size));
+                self.dealloc(block, layout);
+            }
+        }
+        moved
+    }
+}
