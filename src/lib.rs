@@ -435,7 +435,9 @@ impl MemoryPool {
         let class = class_of(size);
         match with_heap(inner, |heap| heap.allocate(class)) {
             Some(Ok(block)) => Ok(block),
-            Some(Err(error)) => inner.failed(error),
+            // A heap fails only when the shared pool refuses it a slab, and
+            // the shared pool has counted that failure already.
+            Some(Err(error)) => Err(error),
             None => inner.shared.allocate(class_size(class), config::MIN_DEFAULT_ALIGNMENT),
         }
     }
