@@ -3,15 +3,19 @@
 //! The seed declared `lle_notify_pool_resize_listeners` and left it a
 //! placeholder. Here listeners are called after the pool's own lock is
 //! released, so a listener may call any of the pool's methods that do not
-//! touch listeners (`size`, `stats`, `check`, even `allocate`). Calls are
-//! made while holding the listener list's lock, which is what makes
-//! [`MemoryPool::remove_resize_listener`] a barrier: once it returns, the
-//! listener is not running and will not run again. The price is that a
-//! listener must not add or remove listeners itself.
+//! add or remove listeners (`size`, `stats`, `check`, even `allocate` or
+//! `expand`). Calls are made while holding the listener list's lock, which
+//! is what makes [`MemoryPool::remove_resize_listener`] a barrier: once it
+//! returns, the listener is not running and will not run again. The price
+//! is that a listener must not add or remove listeners itself. A listener
+//! that changes the pool's size raises an event while its own thread holds
+//! that lock; the event is queued on the thread and delivered, in order,
+//! once every listener has seen the current one.
 //!
 //! [`MemoryPool::remove_resize_listener`]: crate::MemoryPool::remove_resize_listener
 
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, thread_local, Mutex};
+use std::cell::RefCell;
 
 /// Names a registered resize listener, for removing it.
 ///
@@ -69,6 +73,12 @@ pub struct ResizeEvent {
 
 type Listener = Box<dyn Fn(&ResizeEvent) + Send + Sync>;
 
+thread_local! {
+    /// The listener lists this thread is delivering to (by address), each
+    /// with the events its listeners raised meanwhile, still to deliver.
+    static DELIVERING: RefCell<Vec<(usize, Vec<ResizeEvent>)>> = RefCell::new(Vec::new());
+}
+
 pub(crate) struct Listeners {
     list: Mutex<ListenerList>,
 }
@@ -109,9 +119,38 @@ impl Listeners {
         if event.old_size == event.new_size {
             return;
         }
-        let list = lock(&self.list);
-        for (_, listener) in &list.entries {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(&event)));
+        let key = self as *const Listeners as usize;
+        // Raised by one of our own listeners: this thread holds the list, so
+        // locking it again would deadlock. The outer call delivers it.
+        let queued = DELIVERING.try_with(|delivering| {
+            let mut delivering = delivering.borrow_mut();
+            let entry = delivering.iter_mut().find(|(list, _)| *list == key);
+            entry.map(|(_, pending)| pending.push(event)).is_some()
+        });
+        if matches!(queued, Ok(true)) {
+            return;
         }
+        let list = lock(&self.list);
+        let _ = DELIVERING.try_with(|delivering| delivering.borrow_mut().push((key, Vec::new())));
+        let mut next = Some(event);
+        while let Some(event) = next {
+            for (_, listener) in &list.entries {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(&event)));
+            }
+            next = DELIVERING
+                .try_with(|delivering| {
+                    let mut delivering = delivering.borrow_mut();
+                    let (_, pending) = delivering.iter_mut().rfind(|(list, _)| *list == key)?;
+                    (!pending.is_empty()).then(|| pending.remove(0))
+                })
+                .ok()
+                .flatten();
+        }
+        let _ = DELIVERING.try_with(|delivering| {
+            let mut delivering = delivering.borrow_mut();
+            if let Some(position) = delivering.iter().rposition(|(list, _)| *list == key) {
+                delivering.remove(position);
+            }
+        });
     }
 }
