@@ -370,14 +370,18 @@ impl SharedPool {
                 let at = state.regions.partition_point(|existing| existing.start() < region.start());
                 state.regions.insert(at, region);
             }
+            self.count_growth(additional);
             self.publish(state, &guard);
         }
-        {
-            let _write = self.seqlock.write();
-            add(&self.counters.size, additional);
-            bump(&self.counters.expansions, 1);
-        }
         Ok(())
+    }
+
+    /// Counts `additional` bytes of growth. Called inside the write bracket
+    /// that publishes the grown regions: a reader that saw the new regions
+    /// with the old size would find the pool inconsistent.
+    fn count_growth(&self, additional: usize) {
+        add(&self.counters.size, additional);
+        bump(&self.counters.expansions, 1);
     }
 
     fn grow_newest_in_place(&self, state: &mut PoolState, additional: usize, guard: &Guard) -> bool {
@@ -398,6 +402,7 @@ impl SharedPool {
         if !joins_free_tail {
             add(&self.counters.free_runs, 1);
         }
+        self.count_growth(additional);
         let old = std::mem::replace(&mut state.regions[position], grown);
         self.publish(state, guard);
         self.retire(old, guard);
