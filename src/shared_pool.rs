@@ -43,7 +43,10 @@ pub(crate) struct SharedPool {
 }
 
 struct PoolState {
-    /// Sorted by address; the table readers see mirrors this.
+    /// Sorted by address; the table readers see mirrors this. Boxed so that
+    /// a region's address, which published tables hold, survives the vector
+    /// reallocating or shifting.
+    #[allow(clippy::vec_box)]
     regions: Vec<Box<Region>>,
     /// The base of the region mapped last: the one growth tries to extend.
     newest: Option<usize>,

@@ -287,7 +287,7 @@ impl ThreadHeap {
         let frees = self.counters.frees.load(Ordering::Relaxed);
         let started = (frees % FAST_TIMING_PERIOD == 0).then(Instant::now);
         let used = slab.push_local(block);
-        if used == 0 && self.classes[slab.class()].current.get() as *const Slab != slab as *const Slab {
+        if used == 0 && !std::ptr::eq(self.classes[slab.class()].current.get(), slab) {
             self.retire_empty(slab);
         }
         self.counters.frees.store(frees + 1, Ordering::Relaxed);
@@ -515,7 +515,7 @@ pub(crate) fn try_free_cached(slab: &Slab, block: NonNull<u8>) -> bool {
     if frees % FAST_TIMING_PERIOD == 0 {
         return false;
     }
-    if slab.push_local(block) == 0 && heap.classes[slab.class()].current.get() as *const Slab != slab as *const Slab {
+    if slab.push_local(block) == 0 && !std::ptr::eq(heap.classes[slab.class()].current.get(), slab) {
         heap.retire_empty(slab);
     }
     heap.counters.frees.store(frees + 1, Ordering::Relaxed);
