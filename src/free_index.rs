@@ -149,21 +149,34 @@ impl FreeIndex {
         self.longest[node].store(summary.longest, Ordering::Relaxed);
     }
 
-    /// Recomputes the summaries of leaves `first..=last` and of every node
+    /// Recomputes the summaries of leaves `first..=last` and of the nodes
     /// above them.
+    ///
+    /// Stops climbing at the first level where no node changed: every node
+    /// above is a function of nodes that did not change. Most allocations
+    /// and frees change a leaf's inner runs only, so this usually ends near
+    /// the bottom of the tree.
     fn refresh_leaves(&self, first: usize, last: usize) {
+        let mut changed = false;
         for leaf in first..=last {
-            let word = self.free_bits[leaf].load(Ordering::Relaxed);
-            self.store_summary(self.leaf_slots + leaf, Summary::of_leaf(word));
+            let summary = Summary::of_leaf(self.free_bits[leaf].load(Ordering::Relaxed));
+            if summary != self.summary(self.leaf_slots + leaf) {
+                self.store_summary(self.leaf_slots + leaf, summary);
+                changed = true;
+            }
         }
         let (mut low, mut high) = (self.leaf_slots + first, self.leaf_slots + last);
         let mut half = LEAF_GRANULES as u32;
-        while low > 1 {
+        while changed && low > 1 {
             low /= 2;
             high /= 2;
+            changed = false;
             for node in low..=high {
                 let combined = Summary::combine(self.summary(2 * node), self.summary(2 * node + 1), half);
-                self.store_summary(node, combined);
+                if combined != self.summary(node) {
+                    self.store_summary(node, combined);
+                    changed = true;
+                }
             }
             half = half.saturating_mul(2);
         }
