@@ -14,7 +14,7 @@
 //!
 //! [`MemoryPool::remove_resize_listener`]: crate::MemoryPool::remove_resize_listener
 
-use crate::sync::{lock, thread_local, Mutex};
+use crate::sync::{const_thread_local, lock, Mutex};
 use std::cell::RefCell;
 
 /// Names a registered resize listener, for removing it.
@@ -73,7 +73,7 @@ pub struct ResizeEvent {
 
 type Listener = Box<dyn Fn(&ResizeEvent) + Send + Sync>;
 
-thread_local! {
+const_thread_local! {
     /// The listener lists this thread is delivering to (by address), each
     /// with the events its listeners raised meanwhile, still to deliver.
     static DELIVERING: RefCell<Vec<(usize, Vec<ResizeEvent>)>> = RefCell::new(Vec::new());
