@@ -1,0 +1,104 @@
+//! Helpers shared by the integration tests: block patterns and process
+//! memory figures.
+
+#![allow(dead_code)]
+
+use std::ptr::NonNull;
+
+/// The pattern word at `index` of the block stamped with `seed`: distinct
+/// per block and per position, so a block overwritten by a neighbour, moved,
+/// or handed out twice reads back wrong.
+fn pattern_word(seed: u64, index: usize) -> u64 {
+    let mut value =
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add((index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    value ^= value >> 29;
+    value.wrapping_mul(0xBF58_476D_1CE4_E5B9) | 1
+}
+
+/// Fills `len` bytes at `block` with the pattern of `seed`.
+///
+/// # Safety
+/// `block` must be valid for writes of `len` bytes.
+pub unsafe fn fill(block: NonNull<u8>, len: usize, seed: u64) {
+    let base = block.as_ptr();
+    let words = len / 8;
+    for index in 0..words {
+        // SAFETY: inside the block, per the caller.
+        unsafe { base.add(index * 8).cast::<u64>().write_unaligned(pattern_word(seed, index)) };
+    }
+    let tail = pattern_word(seed, words).to_le_bytes();
+    for offset in words * 8..len {
+        // SAFETY: as above.
+        unsafe { base.add(offset).write(tail[offset - words * 8]) };
+    }
+}
+
+/// Checks that `len` bytes at `block` still hold the pattern of `seed`;
+/// describes the first difference.
+///
+/// # Safety
+/// `block` must be valid for reads of `len` bytes.
+pub unsafe fn verify(block: NonNull<u8>, len: usize, seed: u64) -> Result<(), String> {
+    let base = block.as_ptr();
+    let words = len / 8;
+    for index in 0..words {
+        // SAFETY: inside the block, per the caller.
+        let found = unsafe { base.add(index * 8).cast::<u64>().read_unaligned() };
+        let expected = pattern_word(seed, index);
+        if found != expected {
+            return Err(format!(
+                "block {:#x} (len {len}, seed {seed}): word {index} is {found:#x}, expected {expected:#x}",
+                base as usize
+            ));
+        }
+    }
+    let tail = pattern_word(seed, words).to_le_bytes();
+    for offset in words * 8..len {
+        // SAFETY: as above.
+        let found = unsafe { base.add(offset).read() };
+        if found != tail[offset - words * 8] {
+            return Err(format!("block {:#x} (len {len}, seed {seed}): byte {offset} is {found:#x}", base as usize));
+        }
+    }
+    Ok(())
+}
+
+/// Fills, then panics with the difference if `verify` fails.
+///
+/// # Safety
+/// As [`verify`].
+pub unsafe fn assert_intact(block: NonNull<u8>, len: usize, seed: u64) {
+    // SAFETY: per the caller.
+    if let Err(difference) = unsafe { verify(block, len, seed) } {
+        panic!("{difference}");
+    }
+}
+
+/// The system's page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let reported = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(reported).unwrap_or(4096)
+}
+
+/// The process's resident memory, in bytes, from `/proc/self/statm`.
+pub fn resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let resident_pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .expect("statm has a resident field")
+        .parse()
+        .expect("statm's resident field is a number");
+    resident_pages * page_size()
+}
+
+/// `size` rounded up to the pool's 16-byte granule.
+pub fn granule_round(size: usize) -> usize {
+    size.div_ceil(16) * 16
+}
+
+/// `size` rounded up to whole pages.
+pub fn page_round(size: usize) -> usize {
+    size.div_ceil(page_size()) * page_size()
+}
