@@ -37,13 +37,14 @@ struct Summary {
 
 impl Summary {
     fn of_leaf(free_word: u64) -> Summary {
+        // One step per run of free granules, of which a word has few.
         let mut longest = 0;
-        let mut runs = free_word;
-        // Each step shortens every run of ones by one; the number of steps
-        // until none remain is the longest run.
-        while runs != 0 {
-            runs &= runs >> 1;
-            longest += 1;
+        let mut rest = free_word;
+        while rest != 0 {
+            rest >>= rest.trailing_zeros();
+            let run = rest.trailing_ones();
+            longest = longest.max(run);
+            rest = rest.checked_shr(run).unwrap_or(0);
         }
         Summary { start: free_word.trailing_ones(), end: free_word.leading_ones(), longest }
     }
@@ -65,13 +66,15 @@ pub(crate) struct FreeIndex {
     leaf_slots: usize,
     free_bits: Box<[AtomicU64]>,
     start_bits: Box<[AtomicU64]>,
-    /// Per tree node (root at 1, leaves from `leaf_slots`): `start | end << 32`.
-    edges: Box<[AtomicU64]>,
-    longest: Box<[AtomicU32]>,
+    /// The summary tree: root at 1, leaves from `leaf_slots`.
+    tree: Box<[TreeNode]>,
 }
 
-fn atomic_words(count: usize, value: u64) -> Box<[AtomicU64]> {
-    (0..count).map(|_| AtomicU64::new(value)).collect()
+/// One node's summary, in one place so a node is one cache access.
+struct TreeNode {
+    /// `start | end << 32`.
+    edges: AtomicU64,
+    longest: AtomicU32,
 }
 
 /// A mask of the bits `from..to` of a word (`to` at most 64).
@@ -106,8 +109,7 @@ impl FreeIndex {
             leaf_slots,
             free_bits: (0..leaves).map(|leaf| AtomicU64::new(in_range(leaf, free_word(leaf)))).collect(),
             start_bits: (0..leaves).map(|leaf| AtomicU64::new(in_range(leaf, start_word(leaf)))).collect(),
-            edges: atomic_words(2 * leaf_slots, 0),
-            longest: (0..2 * leaf_slots).map(|_| AtomicU32::new(0)).collect(),
+            tree: (0..2 * leaf_slots).map(|_| TreeNode { edges: AtomicU64::new(0), longest: AtomicU32::new(0) }).collect(),
         };
         index.refresh_leaves(0, leaves - 1);
         index
@@ -139,14 +141,36 @@ impl FreeIndex {
         self.granules
     }
 
-    fn summary(&self, node: usize) -> Summary {
-        let edges = self.edges[node].load(Ordering::Relaxed);
-        Summary { start: edges as u32, end: (edges >> 32) as u32, longest: self.longest[node].load(Ordering::Relaxed) }
+    #[inline]
+    fn node(&self, node: usize) -> &TreeNode {
+        debug_assert!(node > 0 && node < self.tree.len());
+        // SAFETY: every caller derives `node` from the tree's shape: the root,
+        // the children of an internal node, or `leaf_slots + leaf` for a leaf
+        // below `leaf_slots`, all below `2 * leaf_slots == tree.len()`.
+        unsafe { self.tree.get_unchecked(node) }
     }
 
-    fn store_summary(&self, node: usize, summary: Summary) {
-        self.edges[node].store(u64::from(summary.start) | (u64::from(summary.end) << 32), Ordering::Relaxed);
-        self.longest[node].store(summary.longest, Ordering::Relaxed);
+    #[inline]
+    fn summary(&self, node: usize) -> Summary {
+        let node = self.node(node);
+        let edges = node.edges.load(Ordering::Relaxed);
+        Summary { start: edges as u32, end: (edges >> 32) as u32, longest: node.longest.load(Ordering::Relaxed) }
+    }
+
+    /// Stores `summary` at `node`; returns whether it differed.
+    #[inline]
+    fn update_summary(&self, node: usize, summary: Summary) -> bool {
+        let node = self.node(node);
+        let edges = u64::from(summary.start) | (u64::from(summary.end) << 32);
+        let changed_edges = node.edges.load(Ordering::Relaxed) != edges;
+        let changed_longest = node.longest.load(Ordering::Relaxed) != summary.longest;
+        if changed_edges {
+            node.edges.store(edges, Ordering::Relaxed);
+        }
+        if changed_longest {
+            node.longest.store(summary.longest, Ordering::Relaxed);
+        }
+        changed_edges || changed_longest
     }
 
     /// Recomputes the summaries of leaves `first..=last` and of the nodes
@@ -160,10 +184,7 @@ impl FreeIndex {
         let mut changed = false;
         for leaf in first..=last {
             let summary = Summary::of_leaf(self.free_bits[leaf].load(Ordering::Relaxed));
-            if summary != self.summary(self.leaf_slots + leaf) {
-                self.store_summary(self.leaf_slots + leaf, summary);
-                changed = true;
-            }
+            changed |= self.update_summary(self.leaf_slots + leaf, summary);
         }
         let (mut low, mut high) = (self.leaf_slots + first, self.leaf_slots + last);
         let mut half = LEAF_GRANULES as u32;
@@ -173,10 +194,7 @@ impl FreeIndex {
             changed = false;
             for node in low..=high {
                 let combined = Summary::combine(self.summary(2 * node), self.summary(2 * node + 1), half);
-                if combined != self.summary(node) {
-                    self.store_summary(node, combined);
-                    changed = true;
-                }
+                changed |= self.update_summary(node, combined);
             }
             half = half.saturating_mul(2);
         }
@@ -184,7 +202,7 @@ impl FreeIndex {
 
     /// The longest free run, in granules.
     pub(crate) fn longest_free(&self) -> usize {
-        self.longest[1].load(Ordering::Relaxed) as usize
+        self.summary(1).longest as usize
     }
 
     /// The first granule of the leftmost free run of at least `wanted`
