@@ -466,3 +466,110 @@ fn checked_mode_works_across_threads_and_catches_double_frees() {
     again.into_iter().for_each(|block| release(&pool, block));
     pool.check().unwrap();
 }
+
+/// Threads exit while other threads are still freeing their blocks, and
+/// while `compact` reclaims abandoned slabs: every block comes home once,
+/// and the abandoned slabs are reclaimed at the end.
+#[test]
+fn threads_exit_while_their_blocks_are_freed_elsewhere() {
+    let pool = MemoryPool::with_config(PoolConfig::new(1 << 20).checked(true)).unwrap();
+    let (sender, receiver) = mpsc::channel::<Vec<Sent>>();
+    let compactor_stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let pool = &pool;
+        let freer = scope.spawn(move || {
+            let mut freed = 0usize;
+            for batch in receiver {
+                freed += batch.len();
+                batch.into_iter().for_each(|block| release(pool, block));
+            }
+            freed
+        });
+        let compactor = scope.spawn(|| {
+            let mut rounds = 0;
+            while !compactor_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                pool.compact().unwrap();
+                pool.check().unwrap();
+                rounds += 1;
+            }
+            rounds
+        });
+        for generation in 0..50u64 {
+            let threads: Vec<_> = (0..4u64)
+                .map(|thread| {
+                    let sender = sender.clone();
+                    scope.spawn(move || {
+                        let mut rng = SmallRng::seed_from_u64(generation * 10 + thread);
+                        let blocks: Vec<Sent> = (0..500)
+                            .map(|index| {
+                                stamped(pool, rng.gen_range(1..=1024), generation * 100_000 + thread * 1000 + index)
+                            })
+                            .collect();
+                        sender.send(blocks).unwrap();
+                    })
+                })
+                .collect();
+            for thread in threads {
+                thread.join().unwrap();
+            }
+        }
+        drop(sender);
+        assert_eq!(freer.join().unwrap(), 50 * 4 * 500);
+        compactor_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(compactor.join().unwrap() > 0);
+    });
+    let stats = pool.stats();
+    assert_eq!(stats.fast.allocations, stats.fast.frees);
+    pool.compact().unwrap();
+    let stats = pool.stats();
+    assert_eq!((stats.live_allocations, stats.fast.slabs), (0, 0), "{stats:?}");
+    pool.check().unwrap();
+}
+
+/// A pool is dropped while the threads that used it are exiting, so their
+/// caches are flushed into it, or left alone, right as it goes away.
+#[test]
+fn dropping_a_pool_races_its_threads_exiting() {
+    const THREADS: usize = 2;
+    for round in 0..300u64 {
+        let pool = Arc::new(MemoryPool::new(256 * 1024).unwrap());
+        let (sender, receiver) = mpsc::channel::<Sent>();
+        let freed_elsewhere = Arc::new(Barrier::new(THREADS + 1));
+        let threads: Vec<_> = (0..THREADS as u64)
+            .map(|thread| {
+                let pool = Arc::clone(&pool);
+                let sender = sender.clone();
+                let freed_elsewhere = Arc::clone(&freed_elsewhere);
+                std::thread::spawn(move || {
+                    for index in 0..64u64 {
+                        let size = 1 + (index * 29) as usize % 512;
+                        let block = stamped(&pool, size, round * 1000 + thread * 100 + index);
+                        if index % 2 == 0 {
+                            sender.send(block).unwrap();
+                        } else {
+                            release(&pool, block);
+                        }
+                    }
+                    drop(sender);
+                    freed_elsewhere.wait();
+                    // Returning drops the last references to the pool; the
+                    // thread's caches, still holding its slabs, are flushed
+                    // on the way out, racing the pool's drop.
+                })
+            })
+            .collect();
+        drop(sender);
+        for block in receiver {
+            release(&pool, block);
+        }
+        freed_elsewhere.wait();
+        while Arc::strong_count(&pool) > 1 {
+            std::hint::spin_loop();
+        }
+        let pool = Arc::into_inner(pool).expect("the only reference");
+        drop(pool);
+        for thread in threads {
+            thread.join().expect("a thread crashed exiting as its pool was dropped");
+        }
+    }
+}
