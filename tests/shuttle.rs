@@ -150,8 +150,11 @@ fn free_block(pool: &MemoryPool, block: Block, through_fast: bool) {
     let pointer = block.pointer();
     if block.len > 16 {
         // An interior pointer of a live block is refused and changes nothing.
-        // SAFETY: the pool refuses it without touching the block.
+        // SAFETY: the block is longer than 16 bytes, so this points inside
+        // it, and is not null.
         let interior = unsafe { NonNull::new_unchecked(pointer.as_ptr().add(16)) };
+        // SAFETY: the pool refuses an interior pointer without touching the
+        // block, which stays live and ours.
         let refused = if through_fast { unsafe { pool.free_fast(interior) } } else { unsafe { pool.free(interior) } };
         assert!(
             matches!(refused, Err(PoolError::InteriorPointer { .. })),
