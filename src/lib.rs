@@ -93,6 +93,11 @@ mod stats;
 mod sync;
 mod thread_cache;
 
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use align::{align_up, clamp_size};
 pub use boxed::PoolBox;
 pub use config::{PoolConfig, PoolKind};
