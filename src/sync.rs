@@ -118,6 +118,7 @@ macro_rules! const_thread_local {
 }
 pub(crate) use const_thread_local;
 
+#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
 const_thread_local! {
     /// Its address names the current thread while the thread lives.
     static THREAD_TOKEN: u8 = 0;
@@ -127,9 +128,33 @@ const_thread_local! {
 /// thread-local. Slabs record their owner's token, so a free can tell "mine"
 /// from "another thread's" with one comparison and no table lookup. `0` once
 /// the thread's locals are being destroyed (no live thread has it either).
+#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
 #[inline]
 pub(crate) fn current_thread_token() -> usize {
     THREAD_TOKEN.try_with(|token| token as *const u8 as usize).unwrap_or(0)
+}
+
+// Under the models a thread-local is a separate heap value, freed on its own
+// while the thread's other locals are still being destroyed, so its address
+// could be handed to a new thread while the old thread's heap still flushes
+// slabs that carry it (std keeps a thread's locals until the thread is gone);
+// and loom destroys a thread's locals in an order that changes from one
+// execution to the next. There the token is drawn from a counter instead:
+// never reused, and its value never steers the code, only equality does.
+#[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+imp::thread_local! {
+    static THREAD_TOKEN: usize = {
+        static NEXT_TOKEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    };
+}
+
+/// A non-zero number that no other live thread has (under the models: that
+/// no other thread ever had). `0` once the thread's locals are being
+/// destroyed.
+#[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+pub(crate) fn current_thread_token() -> usize {
+    THREAD_TOKEN.try_with(|token| *token).unwrap_or(0)
 }
 
 /// Locks `mutex`, ignoring poisoning.
