@@ -116,6 +116,8 @@ mod imp {
     struct Reservation {
         base: usize,
         layout: Layout,
+        /// Carved from this thread's arena (loom) rather than the heap.
+        in_arena: bool,
     }
 
     // A plain std mutex: the registry is bookkeeping for the stand-in, not a
@@ -134,9 +136,13 @@ mod imp {
     pub(crate) fn map(len: usize) -> Result<NonNull<u8>, OsError> {
         let layout = Layout::from_size_align(len.checked_mul(2).ok_or(OsError(12))?, MODEL_PAGE_SIZE)
             .map_err(|_| OsError(12))?;
+        if let Some(base) = arena::take(layout.size()) {
+            reservations().push(Reservation { base: base.as_ptr() as usize, layout, in_arena: true });
+            return Ok(base);
+        }
         // SAFETY: the layout has a non-zero size.
         let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or(OsError(12))?;
-        reservations().push(Reservation { base: base.as_ptr() as usize, layout });
+        reservations().push(Reservation { base: base.as_ptr() as usize, layout, in_arena: false });
         Ok(base)
     }
 
@@ -156,8 +162,12 @@ mod imp {
         // tails first and whole regions from their base.
         if let Some(index) = reservations.iter().position(|r| r.base == addr.as_ptr() as usize) {
             let reservation = reservations.swap_remove(index);
-            // SAFETY: allocated above with this very layout.
-            unsafe { std::alloc::dealloc(reservation.base as *mut u8, reservation.layout) };
+            if reservation.in_arena {
+                arena::give_back();
+            } else {
+                // SAFETY: allocated above with this very layout.
+                unsafe { std::alloc::dealloc(reservation.base as *mut u8, reservation.layout) };
+            }
         }
     }
 
@@ -166,5 +176,80 @@ mod imp {
     pub(crate) unsafe fn purge(addr: NonNull<u8>, len: usize) {
         // SAFETY: the caller guarantees the range is ours and holds nothing live.
         unsafe { std::ptr::write_bytes(addr.as_ptr(), 0, len) };
+    }
+
+    /// Under loom, reservations are carved in address order from an arena
+    /// that starts over whenever none of its reservations is live, so every
+    /// execution of a model gets the same addresses. loom replays its
+    /// scheduling and load choices by position, so every execution must make
+    /// the same calls; with heap addresses, regions could sort differently
+    /// from one execution to the next (first fit walks them in address
+    /// order), and loom would replay choices onto the wrong operations.
+    ///
+    /// The arena belongs to the OS thread: a loom model runs all its threads
+    /// on the test's own thread, and tests running side by side keep out of
+    /// each other's way.
+    #[cfg(lle_mempool_loom)]
+    mod arena {
+        use std::alloc::Layout;
+        use std::cell::Cell;
+        use std::ptr::NonNull;
+
+        /// Far more than a model maps at once; a larger request, or an
+        /// arena that cannot be had, falls back to the heap.
+        const ARENA_SIZE: usize = 16 << 20;
+
+        std::thread_local! {
+            /// The arena's base (0 until first use), the bytes handed out
+            /// since it last started over, and its live reservations.
+            static ARENA: (Cell<usize>, Cell<usize>, Cell<usize>) = const { (Cell::new(0), Cell::new(0), Cell::new(0)) };
+        }
+
+        /// `size` zeroed bytes, aligned like the heap stand-in's layout.
+        pub(super) fn take(size: usize) -> Option<NonNull<u8>> {
+            ARENA.with(|(base, used, live)| {
+                if base.get() == 0 {
+                    let layout = Layout::from_size_align(ARENA_SIZE, super::MODEL_PAGE_SIZE).ok()?;
+                    // SAFETY: the layout has a non-zero size. The arena is
+                    // never freed: it serves every model this thread runs.
+                    base.set(unsafe { std::alloc::alloc(layout) } as usize);
+                }
+                let offset = used.get();
+                if base.get() == 0 || size > ARENA_SIZE - offset {
+                    return None;
+                }
+                used.set(offset + size);
+                live.set(live.get() + 1);
+                let start = (base.get() + offset) as *mut u8;
+                // SAFETY: `offset..offset + size` lies inside the arena and
+                // no live reservation overlaps it: mappings start zeroed.
+                unsafe { std::ptr::write_bytes(start, 0, size) };
+                NonNull::new(start)
+            })
+        }
+
+        /// A reservation from the arena was unmapped.
+        pub(super) fn give_back() {
+            ARENA.with(|(_, used, live)| {
+                live.set(live.get() - 1);
+                if live.get() == 0 {
+                    used.set(0);
+                }
+            });
+        }
+    }
+
+    /// Without loom every reservation comes from the heap.
+    #[cfg(not(lle_mempool_loom))]
+    mod arena {
+        use std::ptr::NonNull;
+
+        pub(super) fn take(_size: usize) -> Option<NonNull<u8>> {
+            None
+        }
+
+        pub(super) fn give_back() {
+            unreachable!("no reservation comes from an arena without loom");
+        }
     }
 }
