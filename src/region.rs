@@ -8,12 +8,15 @@
 
 use crate::free_index::{FreeIndex, GRANULE};
 use crate::os;
+use crate::sync::ReclaimWitness;
 use std::ptr::NonNull;
 
 pub(crate) struct Region {
     base: NonNull<u8>,
     len: usize,
     pub(crate) index: FreeIndex,
+    /// Lets the loom models catch a reader using a retired region.
+    pub(crate) witness: ReclaimWitness,
 }
 
 // SAFETY: a Region is a description of memory (an address, a length and an
@@ -27,14 +30,14 @@ impl Region {
     /// Maps a fresh region of `len` bytes (a whole number of pages), all free.
     pub(crate) fn map(len: usize) -> Result<Region, os::OsError> {
         let base = os::map(len)?;
-        Ok(Region { base, len, index: FreeIndex::new(len / GRANULE) })
+        Ok(Region { base, len, index: FreeIndex::new(len / GRANULE), witness: ReclaimWitness::new() })
     }
 
     /// The same mapping described with a new length, after the caller grew it
     /// in place or before it trims the tail; the new part is free.
     pub(crate) fn with_len(&self, len: usize) -> Region {
         debug_assert!(len > 0 && len % os::page_size() == 0);
-        Region { base: self.base, len, index: self.index.resized(len / GRANULE) }
+        Region { base: self.base, len, index: self.index.resized(len / GRANULE), witness: ReclaimWitness::new() }
     }
 
     pub(crate) fn base(&self) -> NonNull<u8> {
@@ -80,6 +83,14 @@ impl Region {
 /// The regions as lock-free readers see them, sorted by address.
 pub(crate) struct RegionTable {
     pub(crate) regions: Vec<*const Region>,
+    /// Lets the loom models catch a reader using a retired table.
+    pub(crate) witness: ReclaimWitness,
+}
+
+impl RegionTable {
+    pub(crate) fn new(regions: Vec<*const Region>) -> RegionTable {
+        RegionTable { regions, witness: ReclaimWitness::new() }
+    }
 }
 
 // SAFETY: the pointers are to Regions (Send + Sync) kept alive by the epoch

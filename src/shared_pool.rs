@@ -117,7 +117,7 @@ impl SharedPool {
         let pool = SharedPool {
             state: Mutex::new(PoolState { regions: Vec::new(), newest: None }),
             seqlock: SeqLock::new(),
-            table: Atomic::new(RegionTable { regions: Vec::new() }),
+            table: Atomic::new(RegionTable::new(Vec::new())),
             collector: Collector::new(),
             counters: SharedCounters {
                 size: AtomicUsize::new(0),
@@ -414,7 +414,7 @@ impl SharedPool {
 
     /// Makes readers see `state.regions`. Called inside a write bracket.
     fn publish(&self, state: &PoolState, guard: &Guard) {
-        let table = RegionTable { regions: state.regions.iter().map(|region| &**region as *const Region).collect() };
+        let table = RegionTable::new(state.regions.iter().map(|region| &**region as *const Region).collect());
         let old = self.table.swap(Owned::new(table), Ordering::AcqRel, guard);
         // SAFETY: the old table is unreachable for new readers now, and the
         // collector frees it only after every reader pinned before this point
@@ -654,8 +654,12 @@ impl SharedPool {
         // table and its regions are retired through the collector, so they
         // stay alive while `guard` is pinned.
         let table = unsafe { table.deref() };
+        table.witness.reading();
         // SAFETY: as above, for each region the table names.
         let regions: Vec<&Region> = table.regions.iter().map(|&region| unsafe { &*region }).collect();
+        for region in &regions {
+            region.witness.reading();
+        }
         read(&regions)
     }
 

@@ -183,3 +183,49 @@ pub(crate) fn next_pool_id() -> u64 {
     static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Marks memory that lock-free readers reach through the epoch-protected
+/// region table (a table, a region's description and index), so that the
+/// loom models can see a use after free.
+///
+/// loom checks accesses to its `UnsafeCell` for causality: under
+/// `--cfg lle_mempool_loom` a reader records a read of the witness each time
+/// it reaches the memory, and dropping the memory records a write. If the
+/// epoch scheme ever let the memory go while a reader could still be looking
+/// at it, the drop would not happen after that read and loom would report
+/// it. Elsewhere the witness is empty and its methods compile to nothing.
+#[cfg(lle_mempool_loom)]
+pub(crate) struct ReclaimWitness(loom::cell::UnsafeCell<()>);
+
+#[cfg(lle_mempool_loom)]
+impl ReclaimWitness {
+    pub(crate) fn new() -> Self {
+        ReclaimWitness(loom::cell::UnsafeCell::new(()))
+    }
+
+    /// A lock-free reader is looking at the memory.
+    pub(crate) fn reading(&self) {
+        self.0.with(|_| ());
+    }
+}
+
+#[cfg(lle_mempool_loom)]
+impl Drop for ReclaimWitness {
+    fn drop(&mut self) {
+        self.0.with_mut(|_| ());
+    }
+}
+
+#[cfg(not(lle_mempool_loom))]
+pub(crate) struct ReclaimWitness;
+
+#[cfg(not(lle_mempool_loom))]
+impl ReclaimWitness {
+    #[inline(always)]
+    pub(crate) fn new() -> Self {
+        ReclaimWitness
+    }
+
+    #[inline(always)]
+    pub(crate) fn reading(&self) {}
+}
