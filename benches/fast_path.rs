@@ -48,9 +48,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
-use criterion::{
-    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
-};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use lle_mempool::MemoryPool;
 use mimalloc::MiMalloc;
 use rand::rngs::SmallRng;
@@ -164,8 +162,7 @@ struct FreeLists {
 }
 
 fn free_list_layout(class: usize) -> Layout {
-    Layout::from_size_align((class + 1) * FREE_LIST_CLASS_SIZE, PEER_ALIGN)
-        .expect("class sizes form valid layouts")
+    Layout::from_size_align((class + 1) * FREE_LIST_CLASS_SIZE, PEER_ALIGN).expect("class sizes form valid layouts")
 }
 
 impl FreeLists {
@@ -269,24 +266,15 @@ macro_rules! for_each_peer {
             $body;
         }
         {
-            let $peer = &ViaGlobalAlloc {
-                allocator: MiMalloc,
-                name: "mimalloc",
-            };
+            let $peer = &ViaGlobalAlloc { allocator: MiMalloc, name: "mimalloc" };
             $body;
         }
         {
-            let $peer = &ViaGlobalAlloc {
-                allocator: Jemalloc,
-                name: "jemalloc",
-            };
+            let $peer = &ViaGlobalAlloc { allocator: Jemalloc, name: "jemalloc" };
             $body;
         }
         {
-            let $peer = &ViaGlobalAlloc {
-                allocator: System,
-                name: "system",
-            };
+            let $peer = &ViaGlobalAlloc { allocator: System, name: "system" };
             $body;
         }
         {
@@ -299,9 +287,7 @@ macro_rules! for_each_peer {
 /// Leaked so every thread, including criterion's, can use it for the rest of
 /// the process; a separate pool per group keeps the size reports apart.
 fn leaked_pool() -> &'static MemoryPool {
-    Box::leak(Box::new(
-        MemoryPool::new(POOL_INITIAL_SIZE).expect("create pool"),
-    ))
+    Box::leak(Box::new(MemoryPool::new(POOL_INITIAL_SIZE).expect("create pool")))
 }
 
 #[inline]
@@ -322,9 +308,7 @@ fn span_of(spans: impl IntoIterator<Item = (Instant, Instant)>) -> Duration {
 }
 
 fn bench_pair<A: Allocator>(group: &mut BenchmarkGroup<'_, WallTime>, allocator: &A) {
-    group.bench_function(allocator.name(), |bencher| {
-        bencher.iter(|| allocate_free_pair(allocator))
-    });
+    group.bench_function(allocator.name(), |bencher| bencher.iter(|| allocate_free_pair(allocator)));
 }
 
 fn bench_batch<A: Allocator>(group: &mut BenchmarkGroup<'_, WallTime>, allocator: &A) {
@@ -342,11 +326,7 @@ fn bench_batch<A: Allocator>(group: &mut BenchmarkGroup<'_, WallTime>, allocator
     });
 }
 
-fn run_pairs_on_threads<A: Allocator>(
-    allocator: &A,
-    threads: usize,
-    pairs_per_thread: u64,
-) -> Duration {
+fn run_pairs_on_threads<A: Allocator>(allocator: &A, threads: usize, pairs_per_thread: u64) -> Duration {
     let barrier = Barrier::new(threads);
     let spans: Vec<(Instant, Instant)> = thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -361,10 +341,7 @@ fn run_pairs_on_threads<A: Allocator>(
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|worker| worker.join().expect("worker panicked"))
-            .collect()
+        workers.into_iter().map(|worker| worker.join().expect("worker panicked")).collect()
     });
     span_of(spans)
 }
@@ -383,11 +360,7 @@ fn bench_scaling_at<A: Allocator>(
     allocator: &A,
     threads: usize,
 ) -> Option<f64> {
-    let label = if threads == 1 {
-        "1thread".to_owned()
-    } else {
-        format!("{threads}threads")
-    };
+    let label = if threads == 1 { "1thread".to_owned() } else { format!("{threads}threads") };
     let mut nanos_per_pair = Vec::new();
     group.bench_function(BenchmarkId::new(allocator.name(), label), |bencher| {
         bencher.iter_custom(|pairs| {
@@ -417,9 +390,7 @@ fn run_producer_consumer<A: Allocator>(allocator: &A, events: u64) -> Duration {
     let (message_tx, message_rx) = sync_channel::<Vec<usize>>(MESSAGES_IN_FLIGHT);
     let (recycled_tx, recycled_rx) = sync_channel::<Vec<usize>>(MESSAGE_BUFFERS);
     for _ in 0..MESSAGE_BUFFERS {
-        recycled_tx
-            .send(Vec::with_capacity(EVENTS_PER_MESSAGE))
-            .expect("recycling channel has room for every buffer");
+        recycled_tx.send(Vec::with_capacity(EVENTS_PER_MESSAGE)).expect("recycling channel has room for every buffer");
     }
     let barrier = Barrier::new(2);
     let barrier = &barrier;
@@ -452,10 +423,7 @@ fn run_producer_consumer<A: Allocator>(allocator: &A, events: u64) -> Duration {
             }
             Instant::now()
         });
-        (
-            producer.join().expect("producer panicked"),
-            consumer.join().expect("consumer panicked"),
-        )
+        (producer.join().expect("producer panicked"), consumer.join().expect("consumer panicked"))
     });
     end - start
 }
@@ -505,14 +473,7 @@ struct LarsonThread<'a, A> {
 
 impl<A: Allocator> LarsonThread<'_, A> {
     fn run(self, ops: u64) -> (Instant, Instant) {
-        let LarsonThread {
-            allocator,
-            plan,
-            barrier,
-            to_peer,
-            from_peer,
-            first_op,
-        } = self;
+        let LarsonThread { allocator, plan, barrier, to_peer, from_peer, first_op } = self;
         let mut slots: Vec<Slot> = plan.ops[first_op..first_op + LARSON_SLOTS]
             .iter()
             .map(|op| {
@@ -557,14 +518,8 @@ fn run_larson<A: Allocator>(allocator: &A, plan: &LarsonPlan, ops_per_thread: u6
     // reached the swap, and never gets a second one ahead.
     let (to_second, from_first) = sync_channel(1);
     let (to_first, from_second) = sync_channel(1);
-    let first = LarsonThread {
-        allocator,
-        plan,
-        barrier: &barrier,
-        to_peer: to_second,
-        from_peer: from_second,
-        first_op: 0,
-    };
+    let first =
+        LarsonThread { allocator, plan, barrier: &barrier, to_peer: to_second, from_peer: from_second, first_op: 0 };
     let second = LarsonThread {
         allocator,
         plan,
@@ -576,22 +531,13 @@ fn run_larson<A: Allocator>(allocator: &A, plan: &LarsonPlan, ops_per_thread: u6
     let spans = thread::scope(|scope| {
         let first = scope.spawn(move || first.run(ops_per_thread));
         let second = scope.spawn(move || second.run(ops_per_thread));
-        [
-            first.join().expect("larson thread panicked"),
-            second.join().expect("larson thread panicked"),
-        ]
+        [first.join().expect("larson thread panicked"), second.join().expect("larson thread panicked")]
     });
     span_of(spans)
 }
 
-fn bench_larson<A: Allocator>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    allocator: &A,
-    plan: &LarsonPlan,
-) {
-    group.bench_function(allocator.name(), |bencher| {
-        bencher.iter_custom(|ops| run_larson(allocator, plan, ops))
-    });
+fn bench_larson<A: Allocator>(group: &mut BenchmarkGroup<'_, WallTime>, allocator: &A, plan: &LarsonPlan) {
+    group.bench_function(allocator.name(), |bencher| bencher.iter_custom(|ops| run_larson(allocator, plan, ops)));
 }
 
 fn pair(c: &mut Criterion) {
@@ -622,10 +568,7 @@ fn producer_consumer(c: &mut Criterion) {
     for_each_peer!(pool, |peer| bench_producer_consumer(&mut group, peer));
     group.finish();
     let stats = pool.stats();
-    eprintln!(
-        "producer_consumer: lle_mempool size after the run {} B, used {} B",
-        stats.size, stats.used
-    );
+    eprintln!("producer_consumer: lle_mempool size after the run {} B, used {} B", stats.size, stats.used);
 }
 
 fn larson(c: &mut Criterion) {

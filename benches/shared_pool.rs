@@ -118,8 +118,7 @@ impl Arena {
         let bytes = live_count * ARENA_BLOCK_BUDGET * ARENA_SLACK_FACTOR;
         let layout = Layout::from_size_align(bytes, 4096).expect("arena layout");
         // SAFETY: the layout is non-zero.
-        let base = NonNull::new(unsafe { System.alloc(layout) })
-            .unwrap_or_else(|| handle_alloc_error(layout));
+        let base = NonNull::new(unsafe { System.alloc(layout) }).unwrap_or_else(|| handle_alloc_error(layout));
         Arena { base, layout }
     }
 
@@ -150,19 +149,14 @@ impl TlsfArena {
         let mut tlsf = TlsfCore::new();
         // SAFETY: the arena is owned by the returned value and outlives `tlsf`.
         unsafe { tlsf.insert_free_block_ptr(arena.as_slice_ptr()) }.expect("arena fits in TLSF");
-        TlsfArena {
-            tlsf,
-            _arena: arena,
-        }
+        TlsfArena { tlsf, _arena: arena }
     }
 }
 
 impl ChurnAllocator for TlsfArena {
     #[inline]
     fn allocate(&mut self, size: usize) -> NonNull<u8> {
-        self.tlsf
-            .allocate(layout_for(size))
-            .expect("rlsf arena exhausted; raise ARENA_SLACK_FACTOR")
+        self.tlsf.allocate(layout_for(size)).expect("rlsf arena exhausted; raise ARENA_SLACK_FACTOR")
     }
 
     #[inline]
@@ -182,10 +176,7 @@ impl LinkedListArena {
         // SAFETY: the arena is owned by the returned value, outlives `heap`
         // and is used by nothing else.
         let heap = unsafe { Heap::new(arena.base.as_ptr(), arena.layout.size()) };
-        LinkedListArena {
-            heap,
-            _arena: arena,
-        }
+        LinkedListArena { heap, _arena: arena }
     }
 }
 
@@ -218,9 +209,7 @@ struct ChurnPlan {
 impl ChurnPlan {
     fn new(live_count: usize) -> ChurnPlan {
         let mut rng = SmallRng::seed_from_u64(SEED ^ live_count as u64);
-        let initial_sizes = (0..live_count)
-            .map(|_| rng.gen_range(MIN_BLOCK..=MAX_BLOCK))
-            .collect();
+        let initial_sizes = (0..live_count).map(|_| rng.gen_range(MIN_BLOCK..=MAX_BLOCK)).collect();
         let ops = (0..OP_TABLE_LEN)
             .map(|_| ChurnOp {
                 victim: rng.gen_range(0..live_count) as u32,
@@ -262,12 +251,7 @@ impl<'plan, A: ChurnAllocator> Churn<'plan, A> {
                 LiveBlock { ptr, size }
             })
             .collect();
-        Churn {
-            allocator,
-            live,
-            plan,
-            next_op: 0,
-        }
+        Churn { allocator, live, plan, next_op: 0 }
     }
 
     fn run(&mut self, steps: u64) -> Duration {
@@ -346,22 +330,13 @@ fn shared_pool(c: &mut Criterion) {
         }
         drop(lle);
 
-        drop(bench_peer(&mut group, "system", &plan, || {
-            ViaGlobalAlloc(System)
-        }));
-        drop(bench_peer(&mut group, "mimalloc", &plan, || {
-            ViaGlobalAlloc(MiMalloc)
-        }));
-        drop(bench_peer(&mut group, "rlsf", &plan, || {
-            TlsfArena::for_live_blocks(live_count)
-        }));
+        drop(bench_peer(&mut group, "system", &plan, || ViaGlobalAlloc(System)));
+        drop(bench_peer(&mut group, "mimalloc", &plan, || ViaGlobalAlloc(MiMalloc)));
+        drop(bench_peer(&mut group, "rlsf", &plan, || TlsfArena::for_live_blocks(live_count)));
         if live_count <= LINKED_LIST_MAX_LIVE {
-            drop(bench_peer(
-                &mut group,
-                "linked_list_allocator",
-                &plan,
-                || LinkedListArena::for_live_blocks(live_count),
-            ));
+            drop(bench_peer(&mut group, "linked_list_allocator", &plan, || {
+                LinkedListArena::for_live_blocks(live_count)
+            }));
         }
     }
     group.finish();

@@ -19,9 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use indicatif::{
-    HumanBytes, HumanCount, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle,
-};
+use indicatif::{HumanBytes, HumanCount, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use lle_mempool::{MemoryPool, PoolConfig, PoolKind, PoolStats};
 
 /// Sized so the default run (2 producers, 2 consumers, 64-byte events) takes
@@ -89,10 +87,7 @@ struct Options {
 fn parse_number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
     let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
     // Underscores make large event counts readable: --events 50_000_000.
-    value
-        .replace('_', "")
-        .parse()
-        .map_err(|_| format!("{flag}: {value:?} is not a valid number"))
+    value.replace('_', "").parse().map_err(|_| format!("{flag}: {value:?} is not a valid number"))
 }
 
 /// Returns `Ok(None)` when `--help` was asked for.
@@ -129,9 +124,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         return Err("--events must be at least 1".into());
     }
     if !(HEADER_LEN..=MAX_EVENT_SIZE).contains(&options.event_size) {
-        return Err(format!(
-            "--event-size must be between {HEADER_LEN} (the event header) and {MAX_EVENT_SIZE}"
-        ));
+        return Err(format!("--event-size must be between {HEADER_LEN} (the event header) and {MAX_EVENT_SIZE}"));
     }
     Ok(Some(options))
 }
@@ -155,9 +148,7 @@ struct PoolEvents<'a> {
 
 impl EventAllocator for PoolEvents<'_> {
     fn allocate(&self) -> Result<NonNull<u8>, String> {
-        self.pool
-            .allocate_fast(self.event_size)
-            .map_err(|e| format!("allocate_fast({}): {e}", self.event_size))
+        self.pool.allocate_fast(self.event_size).map_err(|e| format!("allocate_fast({}): {e}", self.event_size))
     }
 
     unsafe fn free(&self, event: NonNull<u8>) -> Result<(), String> {
@@ -217,18 +208,12 @@ fn payload_word(seed: u64, index: usize) -> [u8; 8] {
 /// `block` must be valid for writes of `event_size` bytes and not accessed by
 /// anyone else.
 unsafe fn write_event(block: NonNull<u8>, event_size: usize, seq: u64, producer: u32) {
-    let header = EventHeader {
-        seq,
-        producer,
-        kind: event_kind(seq),
-    };
+    let header = EventHeader { seq, producer, kind: event_kind(seq) };
     // SAFETY: the block is exclusively ours and large enough for the header
     // (caller's contract, event_size >= HEADER_LEN); no alignment is assumed.
     unsafe { block.cast::<EventHeader>().write_unaligned(header) };
     // SAFETY: bytes HEADER_LEN..event_size lie inside the block.
-    let payload = unsafe {
-        std::slice::from_raw_parts_mut(block.as_ptr().add(HEADER_LEN), event_size - HEADER_LEN)
-    };
+    let payload = unsafe { std::slice::from_raw_parts_mut(block.as_ptr().add(HEADER_LEN), event_size - HEADER_LEN) };
     let seed = payload_seed(seq, producer);
     for (index, chunk) in payload.chunks_mut(8).enumerate() {
         chunk.copy_from_slice(&payload_word(seed, index)[..chunk.len()]);
@@ -259,9 +244,7 @@ unsafe fn inspect_event(block: NonNull<u8>, event_size: usize, producers: usize)
         ));
     }
     // SAFETY: bytes HEADER_LEN..event_size lie inside the block.
-    let payload = unsafe {
-        std::slice::from_raw_parts(block.as_ptr().add(HEADER_LEN), event_size - HEADER_LEN)
-    };
+    let payload = unsafe { std::slice::from_raw_parts(block.as_ptr().add(HEADER_LEN), event_size - HEADER_LEN) };
     let seed = payload_seed(header.seq, header.producer);
     let mut checksum = header.seq;
     for (index, chunk) in payload.chunks(8).enumerate() {
@@ -278,10 +261,7 @@ unsafe fn inspect_event(block: NonNull<u8>, event_size: usize, producers: usize)
         word[..chunk.len()].copy_from_slice(chunk);
         checksum = checksum.rotate_left(5) ^ u64::from_le_bytes(word);
     }
-    Inspection::Intact {
-        seq: header.seq,
-        checksum,
-    }
+    Inspection::Intact { seq: header.seq, checksum }
 }
 
 /// Order-independent summary of a set of sequence numbers: two sets with the
@@ -316,10 +296,7 @@ struct FailureLog {
 impl FailureLog {
     fn record(&self, message: String) {
         if self.count.fetch_add(1, Ordering::Relaxed) < MAX_REPORTED_FAILURES as u64 {
-            self.first
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(message);
+            self.first.lock().unwrap_or_else(|e| e.into_inner()).push(message);
         }
     }
 }
@@ -397,12 +374,8 @@ fn run_consumer(
     processed: &AtomicU64,
     failures: &FailureLog,
 ) -> ConsumerReport {
-    let mut report = ConsumerReport {
-        received: Tally::default(),
-        corrupted: 0,
-        digest: 0,
-        finished_at: Instant::now(),
-    };
+    let mut report =
+        ConsumerReport { received: Tally::default(), corrupted: 0, digest: 0, finished_at: Instant::now() };
     for batch in batches {
         for &address in &batch {
             let block = NonNull::new(address as *mut u8).expect("producers never send null");
@@ -478,9 +451,8 @@ fn run_storm(label: &str, options: &Options, allocator: &dyn EventAllocator) -> 
     let abort = AtomicBool::new(false);
     let failures = FailureLog::default();
     let bar = progress_bar(label, options.events);
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..options.consumers)
-        .map(|_| mpsc::sync_channel::<Vec<usize>>(BATCHES_IN_FLIGHT_PER_CONSUMER))
-        .unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..options.consumers).map(|_| mpsc::sync_channel::<Vec<usize>>(BATCHES_IN_FLIGHT_PER_CONSUMER)).unzip();
 
     let started = Instant::now();
     let (producer_reports, consumer_reports) = thread::scope(|scope| {
@@ -495,9 +467,7 @@ fn run_storm(label: &str, options: &Options, allocator: &dyn EventAllocator) -> 
             .map(|index| {
                 let senders = senders.clone();
                 let (abort, failures) = (&abort, &failures);
-                scope.spawn(move || {
-                    run_producer(index, options, allocator, &senders, abort, failures)
-                })
+                scope.spawn(move || run_producer(index, options, allocator, &senders, abort, failures))
             })
             .collect();
         // Each producer holds its own senders, so consumers stop as soon as
@@ -510,24 +480,16 @@ fn run_storm(label: &str, options: &Options, allocator: &dyn EventAllocator) -> 
             bar.set_position(processed.load(Ordering::Relaxed));
             thread::sleep(Duration::from_millis(50));
         }
-        let producer_reports: Vec<ProducerReport> = producers
-            .into_iter()
-            .map(|handle| handle.join().expect("producer thread panicked"))
-            .collect();
-        let consumer_reports: Vec<ConsumerReport> = consumers
-            .into_iter()
-            .map(|handle| handle.join().expect("consumer thread panicked"))
-            .collect();
+        let producer_reports: Vec<ProducerReport> =
+            producers.into_iter().map(|handle| handle.join().expect("producer thread panicked")).collect();
+        let consumer_reports: Vec<ConsumerReport> =
+            consumers.into_iter().map(|handle| handle.join().expect("consumer thread panicked")).collect();
         (producer_reports, consumer_reports)
     });
     bar.set_position(processed.load(Ordering::Relaxed));
     bar.finish();
 
-    let finished = consumer_reports
-        .iter()
-        .map(|report| report.finished_at)
-        .max()
-        .unwrap_or(started);
+    let finished = consumer_reports.iter().map(|report| report.finished_at).max().unwrap_or(started);
     let mut outcome = RunOutcome {
         elapsed: finished.saturating_duration_since(started),
         sent: Tally::default(),
@@ -535,10 +497,7 @@ fn run_storm(label: &str, options: &Options, allocator: &dyn EventAllocator) -> 
         corrupted: 0,
         digest: 0,
         failure_count: failures.count.load(Ordering::Relaxed),
-        failures: failures
-            .first
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner()),
+        failures: failures.first.into_inner().unwrap_or_else(|e| e.into_inner()),
     };
     for report in producer_reports {
         outcome.sent.merge(report.sent);
@@ -559,10 +518,7 @@ fn print_run(label: &str, outcome: &RunOutcome, options: &Options) {
         outcome.elapsed.as_secs_f64()
     );
     if outcome.corrupted > 0 {
-        println!(
-            "{label:>7}: corrupted events: {}",
-            HumanCount(outcome.corrupted)
-        );
+        println!("{label:>7}: corrupted events: {}", HumanCount(outcome.corrupted));
     }
     if outcome.sent != outcome.received || outcome.received.events != options.events {
         println!(
@@ -575,10 +531,7 @@ fn print_run(label: &str, outcome: &RunOutcome, options: &Options) {
         );
     }
     if outcome.failure_count > 0 {
-        println!(
-            "{label:>7}: failures: {} (the first are listed below)",
-            outcome.failure_count
-        );
+        println!("{label:>7}: failures: {} (the first are listed below)", outcome.failure_count);
         for failure in &outcome.failures {
             println!("           {failure}");
         }
@@ -655,14 +608,13 @@ fn main() -> ExitCode {
         options.event_size
     );
 
-    let pool =
-        match MemoryPool::with_config(PoolConfig::new(INITIAL_POOL_BYTES).kind(PoolKind::Event)) {
-            Ok(pool) => pool,
-            Err(error) => {
-                eprintln!("event_storm: cannot create the pool: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let pool = match MemoryPool::with_config(PoolConfig::new(INITIAL_POOL_BYTES).kind(PoolKind::Event)) {
+        Ok(pool) => pool,
+        Err(error) => {
+            eprintln!("event_storm: cannot create the pool: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let resizes = Arc::new(Mutex::new(Vec::new()));
     let listener = {
         let resizes = Arc::clone(&resizes);
@@ -677,14 +629,10 @@ fn main() -> ExitCode {
         })
     };
 
-    let pool_events = PoolEvents {
-        pool: &pool,
-        event_size: options.event_size,
-    };
+    let pool_events = PoolEvents { pool: &pool, event_size: options.event_size };
     let pool_outcome = run_storm("pool", &options, &pool_events);
     let system_outcome = options.compare.then(|| {
-        let layout = Layout::from_size_align(options.event_size, SYSTEM_ALIGN)
-            .expect("event size was validated");
+        let layout = Layout::from_size_align(options.event_size, SYSTEM_ALIGN).expect("event size was validated");
         run_storm("system", &options, &SystemEvents { layout })
     });
     pool.remove_resize_listener(listener);
@@ -696,16 +644,12 @@ fn main() -> ExitCode {
         print_run("system", system_outcome, &options);
         println!(
             "  ratio: pool runs at {:.2}x the system allocator's events/s",
-            pool_outcome.events_per_second()
-                / system_outcome.events_per_second().max(f64::MIN_POSITIVE)
+            pool_outcome.events_per_second() / system_outcome.events_per_second().max(f64::MIN_POSITIVE)
         );
         succeeded &= system_outcome.succeeded(&options);
         // Both runs verified the same events, so their checksums must agree.
         if system_outcome.digest != pool_outcome.digest {
-            println!(
-                "checksum mismatch: pool {:#x}, system {:#x}",
-                pool_outcome.digest, system_outcome.digest
-            );
+            println!("checksum mismatch: pool {:#x}, system {:#x}", pool_outcome.digest, system_outcome.digest);
             succeeded = false;
         }
     }

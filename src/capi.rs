@@ -248,11 +248,7 @@ fn into_c_ptr(block: Result<NonNull<u8>, PoolError>) -> *mut c_void {
 /// None: any argument values are accepted. The returned pointer must be
 /// released with [`lle_destroy_memory_pool`] exactly once.
 #[unsafe(no_mangle)]
-pub extern "C" fn lle_create_memory_pool(
-    initial_size: usize,
-    alignment: usize,
-    pool_type: c_uint,
-) -> *mut MemoryPool {
+pub extern "C" fn lle_create_memory_pool(initial_size: usize, alignment: usize, pool_type: c_uint) -> *mut MemoryPool {
     guard(ptr::null_mut(), || {
         let alignment = match alignment {
             0 => LLE_DEFAULT_ALIGNMENT,
@@ -262,12 +258,8 @@ pub extern "C" fn lle_create_memory_pool(
         let Some(kind) = pool_kind(pool_type) else {
             return ptr::null_mut();
         };
-        let config = PoolConfig::new(initial_size)
-            .kind(kind)
-            .alignment(alignment)
-            .checked(true);
-        MemoryPool::with_config(config)
-            .map_or(ptr::null_mut(), |pool| Box::into_raw(Box::new(pool)))
+        let config = PoolConfig::new(initial_size).kind(kind).alignment(alignment).checked(true);
+        MemoryPool::with_config(config).map_or(ptr::null_mut(), |pool| Box::into_raw(Box::new(pool)))
     })
 }
 
@@ -332,9 +324,7 @@ pub unsafe extern "C" fn lle_pool_allocate_aligned(
     let Some(pool) = (unsafe { pool_ref(pool) }) else {
         return ptr::null_mut();
     };
-    guard(ptr::null_mut(), || {
-        into_c_ptr(pool.allocate_aligned(size, alignment))
-    })
+    guard(ptr::null_mut(), || into_c_ptr(pool.allocate_aligned(size, alignment)))
 }
 
 /// Allocates `size` bytes through the calling thread's cache (sizes above
@@ -425,17 +415,12 @@ pub unsafe extern "C" fn lle_pool_free_fast(pool: *mut MemoryPool, ptr: *mut c_v
 ///
 /// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn lle_expand_pool_memory(
-    pool: *mut MemoryPool,
-    additional_size: usize,
-) -> LleResult {
+pub unsafe extern "C" fn lle_expand_pool_memory(pool: *mut MemoryPool, additional_size: usize) -> LleResult {
     // SAFETY: forwarded from this function's contract.
     let Some(pool) = (unsafe { pool_ref(pool) }) else {
         return LleResult::ErrorNullPointer;
     };
-    guard(LleResult::ErrorInternal, || {
-        pool.expand(additional_size).into()
-    })
+    guard(LleResult::ErrorInternal, || pool.expand(additional_size).into())
 }
 
 /// Gives unused memory back to the OS. If `released` is not NULL, the
@@ -446,10 +431,7 @@ pub unsafe extern "C" fn lle_expand_pool_memory(
 /// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`];
 /// `released` must be NULL or valid for writing one `size_t`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn lle_compact_pool_memory(
-    pool: *mut MemoryPool,
-    released: *mut usize,
-) -> LleResult {
+pub unsafe extern "C" fn lle_compact_pool_memory(pool: *mut MemoryPool, released: *mut usize) -> LleResult {
     // SAFETY: forwarded from this function's contract.
     let Some(pool) = (unsafe { pool_ref(pool) }) else {
         return LleResult::ErrorNullPointer;
@@ -472,10 +454,7 @@ pub unsafe extern "C" fn lle_compact_pool_memory(
 ///
 /// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn lle_atomic_pool_resize(
-    pool: *mut MemoryPool,
-    new_size: usize,
-) -> LleResult {
+pub unsafe extern "C" fn lle_atomic_pool_resize(pool: *mut MemoryPool, new_size: usize) -> LleResult {
     // SAFETY: forwarded from this function's contract.
     let Some(pool) = (unsafe { pool_ref(pool) }) else {
         return LleResult::ErrorNullPointer;
@@ -521,10 +500,7 @@ pub unsafe extern "C" fn lle_calculate_pool_utilization(pool: *const MemoryPool)
 /// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`];
 /// `out` must be NULL or valid for writing one `lle_pool_statistics_t`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn lle_get_pool_statistics(
-    pool: *const MemoryPool,
-    out: *mut LlePoolStatistics,
-) -> LleResult {
+pub unsafe extern "C" fn lle_get_pool_statistics(pool: *const MemoryPool, out: *mut LlePoolStatistics) -> LleResult {
     // SAFETY: forwarded from this function's contract.
     let Some(pool) = (unsafe { pool_ref(pool) }) else {
         return LleResult::ErrorNullPointer;

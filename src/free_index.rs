@@ -109,7 +109,9 @@ impl FreeIndex {
             leaf_slots,
             free_bits: (0..leaves).map(|leaf| AtomicU64::new(in_range(leaf, free_word(leaf)))).collect(),
             start_bits: (0..leaves).map(|leaf| AtomicU64::new(in_range(leaf, start_word(leaf)))).collect(),
-            tree: (0..2 * leaf_slots).map(|_| TreeNode { edges: AtomicU64::new(0), longest: AtomicU32::new(0) }).collect(),
+            tree: (0..2 * leaf_slots)
+                .map(|_| TreeNode { edges: AtomicU64::new(0), longest: AtomicU32::new(0) })
+                .collect(),
         };
         index.refresh_leaves(0, leaves - 1);
         index
@@ -328,9 +330,8 @@ impl FreeIndex {
     /// next granule that is free or starts another block.
     pub(crate) fn block_granules(&self, first: usize) -> usize {
         debug_assert!(self.is_block_start(first));
-        let boundary_word = |word: usize| {
-            self.free_bits[word].load(Ordering::Relaxed) | self.start_bits[word].load(Ordering::Relaxed)
-        };
+        let boundary_word =
+            |word: usize| self.free_bits[word].load(Ordering::Relaxed) | self.start_bits[word].load(Ordering::Relaxed);
         let mut word = first / LEAF_GRANULES;
         let mut boundaries = boundary_word(word) & !bit_range(0, first % LEAF_GRANULES + 1);
         loop {

@@ -110,9 +110,8 @@ mod tests {
             })
         };
         for _ in 0..20_000 {
-            let (low, high) = shared.lock.read(|| {
-                (shared.low.load(Ordering::Relaxed), shared.high.load(Ordering::Relaxed))
-            });
+            let (low, high) =
+                shared.lock.read(|| (shared.low.load(Ordering::Relaxed), shared.high.load(Ordering::Relaxed)));
             assert_eq!(high, low * 3, "torn snapshot");
         }
         stop.store(true, Ordering::Relaxed);

@@ -124,5 +124,7 @@ impl TimeSamples {
 pub(crate) fn mean_duration(parts: &[(u64, u64)]) -> Duration {
     let (nanos, samples) =
         parts.iter().fold((0u128, 0u128), |(n, s), &(part_n, part_s)| (n + u128::from(part_n), s + u128::from(part_s)));
-    nanos.checked_div(samples).map_or(Duration::ZERO, |mean| Duration::from_nanos(u64::try_from(mean).unwrap_or(u64::MAX)))
+    nanos
+        .checked_div(samples)
+        .map_or(Duration::ZERO, |mean| Duration::from_nanos(u64::try_from(mean).unwrap_or(u64::MAX)))
 }

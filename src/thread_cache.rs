@@ -97,7 +97,9 @@ unsafe impl Send for RegistryState {}
 
 impl CacheRegistry {
     pub(crate) fn new() -> Self {
-        CacheRegistry { state: Mutex::new(RegistryState { alive: true, heaps: Vec::new(), retired: FastCounts::default() }) }
+        CacheRegistry {
+            state: Mutex::new(RegistryState { alive: true, heaps: Vec::new(), retired: FastCounts::default() }),
+        }
     }
 
     /// The pool is being dropped: no heap may touch it from now on.
@@ -243,9 +245,8 @@ impl ThreadHeap {
         let memory = pool.shared.allocate(SLAB_SIZE, SLAB_SIZE)?;
         // SAFETY: a fresh SLAB_SIZE block of the pool, aligned to SLAB_SIZE
         // and ours alone.
-        let slab = unsafe {
-            Slab::create(memory, class, self as *const ThreadHeap as *mut ThreadHeap, pool.config.checked)
-        };
+        let slab =
+            unsafe { Slab::create(memory, class, self as *const ThreadHeap as *mut ThreadHeap, pool.config.checked) };
         pool.slabs.register(slab);
         // SAFETY: just created.
         pool.slab_blocks.fetch_add(unsafe { (*slab).capacity() }, Ordering::Relaxed);

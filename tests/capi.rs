@@ -30,9 +30,7 @@ fn manifest_dir() -> &'static Path {
 /// may be from an older build.
 fn staticlib() -> PathBuf {
     let test_binary = std::env::current_exe().expect("path of the test binary");
-    let deps_dir = test_binary
-        .parent()
-        .expect("test binary should live in target/<profile>/deps");
+    let deps_dir = test_binary.parent().expect("test binary should live in target/<profile>/deps");
     let lib = deps_dir.join("liblle_mempool.a");
     assert!(
         lib.is_file(),
@@ -90,25 +88,14 @@ fn compile_c(source: &Path, executable: &Path) {
         .arg(executable)
         .output()
         .unwrap_or_else(|e| panic!("could not run the C compiler {:?}: {e}", c_compiler()));
-    assert!(
-        output.status.success(),
-        "compiling {} failed: {}",
-        source.display(),
-        describe(&output)
-    );
+    assert!(output.status.success(), "compiling {} failed: {}", source.display(), describe(&output));
 }
 
 fn run(executable: &Path) -> String {
-    let output = Command::new(executable)
-        .output()
-        .unwrap_or_else(|e| panic!("could not run {}: {e}", executable.display()));
+    let output =
+        Command::new(executable).output().unwrap_or_else(|e| panic!("could not run {}: {e}", executable.display()));
     let _ = std::fs::remove_file(executable);
-    assert!(
-        output.status.success(),
-        "{} failed: {}",
-        executable.display(),
-        describe(&output)
-    );
+    assert!(output.status.success(), "{} failed: {}", executable.display(), describe(&output));
     String::from_utf8(output.stdout).expect("C program output is UTF-8")
 }
 
@@ -132,10 +119,7 @@ struct Expectation {
 }
 
 fn expect(c_expression: impl Into<String>, rust_value: impl Into<i128>) -> Expectation {
-    Expectation {
-        c_expression: c_expression.into(),
-        rust_value: rust_value.into(),
-    }
+    Expectation { c_expression: c_expression.into(), rust_value: rust_value.into() }
 }
 
 fn header_expectations() -> Vec<Expectation> {
@@ -148,51 +132,29 @@ fn header_expectations() -> Vec<Expectation> {
         expect("LLE_POOL_SYNTAX", capi::LLE_POOL_SYNTAX),
         expect("LLE_POOL_COMPLETION", capi::LLE_POOL_COMPLETION),
         expect("LLE_POOL_CUSTOM", capi::LLE_POOL_CUSTOM),
-        expect(
-            "sizeof(lle_memory_pool_type_t)",
-            size_of::<std::ffi::c_uint>() as u64,
-        ),
+        expect("sizeof(lle_memory_pool_type_t)", size_of::<std::ffi::c_uint>() as u64),
         expect("sizeof(lle_result_t)", size_of::<LleResult>() as u64),
     ];
     let results = [
         ("LLE_SUCCESS", LleResult::Success),
         ("LLE_ERROR_NULL_POINTER", LleResult::ErrorNullPointer),
-        (
-            "LLE_ERROR_INVALID_PARAMETER",
-            LleResult::ErrorInvalidParameter,
-        ),
+        ("LLE_ERROR_INVALID_PARAMETER", LleResult::ErrorInvalidParameter),
         ("LLE_ERROR_ZERO_SIZE", LleResult::ErrorZeroSize),
         ("LLE_ERROR_SIZE_OVERFLOW", LleResult::ErrorSizeOverflow),
-        (
-            "LLE_ERROR_INVALID_ALIGNMENT",
-            LleResult::ErrorInvalidAlignment,
-        ),
-        (
-            "LLE_ERROR_ALIGNMENT_TOO_LARGE",
-            LleResult::ErrorAlignmentTooLarge,
-        ),
+        ("LLE_ERROR_INVALID_ALIGNMENT", LleResult::ErrorInvalidAlignment),
+        ("LLE_ERROR_ALIGNMENT_TOO_LARGE", LleResult::ErrorAlignmentTooLarge),
         ("LLE_ERROR_FOREIGN_POINTER", LleResult::ErrorForeignPointer),
-        (
-            "LLE_ERROR_INTERIOR_POINTER",
-            LleResult::ErrorInteriorPointer,
-        ),
+        ("LLE_ERROR_INTERIOR_POINTER", LleResult::ErrorInteriorPointer),
         ("LLE_ERROR_DOUBLE_FREE", LleResult::ErrorDoubleFree),
         ("LLE_ERROR_EXCEEDS_MAX_SIZE", LleResult::ErrorExceedsMaxSize),
-        (
-            "LLE_ERROR_SHRINK_BELOW_USED",
-            LleResult::ErrorShrinkBelowUsed,
-        ),
+        ("LLE_ERROR_SHRINK_BELOW_USED", LleResult::ErrorShrinkBelowUsed),
         ("LLE_ERROR_SHRINK_BLOCKED", LleResult::ErrorShrinkBlocked),
         ("LLE_ERROR_OUT_OF_MEMORY", LleResult::ErrorOutOfMemory),
         ("LLE_ERROR_INVALID_CONFIG", LleResult::ErrorInvalidConfig),
         ("LLE_ERROR_CORRUPTED", LleResult::ErrorCorrupted),
         ("LLE_ERROR_INTERNAL", LleResult::ErrorInternal),
     ];
-    expected.extend(
-        results
-            .into_iter()
-            .map(|(name, code)| expect(name, code as i32)),
-    );
+    expected.extend(results.into_iter().map(|(name, code)| expect(name, code as i32)));
 
     macro_rules! layout {
         ($c_type:literal, $rust_type:ty, [$($field:ident),* $(,)?]) => {
@@ -249,12 +211,7 @@ fn header_matches_rust_definitions() {
          int main(void) {\n",
     );
     for item in &expected {
-        writeln!(
-            probe,
-            "    printf(\"%lld\\n\", (long long)({}));",
-            item.c_expression
-        )
-        .unwrap();
+        writeln!(probe, "    printf(\"%lld\\n\", (long long)({}));", item.c_expression).unwrap();
     }
     probe.push_str("    return 0;\n}\n");
 
@@ -271,16 +228,7 @@ fn header_matches_rust_definitions() {
         .iter()
         .zip(c_values)
         .filter(|(item, c_value)| c_value.parse::<i128>() != Ok(item.rust_value))
-        .map(|(item, c_value)| {
-            format!(
-                "{}: C says {c_value}, Rust says {}",
-                item.c_expression, item.rust_value
-            )
-        })
+        .map(|(item, c_value)| format!("{}: C says {c_value}, Rust says {}", item.c_expression, item.rust_value))
         .collect();
-    assert!(
-        mismatches.is_empty(),
-        "header and src/capi.rs disagree:\n{}",
-        mismatches.join("\n")
-    );
+    assert!(mismatches.is_empty(), "header and src/capi.rs disagree:\n{}", mismatches.join("\n"));
 }
