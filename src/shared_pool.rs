@@ -138,8 +138,8 @@ impl SharedPool {
             growth_factor,
         };
         if initial_size > 0 {
-            let bytes = crate::align_up(initial_size, os::page_size())
-                .ok_or(PoolError::SizeOverflow { size: initial_size })?;
+            let bytes =
+                crate::align_up(initial_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: initial_size })?;
             if let Some(max) = max_size {
                 if bytes > max {
                     return Err(PoolError::ExceedsMaxSize { requested: bytes, max });
@@ -450,8 +450,8 @@ impl SharedPool {
         if additional == 0 {
             return Ok(());
         }
-        let additional = crate::align_up(additional, os::page_size())
-            .ok_or(PoolError::SizeOverflow { size: additional })?;
+        let additional =
+            crate::align_up(additional, os::page_size()).ok_or(PoolError::SizeOverflow { size: additional })?;
         let mut state = lock(&self.state);
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let new_size = old_size.checked_add(additional).ok_or(PoolError::SizeOverflow { size: additional })?;
@@ -558,8 +558,7 @@ impl SharedPool {
     /// Grows or shrinks the pool to `new_size` bytes, rounded up to pages.
     /// All or nothing: on error the pool is exactly as before.
     pub(crate) fn resize(&self, new_size: usize) -> Result<(), PoolError> {
-        let target =
-            crate::align_up(new_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: new_size })?;
+        let target = crate::align_up(new_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: new_size })?;
         let mut state = lock(&self.state);
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let handle = self.collector.register();
