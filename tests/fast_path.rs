@@ -157,16 +157,23 @@ fn blocks_freed_on_other_threads_come_home() {
             .collect();
         std::thread::scope(|scope| {
             let (senders, receivers): (Vec<_>, Vec<_>) = (0..CONSUMERS).map(|_| mpsc::channel::<Vec<Sent>>()).unzip();
-            for receiver in receivers {
-                let pool = &pool;
-                scope.spawn(move || {
-                    for batch in receiver {
-                        batch.into_iter().for_each(|block| release(pool, block));
-                    }
-                });
-            }
+            let consumers: Vec<_> = receivers
+                .into_iter()
+                .map(|receiver| {
+                    let pool = &pool;
+                    scope.spawn(move || {
+                        for batch in receiver {
+                            batch.into_iter().for_each(|block| release(pool, block));
+                        }
+                    })
+                })
+                .collect();
             for (index, batch) in blocks.chunks(100).enumerate() {
                 senders[index % CONSUMERS].send(batch.to_vec()).unwrap();
+            }
+            drop(senders);
+            for consumer in consumers {
+                consumer.join().unwrap();
             }
         });
         pool.size()
@@ -381,7 +388,7 @@ fn producer_consumer(events: u64) -> (usize, std::time::Duration) {
     std::thread::scope(|scope| {
         let (sender, receiver) = mpsc::sync_channel::<Vec<usize>>(BATCHES_IN_FLIGHT);
         let pool = &pool;
-        scope.spawn(move || {
+        let consumer = scope.spawn(move || {
             let mut freed = 0u64;
             for batch in receiver {
                 for addr in batch {
@@ -413,6 +420,8 @@ fn producer_consumer(events: u64) -> (usize, std::time::Duration) {
         if !batch.is_empty() {
             sender.send(batch).unwrap();
         }
+        drop(sender);
+        consumer.join().unwrap();
     });
     let elapsed = started.elapsed();
     let stats = pool.stats();
