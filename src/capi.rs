@@ -18,25 +18,107 @@ use std::time::Duration;
 use crate::{align_up, clamp_size, MemoryPool, PoolConfig, PoolError, PoolKind, PoolStats};
 
 /// C `LLE_POOL_BUFFER`: maps to [`PoolKind::Buffer`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_BUFFER);
+/// assert!(!pool.is_null());
+/// unsafe { lle_destroy_memory_pool(pool) };
+/// ```
 pub const LLE_POOL_BUFFER: c_uint = 0;
 /// C `LLE_POOL_EVENT`: maps to [`PoolKind::Event`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_EVENT);
+/// assert!(!pool.is_null());
+/// unsafe { lle_destroy_memory_pool(pool) };
+/// ```
 pub const LLE_POOL_EVENT: c_uint = 1;
 /// C `LLE_POOL_STRING`: maps to [`PoolKind::String`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_STRING);
+/// assert!(!pool.is_null());
+/// unsafe { lle_destroy_memory_pool(pool) };
+/// ```
 pub const LLE_POOL_STRING: c_uint = 2;
 /// C `LLE_POOL_TEMP`: maps to [`PoolKind::Temp`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_TEMP);
+/// assert!(!pool.is_null());
+/// unsafe { lle_destroy_memory_pool(pool) };
+/// ```
 pub const LLE_POOL_TEMP: c_uint = 3;
 /// C `LLE_POOL_HISTORY`: maps to [`PoolKind::History`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_HISTORY);
+/// assert!(!pool.is_null());
+/// unsafe { lle_destroy_memory_pool(pool) };
+/// ```
 pub const LLE_POOL_HISTORY: c_uint = 4;
 /// C `LLE_POOL_SYNTAX`: maps to [`PoolKind::Syntax`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_SYNTAX);
+/// assert!(!pool.is_null());
+/// unsafe { lle_destroy_memory_pool(pool) };
+/// ```
 pub const LLE_POOL_SYNTAX: c_uint = 5;
 /// C `LLE_POOL_COMPLETION`: maps to [`PoolKind::Completion`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_COMPLETION);
+/// assert!(!pool.is_null());
+/// unsafe { lle_destroy_memory_pool(pool) };
+/// ```
 pub const LLE_POOL_COMPLETION: c_uint = 6;
 /// C `LLE_POOL_CUSTOM`: maps to [`PoolKind::Custom`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_CUSTOM);
+/// assert!(!pool.is_null());
+/// unsafe { lle_destroy_memory_pool(pool) };
+/// ```
 pub const LLE_POOL_CUSTOM: c_uint = 7;
 
 /// Alignment a pool gets when `lle_create_memory_pool` is passed 0, and the
 /// floor for smaller power-of-two requests (a 16-aligned block is also
 /// 8-aligned, so rounding up never breaks the caller's expectation).
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_CUSTOM);
+/// let block = unsafe { lle_pool_allocate(pool, 1) };
+/// assert_eq!(block as usize % LLE_DEFAULT_ALIGNMENT, 0);
+/// unsafe { lle_destroy_memory_pool(pool) };
+/// ```
 pub const LLE_DEFAULT_ALIGNMENT: usize = 16;
 
 /// C `lle_result_t`: 0 on success, one negative code per failure cause.
@@ -44,6 +126,14 @@ pub const LLE_DEFAULT_ALIGNMENT: usize = 16;
 /// The values are ABI: never renumber, only append.
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// assert_eq!(LleResult::Success as i32, 0);
+/// assert!((LleResult::ErrorNullPointer as i32) < 0);
+/// ```
 pub enum LleResult {
     /// `LLE_SUCCESS`
     Success = 0,
@@ -115,6 +205,22 @@ impl From<Result<(), PoolError>> for LleResult {
 }
 
 /// C `lle_fast_path_statistics_t`: mirrors [`crate::FastPathStats`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(1 << 20, 0, LLE_POOL_EVENT);
+/// let mut stats = LlePoolStatistics::default();
+/// unsafe {
+///     let event = lle_pool_allocate_fast(pool, 64);
+///     lle_get_pool_statistics(pool, &mut stats);
+///     let fast: LleFastPathStatistics = stats.fast;
+///     assert_eq!(fast.allocations, 1);
+///     lle_pool_free_fast(pool, event);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LleFastPathStatistics {
@@ -132,6 +238,19 @@ pub struct LleFastPathStatistics {
 
 /// C `lle_pool_statistics_t`: mirrors [`PoolStats`], with durations as
 /// nanoseconds (saturating at `u64::MAX`, about 584 years).
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_CUSTOM);
+/// let mut stats = LlePoolStatistics::default();
+/// unsafe {
+///     lle_get_pool_statistics(pool, &mut stats);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// assert_eq!((stats.size, stats.used, stats.free), (4096, 0, 4096));
+/// ```
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LlePoolStatistics {
@@ -243,6 +362,16 @@ fn into_c_ptr(block: Result<NonNull<u8>, PoolError>) -> *mut c_void {
 /// Pools made here always detect double frees on the fast path too: C callers
 /// get an error code instead of silent heap corruption, at a small cost.
 ///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(1 << 20, 0, LLE_POOL_EVENT);
+/// assert!(!pool.is_null());
+/// assert!(lle_create_memory_pool(4096, 3, LLE_POOL_EVENT).is_null());
+/// unsafe { lle_destroy_memory_pool(pool) };
+/// ```
+///
 /// # Safety
 ///
 /// None: any argument values are accepted. The returned pointer must be
@@ -264,6 +393,17 @@ pub extern "C" fn lle_create_memory_pool(initial_size: usize, alignment: usize, 
 }
 
 /// Destroys a pool and returns all its memory to the OS. NULL is ignored.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 16, LLE_POOL_TEMP);
+/// unsafe {
+///     lle_destroy_memory_pool(pool);
+///     lle_destroy_memory_pool(std::ptr::null_mut());
+/// }
+/// ```
 ///
 /// # Safety
 ///
@@ -296,6 +436,20 @@ unsafe fn pool_ref<'a>(pool: *const MemoryPool) -> Option<&'a MemoryPool> {
 /// Allocates `size` bytes aligned to the pool's alignment from the shared
 /// pool. Returns NULL on failure, including `size == 0` and a NULL pool.
 ///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 64, LLE_POOL_BUFFER);
+/// unsafe {
+///     let block = lle_pool_allocate(pool, 100);
+///     assert_eq!(block as usize % 64, 0);
+///     assert!(lle_pool_allocate(pool, 0).is_null());
+///     assert_eq!(lle_pool_free(pool, block), LleResult::Success);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+///
 /// # Safety
 ///
 /// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
@@ -310,6 +464,20 @@ pub unsafe extern "C" fn lle_pool_allocate(pool: *mut MemoryPool, size: usize) -
 
 /// Allocates `size` bytes aligned to `alignment` (a power of two). Returns
 /// NULL on failure, including `size == 0`, a bad alignment and a NULL pool.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(1 << 16, 0, LLE_POOL_BUFFER);
+/// unsafe {
+///     let page = lle_pool_allocate_aligned(pool, 100, 4096);
+///     assert_eq!(page as usize % 4096, 0);
+///     assert!(lle_pool_allocate_aligned(pool, 100, 3).is_null());
+///     assert_eq!(lle_pool_free(pool, page), LleResult::Success);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
 ///
 /// # Safety
 ///
@@ -331,6 +499,19 @@ pub unsafe extern "C" fn lle_pool_allocate_aligned(
 /// 1 KiB fall through to the shared pool). The block is aligned to 16, or to
 /// the largest power of two dividing `size` if smaller: enough for any object
 /// of that size, as with `malloc`. Returns NULL on failure.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(1 << 20, 0, LLE_POOL_EVENT);
+/// unsafe {
+///     let event = lle_pool_allocate_fast(pool, 48);
+///     assert!(!event.is_null());
+///     assert_eq!(lle_pool_free_fast(pool, event), LleResult::Success);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
 ///
 /// # Safety
 ///
@@ -385,6 +566,20 @@ unsafe fn free_block(pool: *mut MemoryPool, block: *mut c_void, path: FreePath) 
 /// `LLE_SUCCESS`; a pointer the pool did not hand out is refused with an
 /// error code and nothing is freed.
 ///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_STRING);
+/// unsafe {
+///     let block = lle_pool_allocate(pool, 32);
+///     assert_eq!(lle_pool_free(pool, block), LleResult::Success);
+///     assert_ne!(lle_pool_free(pool, block), LleResult::Success); // double free refused
+///     assert_eq!(lle_pool_free(pool, std::ptr::null_mut()), LleResult::Success);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+///
 /// # Safety
 ///
 /// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
@@ -399,6 +594,21 @@ pub unsafe extern "C" fn lle_pool_free(pool: *mut MemoryPool, ptr: *mut c_void) 
 /// it came from (a thread cache or the shared pool), whichever function
 /// allocated it and whichever thread frees it.
 ///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(1 << 20, 0, LLE_POOL_EVENT);
+/// unsafe {
+///     let event = lle_pool_allocate_fast(pool, 64);
+///     assert_eq!(lle_pool_free_fast(pool, event), LleResult::Success);
+///     assert_ne!(lle_pool_free_fast(pool, event), LleResult::Success); // double free refused
+///     let mut on_stack = 0u8;
+///     assert_ne!(lle_pool_free_fast(pool, (&mut on_stack as *mut u8).cast()), LleResult::Success);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+///
 /// # Safety
 ///
 /// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
@@ -410,6 +620,18 @@ pub unsafe extern "C" fn lle_pool_free_fast(pool: *mut MemoryPool, ptr: *mut c_v
 }
 
 /// Grows the pool by `additional_size` bytes (the pool may round it up).
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_HISTORY);
+/// unsafe {
+///     assert_eq!(lle_expand_pool_memory(pool, 4096), LleResult::Success);
+///     assert_eq!(lle_get_pool_size(pool), 8192);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
 ///
 /// # Safety
 ///
@@ -425,6 +647,20 @@ pub unsafe extern "C" fn lle_expand_pool_memory(pool: *mut MemoryPool, additiona
 
 /// Gives unused memory back to the OS. If `released` is not NULL, the
 /// number of bytes given back is stored there (0 on failure).
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_SYNTAX);
+/// unsafe {
+///     lle_expand_pool_memory(pool, 1 << 20);
+///     let mut released = 0usize;
+///     assert_eq!(lle_compact_pool_memory(pool, &mut released), LleResult::Success);
+///     assert_eq!(released, (1 << 20) + 4096);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
 ///
 /// # Safety
 ///
@@ -450,6 +686,22 @@ pub unsafe extern "C" fn lle_compact_pool_memory(pool: *mut MemoryPool, released
 /// Sets the pool's size to `new_size` bytes, all or nothing: on failure the
 /// pool is unchanged.
 ///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_COMPLETION);
+/// unsafe {
+///     assert_eq!(lle_atomic_pool_resize(pool, 64 * 1024), LleResult::Success);
+///     assert_eq!(lle_get_pool_size(pool), 64 * 1024);
+///     let block = lle_pool_allocate(pool, 40 * 1024);
+///     assert_ne!(lle_atomic_pool_resize(pool, 4096), LleResult::Success);
+///     assert_eq!(lle_get_pool_size(pool), 64 * 1024);
+///     lle_pool_free(pool, block);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+///
 /// # Safety
 ///
 /// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
@@ -464,6 +716,18 @@ pub unsafe extern "C" fn lle_atomic_pool_resize(pool: *mut MemoryPool, new_size:
 
 /// Bytes the pool manages; 0 for a NULL pool (a compacted pool with nothing
 /// live may also be empty).
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(10_000, 0, LLE_POOL_CUSTOM);
+/// unsafe {
+///     assert_eq!(lle_get_pool_size(pool), 12_288);
+///     assert_eq!(lle_get_pool_size(std::ptr::null()), 0);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
 ///
 /// # Safety
 ///
@@ -480,6 +744,19 @@ pub unsafe extern "C" fn lle_get_pool_size(pool: *const MemoryPool) -> usize {
 /// Percentage (0 to 100) of the pool handed out; -1.0 for a NULL pool, so
 /// the caller can tell "no pool" from "empty pool".
 ///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_CUSTOM);
+/// unsafe {
+///     let half = lle_pool_allocate(pool, 2048);
+///     assert_eq!(lle_calculate_pool_utilization(pool), 50.0);
+///     lle_pool_free(pool, half);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+///
 /// # Safety
 ///
 /// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
@@ -494,6 +771,22 @@ pub unsafe extern "C" fn lle_calculate_pool_utilization(pool: *const MemoryPool)
 
 /// Copies the pool's statistics into `*out`. `*out` is left untouched on
 /// failure.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_CUSTOM);
+/// let mut stats = LlePoolStatistics::default();
+/// unsafe {
+///     let block = lle_pool_allocate(pool, 100);
+///     assert_eq!(lle_get_pool_statistics(pool, &mut stats), LleResult::Success);
+///     assert_eq!((stats.size, stats.used, stats.live_allocations), (4096, 112, 1));
+///     assert_eq!(lle_get_pool_statistics(pool, std::ptr::null_mut()), LleResult::ErrorNullPointer);
+///     lle_pool_free(pool, block);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
 ///
 /// # Safety
 ///
@@ -521,6 +814,15 @@ pub unsafe extern "C" fn lle_get_pool_statistics(pool: *const MemoryPool, out: *
 /// if `alignment` is not a power of two or the result would overflow; note
 /// that `size == 0` also gives 0.
 ///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// assert_eq!(lle_align_memory_size(13, 8), 16);
+/// assert_eq!(lle_align_memory_size(usize::MAX - 3, 16), 0);
+/// assert_eq!(lle_align_memory_size(10, 3), 0);
+/// ```
+///
 /// # Safety
 ///
 /// None: any argument values are accepted.
@@ -531,6 +833,14 @@ pub extern "C" fn lle_align_memory_size(size: usize, alignment: usize) -> usize 
 
 /// Limits `size` to `min_size..=max_size`. If `min_size > max_size`,
 /// `max_size` wins, as with `MIN(MAX(size, min_size), max_size)`.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// assert_eq!(lle_clamp_size(5, 16, 64), 16);
+/// assert_eq!(lle_clamp_size(100, 16, 64), 64);
+/// ```
 ///
 /// # Safety
 ///
