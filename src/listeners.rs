@@ -1,7 +1,7 @@
 //! Resize listeners: user callbacks told about every change of a pool's size.
 //!
-//! The seed declared `lle_notify_pool_resize_listeners` and left it a
-//! placeholder. Here listeners are called after the pool's own lock is
+//! The seed declared `lle_notify_pool_resize_listeners` but never called a
+//! listener. Here listeners are called after the pool's own lock is
 //! released, so a listener may call any of the pool's methods that do not
 //! add or remove listeners (`size`, `stats`, `check`, even `allocate` or
 //! `expand`). Calls are made while holding the listener list's lock, which
