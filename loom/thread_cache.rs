@@ -3,8 +3,8 @@
 //! of the same size class.
 //!
 //! `refill_collects_a_remote_free`: the owner fills a slab, hands one block
-//! to a second thread, which frees it remotely (onto the slab's thread-free
-//! list), and allocates once more, which refills: the remotely freed block
+//! to a second thread, which frees it remotely (batched, then handed onto
+//! the slab's thread-free list), and allocates once more, which refills: the remotely freed block
 //! must come back if its free happened first, and no block may be handed
 //! out twice (each keeps its pattern).
 //!
@@ -17,6 +17,8 @@
 //! Breaks this model catches (each tried by hand):
 //! - skipping the collection of remote frees in `ThreadHeap::refill`: a
 //!   block freed by another thread before the refill is not reused;
+//! - dropping a remote batch instead of handing it over in
+//!   `ThreadHeap::hand_over_remote_batch`: the freed block never comes back;
 //! - releasing a flushed slab in `ThreadHeap::flush` without checking that
 //!   all its blocks have come home: the remote free then lands in memory the
 //!   shared pool has taken back;
@@ -54,6 +56,8 @@ fn free_remotely(pool: Arc<MemoryPool>, block: usize, freed: Arc<AtomicBool>) ->
         assert!(holds(block, 0xB0), "the handed-over block was reused while still live");
         // SAFETY: handed over by its allocator; only this thread uses it.
         unsafe { pool.free_fast(support::block(block)).expect("remote free") };
+        // Hand the batched free over now rather than at thread exit.
+        pool.flush_remote_frees();
         freed.store(true, Ordering::Release);
     })
 }

@@ -450,6 +450,10 @@ impl MemoryPool {
     /// Frees a block from any of this pool's allocation methods, on any
     /// thread. A cache block goes back to its slab: to the owner's list if
     /// this thread owns the slab, else onto the slab's thread-free list.
+    /// Blocks of another thread's slab are handed over in batches of up to
+    /// 64 per slab, with one compare-and-swap each; a batch goes as soon as
+    /// a block of another slab is freed, and when this thread refills a
+    /// cache, calls [`compact`](Self::compact) or exits.
     ///
     /// # Errors
     ///
@@ -476,10 +480,20 @@ impl MemoryPool {
     #[inline(always)]
     pub unsafe fn free_fast(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
         // The common case, inline: a block of a slab this thread owns.
-        let slab = self.inner.slabs.lookup(ptr.as_ptr() as usize);
-        // SAFETY: registered slabs are mapped while the pool lives.
-        if !slab.is_null() && thread_cache::try_free_cached(unsafe { &*slab }, ptr) {
-            return Ok(());
+        // Slabs are aligned to their size, so the header's address is pure
+        // arithmetic on the pointer; the map only says whether a slab of this
+        // pool is there. Using the computed address rather than the map's
+        // answer keeps the two loads of the lookup off the chain that the
+        // next allocation waits on: they feed a predicted branch, nothing else.
+        let header = (ptr.as_ptr() as usize & !(slab::SLAB_SIZE - 1)) as *const Slab;
+        let registered = self.inner.slabs.lookup(ptr.as_ptr() as usize);
+        if !registered.is_null() {
+            debug_assert_eq!(registered.cast_const(), header);
+            // SAFETY: a registered slab starts at the slab-aligned address
+            // below `ptr`, and registered slabs are mapped while the pool lives.
+            if thread_cache::try_free_cached(unsafe { &*header }, ptr) {
+                return Ok(());
+            }
         }
         // SAFETY: the caller's contract is ours.
         unsafe { self.free_fast_slow(ptr) }
@@ -583,13 +597,45 @@ impl MemoryPool {
         self.inner.shared.expand(additional)
     }
 
+    /// Hands over, now, the blocks this thread freed into slabs that other
+    /// threads own and still holds in its batch (see
+    /// [`free_fast`](Self::free_fast)), so that their owners can reuse them.
+    /// A thread that frees other threads' blocks and then goes idle for a
+    /// long time may call this; batches are handed over by themselves as a
+    /// thread keeps freeing, and when it exits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let pool = Arc::new(lle_mempool::MemoryPool::new(1 << 20)?);
+    /// let block = pool.allocate_fast(64)?.as_ptr() as usize;
+    /// let remote = Arc::clone(&pool);
+    /// std::thread::spawn(move || {
+    ///     let block = std::ptr::NonNull::new(block as *mut u8).unwrap();
+    ///     unsafe { remote.free_fast(block) }.unwrap();
+    ///     // This thread may idle for long now: give the owner its block.
+    ///     remote.flush_remote_frees();
+    /// })
+    /// .join()
+    /// .unwrap();
+    /// assert_eq!(pool.stats().fast.remote_frees, 1);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn flush_remote_frees(&self) {
+        thread_cache::hand_over_remote_frees(&self.inner);
+    }
+
     /// Gives free memory back to the OS and returns the bytes unmapped.
     ///
     /// Free space at the end of each region, and regions that are entirely
     /// free, are unmapped (the pool's [`size`](Self::size) shrinks by the
     /// returned amount); whole free pages inside the pool are purged with
     /// `madvise`, so they stop counting as resident. Cache slabs abandoned by
-    /// exited threads are released first if their blocks have come home.
+    /// exited threads are released first if their blocks have come home, and
+    /// blocks this thread freed into other threads' slabs and still holds
+    /// in its batch (see [`free_fast`](Self::free_fast)) are handed over.
     ///
     /// # Examples
     ///
@@ -603,6 +649,7 @@ impl MemoryPool {
     /// # Ok::<(), lle_mempool::PoolError>(())
     /// ```
     pub fn compact(&self) -> Result<usize, PoolError> {
+        thread_cache::hand_over_remote_frees(&self.inner);
         self.inner.reclaim_abandoned();
         self.inner.shared.compact()
     }

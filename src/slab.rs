@@ -35,6 +35,18 @@ pub(crate) struct FreeBlock {
     next: *mut FreeBlock,
 }
 
+/// Links the freed block `block` to `next`, to build a chain for
+/// [`Slab::push_remote_chain`].
+///
+/// # Safety
+/// `block` must be a freed slab block that the caller alone holds.
+#[inline]
+pub(crate) unsafe fn link(block: NonNull<u8>, next: NonNull<u8>) {
+    // SAFETY: the caller holds the block, which is at least a pointer wide
+    // and aligned (every class is a multiple of 16 bytes).
+    unsafe { (*block.as_ptr().cast::<FreeBlock>()).next = next.as_ptr().cast() };
+}
+
 #[repr(C, align(64))]
 pub(crate) struct Slab {
     // Fixed while the slab exists; read by any thread.
@@ -44,22 +56,36 @@ pub(crate) struct Slab {
     /// `ceil(2^32 / block_size)`: turns an offset into a block index with a
     /// multiply, exactly, because offsets and sizes are below 2^16.
     reciprocal: u32,
+    /// Where the blocks end, as an offset from the first block.
+    blocks_end: u32,
+    /// `ceil(2^64 / block_size)`: an offset below 2^16 is a multiple of the
+    /// block size exactly when `offset * divisibility_magic` (wrapping) is
+    /// below it (Lemire, Kaser and Kurz, "Faster remainder by direct
+    /// computation", 2019): one multiply and one comparison, no division.
+    divisibility_magic: u64,
     checked: bool,
     /// The heap that owns the slab; null while abandoned by an exited thread.
     /// Only the owner (or, while abandoned, the holder of the pool's
     /// abandoned-slab lock) changes it.
     owner: AtomicPtr<ThreadHeap>,
-    /// The owning thread's `current_thread_token`, 0 while abandoned; set
-    /// with `owner`.
+    /// The owning thread's `current_thread_token`, with `CHECKED_TOKEN_BIT`
+    /// set in checked slabs; 0 while abandoned. Set with `owner`. Folding
+    /// the checked flag in lets the fast free test "mine, and nothing special"
+    /// with a single comparison.
     owner_token: AtomicUsize,
     // Owner-only state: touched only by the owning thread or, while the slab
     // is abandoned, under the pool's abandoned-slab lock.
     local_free: Cell<*mut FreeBlock>,
     /// Blocks `bump..capacity` have never been handed out.
     bump: Cell<u32>,
-    /// Blocks handed out and not yet back on `local_free`: blocks sitting on
-    /// `thread_free` still count.
-    used: Cell<u32>,
+    /// Blocks handed out and blocks back on `local_free`, counted apart:
+    /// their difference is the blocks in use (blocks sitting on
+    /// `thread_free` still count as in use). One counter that allocation
+    /// increments and free decrements would chain every allocate+free pair
+    /// through two store-to-load forwards of the same word; two counters
+    /// each see one write per pair. Both wrap; only the difference matters.
+    handed_out: Cell<u32>,
+    returned: Cell<u32>,
     /// The owning heap's ring of slabs of this class.
     pub(crate) next: Cell<*mut Slab>,
     pub(crate) previous: Cell<*mut Slab>,
@@ -68,6 +94,24 @@ pub(crate) struct Slab {
     thread_free: CachePadded<AtomicPtr<FreeBlock>>,
     /// With `checked`: one bit per block, set while the block is handed out.
     allocated: [AtomicU64; BITMAP_WORDS],
+}
+
+/// Set in the owner token of checked slabs. Tokens are user-space addresses
+/// (or small counters under the models), so their top bit is always clear.
+const CHECKED_TOKEN_BIT: usize = 1 << (usize::BITS - 1);
+
+/// The owner token a slab owned by `owner` on the calling thread carries.
+fn owner_token_for(owner: *mut ThreadHeap, checked: bool) -> usize {
+    if owner.is_null() {
+        return 0;
+    }
+    let token = current_thread_token();
+    debug_assert!(token != 0 && token & CHECKED_TOKEN_BIT == 0);
+    if checked {
+        token | CHECKED_TOKEN_BIT
+    } else {
+        token
+    }
 }
 
 /// Where the first block starts: right after the header.
@@ -93,12 +137,15 @@ impl Slab {
             capacity: capacity as u32,
             class: class as u32,
             reciprocal: ((1u64 << 32).div_ceil(block_size as u64)) as u32,
+            blocks_end: (capacity * block_size) as u32,
+            divisibility_magic: u64::MAX / block_size as u64 + 1,
             checked,
             owner: AtomicPtr::new(owner),
-            owner_token: AtomicUsize::new(if owner.is_null() { 0 } else { current_thread_token() }),
+            owner_token: AtomicUsize::new(owner_token_for(owner, checked)),
             local_free: Cell::new(ptr::null_mut()),
             bump: Cell::new(0),
-            used: Cell::new(0),
+            handed_out: Cell::new(0),
+            returned: Cell::new(0),
             next: Cell::new(slab),
             previous: Cell::new(slab),
             thread_free: CachePadded::new(AtomicPtr::new(ptr::null_mut())),
@@ -130,26 +177,45 @@ impl Slab {
     /// its thread (and token) can go away.
     #[inline]
     pub(crate) fn is_owned_by_current_thread(&self) -> bool {
-        let token = self.owner_token.load(Ordering::Relaxed);
+        let token = self.owner_token.load(Ordering::Relaxed) & !CHECKED_TOKEN_BIT;
         token != 0 && token == current_thread_token()
+    }
+
+    /// Whether the calling thread owns the slab and the slab is unchecked:
+    /// the fast free's one test. Abandoned slabs (token 0) never pass, as no
+    /// thread's token is 0.
+    #[inline]
+    pub(crate) fn is_unchecked_and_owned_by_current_thread(&self) -> bool {
+        self.owner_token.load(Ordering::Relaxed) == current_thread_token()
     }
 
     /// Hands the slab to `owner` on the calling thread (null: abandoned).
     /// The caller must be the current owner, or hold the abandoned-slab lock.
     pub(crate) fn set_owner(&self, owner: *mut ThreadHeap) {
-        let token = if owner.is_null() { 0 } else { current_thread_token() };
-        self.owner_token.store(token, Ordering::Relaxed);
+        self.owner_token.store(owner_token_for(owner, self.checked), Ordering::Relaxed);
         self.owner.store(owner, Ordering::Relaxed);
     }
 
     #[inline]
     pub(crate) fn used(&self) -> usize {
-        self.used.get() as usize
+        let used = self.handed_out.get().wrapping_sub(self.returned.get());
+        debug_assert!(used <= self.capacity);
+        used as usize
     }
 
     #[inline]
     fn base(&self) -> usize {
         self as *const Slab as usize
+    }
+
+    /// Whether a block of this slab starts at `addr`, which lies in the
+    /// slab: the fast path's test, without the block's index.
+    #[inline]
+    pub(crate) fn is_block_start(&self, addr: usize) -> bool {
+        debug_assert_eq!(addr & !(SLAB_SIZE - 1), self.base());
+        // Below the first block (the header) the offset wraps and is huge.
+        let offset = (addr & (SLAB_SIZE - 1)).wrapping_sub(DATA_OFFSET) as u64;
+        offset < u64::from(self.blocks_end) && offset.wrapping_mul(self.divisibility_magic) < self.divisibility_magic
     }
 
     /// The index of the block that starts at `addr`, which lies in this
@@ -185,7 +251,7 @@ impl Slab {
             self.bump.set(bump + 1);
             (self.base() + DATA_OFFSET + bump as usize * self.block_size as usize) as *mut u8
         };
-        self.used.set(self.used.get() + 1);
+        self.handed_out.set(self.handed_out.get().wrapping_add(1));
         // SAFETY: both branches produce an address inside the slab.
         Some(unsafe { NonNull::new_unchecked(block) })
     }
@@ -198,21 +264,34 @@ impl Slab {
         // SAFETY: the block is ours to reuse: the caller just freed it.
         unsafe { (*block).next = self.local_free.get() };
         self.local_free.set(block);
-        let used = self.used.get() - 1;
-        self.used.set(used);
+        let returned = self.returned.get().wrapping_add(1);
+        self.returned.set(returned);
+        let used = self.handed_out.get().wrapping_sub(returned);
+        debug_assert!(used < self.capacity);
         used as usize
     }
 
     /// Gives a block back from any thread.
     #[inline]
     pub(crate) fn push_remote(&self, block: NonNull<u8>) {
-        let block = block.as_ptr().cast::<FreeBlock>();
+        // SAFETY: a single freed block is a chain from itself to itself.
+        unsafe { self.push_remote_chain(block, block) };
+    }
+
+    /// Gives back, from any thread, the chain of freed blocks of this slab
+    /// that runs from `first` to `last` through their links (see [`link`]).
+    ///
+    /// # Safety
+    /// Every block on the chain must be a freed block of this slab that the
+    /// caller alone holds, and following links from `first` must reach `last`.
+    pub(crate) unsafe fn push_remote_chain(&self, first: NonNull<u8>, last: NonNull<u8>) {
+        let (first, last) = (first.as_ptr().cast::<FreeBlock>(), last.as_ptr().cast::<FreeBlock>());
         let mut head = self.thread_free.load(Ordering::Relaxed);
         loop {
-            // SAFETY: the caller freed the block, so nobody else writes it;
-            // the Release below publishes this link with it.
-            unsafe { (*block).next = head };
-            match self.thread_free.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {
+            // SAFETY: the caller holds the chain, so nobody else writes its
+            // last link; the Release below publishes every link with it.
+            unsafe { (*last).next = head };
+            match self.thread_free.compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(current) => head = current,
             }
@@ -242,8 +321,8 @@ impl Slab {
             (*tail).next = self.local_free.get();
         }
         self.local_free.set(head);
-        debug_assert!(count <= self.used.get());
-        self.used.set(self.used.get() - count);
+        debug_assert!(count as usize <= self.used());
+        self.returned.set(self.returned.get().wrapping_add(count));
         true
     }
 
@@ -316,6 +395,7 @@ mod tests {
                 let offset = addr as isize - (base + DATA_OFFSET) as isize;
                 let expected = offset >= 0 && offset as usize % size == 0 && (offset as usize / size) < slab.capacity();
                 assert_eq!(slab.block_index(addr).is_ok(), expected, "class {class} addr offset {offset}");
+                assert_eq!(slab.is_block_start(addr), expected, "class {class} addr offset {offset}");
                 if expected {
                     assert_eq!(slab.block_index(addr).unwrap(), offset as usize / size);
                 }

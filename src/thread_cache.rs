@@ -24,7 +24,7 @@
 
 use crate::error::PoolError;
 use crate::size_class::{class_size, CLASS_COUNT};
-use crate::slab::{Slab, SLAB_SIZE};
+use crate::slab::{link, Slab, SLAB_SIZE};
 use crate::stats::{bump, TimeSamples};
 use crate::sync::{const_thread_local, lock, Arc, AtomicU64, Mutex, Ordering};
 use crate::PoolInner;
@@ -38,6 +38,13 @@ const RING_SCAN_LIMIT: usize = 32;
 const HEAPS_PER_THREAD: usize = 8;
 /// One fast operation in this many is timed (per thread).
 const FAST_TIMING_PERIOD: u64 = 1024;
+/// Blocks a thread collects for one other thread's slab before handing them
+/// over with a single compare-and-swap.
+const REMOTE_BATCH_LIMIT: u32 = 64;
+/// Set in the table key of a checked pool's heap, so that the inline fast
+/// path (which compares the key with the bare pool id) always passes such a
+/// heap to the full path. Pool ids count up from 1 and never reach it.
+const CHECKED_KEY_BIT: u64 = 1 << 63;
 
 /// Counters a heap's thread writes and `stats` reads.
 #[derive(Default)]
@@ -131,6 +138,26 @@ struct ClassCache {
     spare: Cell<*mut Slab>,
 }
 
+/// Blocks this thread freed into one slab it does not own, chained through
+/// their first words and not yet handed to the slab.
+///
+/// A consumer thread frees runs of blocks that a producer carved one after
+/// another from the same slab; handing each over with its own
+/// compare-and-swap on a line the owner keeps taking back would pay a
+/// cache-line transfer per block. Batching pays one per run (snmalloc's
+/// remote-deallocation cache does the same). The batch is bounded, handed
+/// over when a block of another slab arrives, when the thread refills a
+/// slab, calls `compact`, or exits; until then its blocks count as in use,
+/// so their slab can be neither released nor reclaimed.
+struct RemoteBatch {
+    slab: Cell<*const Slab>,
+    /// The block freed last: the chain runs from it to `last`.
+    first: Cell<*mut u8>,
+    /// The block freed first, whose link gets the slab's list.
+    last: Cell<*mut u8>,
+    len: Cell<u32>,
+}
+
 /// One thread's caches for one pool.
 pub(crate) struct ThreadHeap {
     pool: *const PoolInner,
@@ -138,6 +165,7 @@ pub(crate) struct ThreadHeap {
     registry: Arc<CacheRegistry>,
     classes: [ClassCache; CLASS_COUNT],
     counters: HeapCounters,
+    remote_batch: RemoteBatch,
 }
 
 impl ThreadHeap {
@@ -178,6 +206,7 @@ impl ThreadHeap {
     /// Finds a block when the current slab has none.
     #[cold]
     fn refill(&self, class: usize) -> Result<NonNull<u8>, PoolError> {
+        self.hand_over_remote_batch();
         let cache = &self.classes[class];
         let current = cache.current.get();
         if !current.is_null() {
@@ -302,12 +331,53 @@ impl ThreadHeap {
     pub(crate) fn free_remote(&self, slab: &Slab, block: NonNull<u8>) {
         let frees = self.counters.frees.load(Ordering::Relaxed);
         let started = (frees % FAST_TIMING_PERIOD == 0).then(Instant::now);
-        slab.push_remote(block);
+        self.batch_remote(slab, block);
         self.counters.frees.store(frees + 1, Ordering::Relaxed);
         bump(&self.counters.remote_frees, 1);
         if let Some(started) = started {
             self.counters.free_time.record(started.elapsed());
         }
+    }
+
+    /// Adds `block`, just freed into `slab`, to the remote batch.
+    #[inline]
+    fn batch_remote(&self, slab: &Slab, block: NonNull<u8>) {
+        let batch = &self.remote_batch;
+        if !std::ptr::eq(batch.slab.get(), slab) {
+            self.hand_over_remote_batch();
+            batch.slab.set(slab);
+            batch.last.set(block.as_ptr());
+        } else {
+            // SAFETY: the caller freed `block` into `slab`, so this thread
+            // alone holds it; the batch's first block is live in the batch.
+            unsafe { link(block, NonNull::new_unchecked(batch.first.get())) };
+        }
+        batch.first.set(block.as_ptr());
+        let len = batch.len.get() + 1;
+        batch.len.set(len);
+        if len >= REMOTE_BATCH_LIMIT {
+            self.hand_over_remote_batch();
+        }
+    }
+
+    /// Hands the remote batch to its slab, if there is one.
+    pub(crate) fn hand_over_remote_batch(&self) {
+        let batch = &self.remote_batch;
+        let slab = batch.slab.replace(ptr::null());
+        if slab.is_null() {
+            return;
+        }
+        debug_assert!(batch.len.get() > 0);
+        batch.len.set(0);
+        // SAFETY: the batch's blocks still count as used in `slab`, so the
+        // slab is mapped and not reused; `first` and `last` are non-null for
+        // a non-empty batch, and `batch_remote` linked `first` to `last`.
+        unsafe {
+            (*slab).push_remote_chain(
+                NonNull::new_unchecked(batch.first.replace(ptr::null_mut())),
+                NonNull::new_unchecked(batch.last.replace(ptr::null_mut())),
+            )
+        };
     }
 
     #[cold]
@@ -324,6 +394,7 @@ impl ThreadHeap {
     /// Gives everything back to the live pool: empty slabs are released, the
     /// rest abandoned for adoption. Called with the registry lock held.
     fn flush(&self) {
+        self.hand_over_remote_batch();
         let pool = self.pool();
         for cache in &self.classes {
             let spare = cache.spare.replace(ptr::null_mut());
@@ -375,7 +446,13 @@ fn retire_heap(heap: *mut ThreadHeap) {
     drop(heap);
 }
 
-/// A thread's table of heaps, most recently used first.
+/// A thread's table of heaps, most recently used first, keyed by
+/// [`table_key`].
+///
+/// The table has no drop glue, so the inline fast path reads it with a plain
+/// thread-local access, without the "destroyed yet?" test that a
+/// thread-local with a destructor costs on every access. Retiring the heaps
+/// at thread exit is [`ExitGuard`]'s job.
 struct ThreadHeaps {
     pool_ids: [Cell<u64>; HEAPS_PER_THREAD],
     heaps: [Cell<*mut ThreadHeap>; HEAPS_PER_THREAD],
@@ -391,7 +468,7 @@ impl ThreadHeaps {
 
     #[inline]
     fn heap_for(&self, pool: &PoolInner) -> Option<*mut ThreadHeap> {
-        if self.pool_ids[0].get() == pool.id {
+        if self.pool_ids[0].get() == table_key(pool) {
             return Some(self.heaps[0].get());
         }
         self.heap_for_slow(pool)
@@ -403,9 +480,13 @@ impl ThreadHeaps {
     /// never be evicted, and only a dead pool's heap is surely not in use.
     #[cold]
     fn heap_for_slow(&self, pool: &PoolInner) -> Option<*mut ThreadHeap> {
-        let slot = match (1..HEAPS_PER_THREAD).find(|&slot| self.pool_ids[slot].get() == pool.id) {
+        let key = table_key(pool);
+        let slot = match (1..HEAPS_PER_THREAD).find(|&slot| self.pool_ids[slot].get() == key) {
             Some(slot) => slot,
             None => {
+                // A heap is only made while the exit guard can still run, so
+                // that none outlives its thread unretired.
+                EXIT_GUARD.try_with(|_| ()).ok()?;
                 let slot = self.free_slot()?;
                 let heap = Box::into_raw(Box::new(ThreadHeap {
                     pool: pool as *const PoolInner,
@@ -422,9 +503,15 @@ impl ThreadHeaps {
                         alloc_time: TimeSamples::new(),
                         free_time: TimeSamples::new(),
                     },
+                    remote_batch: RemoteBatch {
+                        slab: Cell::new(ptr::null()),
+                        first: Cell::new(ptr::null_mut()),
+                        last: Cell::new(ptr::null_mut()),
+                        len: Cell::new(0),
+                    },
                 }));
                 lock(&pool.caches.state).heaps.push(heap);
-                self.pool_ids[slot].set(pool.id);
+                self.pool_ids[slot].set(key);
                 self.heaps[slot].set(heap);
                 slot
             }
@@ -454,10 +541,9 @@ impl ThreadHeaps {
         self.pool_ids[slot].set(0);
         Some(slot)
     }
-}
 
-impl Drop for ThreadHeaps {
-    fn drop(&mut self) {
+    /// Retires every heap in the table (at thread exit).
+    fn retire_all(&self) {
         for slot in 0..HEAPS_PER_THREAD {
             let heap = self.heaps[slot].replace(ptr::null_mut());
             self.pool_ids[slot].set(0);
@@ -468,8 +554,45 @@ impl Drop for ThreadHeaps {
     }
 }
 
+// Under the models a thread's locals are destroyed in an order that changes
+// from one execution to the next, so the table may go before the guard;
+// then the table retires its heaps itself. (Retiring twice is harmless: the
+// first pass empties the table.)
+#[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+impl Drop for ThreadHeaps {
+    fn drop(&mut self) {
+        self.retire_all();
+    }
+}
+
+/// Made on a thread's first heap; its destructor retires the thread's heaps.
+struct ExitGuard;
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        // Fails only under the models, where the table may already be gone
+        // and has then retired its heaps itself.
+        let _ = THREAD_HEAPS.try_with(ThreadHeaps::retire_all);
+    }
+}
+
+/// The key of `pool`'s heap in a thread's table.
+#[inline]
+fn table_key(pool: &PoolInner) -> u64 {
+    debug_assert!(pool.id != 0 && pool.id & CHECKED_KEY_BIT == 0);
+    if pool.config.checked {
+        pool.id | CHECKED_KEY_BIT
+    } else {
+        pool.id
+    }
+}
+
 const_thread_local! {
     static THREAD_HEAPS: ThreadHeaps = ThreadHeaps::new();
+}
+
+const_thread_local! {
+    static EXIT_GUARD: ExitGuard = ExitGuard;
 }
 
 /// Takes a block of `class` from this thread's heap for `pool` if that is
@@ -480,16 +603,22 @@ const_thread_local! {
 pub(crate) fn try_allocate_cached(pool: &PoolInner, class: usize) -> Option<NonNull<u8>> {
     THREAD_HEAPS
         .try_with(|heaps| {
+            // A checked pool's key carries CHECKED_KEY_BIT, so its heap never
+            // passes here: checked mode takes the full path.
             if heaps.pool_ids[0].get() != pool.id {
                 return None;
             }
             // SAFETY: the front entry is this thread's live heap for `pool`.
             let heap = unsafe { &*heaps.heaps[0].get() };
+            debug_assert!(!heap.checked);
             let allocations = heap.counters.allocations.load(Ordering::Relaxed);
-            if heap.checked || allocations % FAST_TIMING_PERIOD == 0 {
+            if allocations % FAST_TIMING_PERIOD == 0 {
                 return None;
             }
-            let slab = heap.classes[class].current.get();
+            debug_assert!(class < CLASS_COUNT);
+            // SAFETY: callers pass `class_of` of a size the fast path serves,
+            // which is below CLASS_COUNT.
+            let slab = unsafe { heap.classes.get_unchecked(class) }.current.get();
             if slab.is_null() {
                 return None;
             }
@@ -506,7 +635,7 @@ pub(crate) fn try_allocate_cached(pool: &PoolInner, class: usize) -> Option<NonN
 /// nothing special applies; `false` sends the caller to [`free_to_slab`].
 #[inline]
 pub(crate) fn try_free_cached(slab: &Slab, block: NonNull<u8>) -> bool {
-    if !slab.is_owned_by_current_thread() || slab.is_checked() || slab.block_index(block.as_ptr() as usize).is_err() {
+    if !slab.is_unchecked_and_owned_by_current_thread() || !slab.is_block_start(block.as_ptr() as usize) {
         return false;
     }
     // SAFETY: the owner's heap lives as long as its thread owns the slab,
@@ -560,4 +689,17 @@ pub(crate) fn with_heap<R>(pool: &PoolInner, use_heap: impl FnOnce(&ThreadHeap) 
         })
         .ok()
         .flatten()
+}
+
+/// Hands over the blocks this thread freed into other threads' slabs of
+/// `pool` and still holds in its batch; creates no heap.
+pub(crate) fn hand_over_remote_frees(pool: &PoolInner) {
+    let key = table_key(pool);
+    let _ = THREAD_HEAPS.try_with(|heaps| {
+        if let Some(slot) = (0..HEAPS_PER_THREAD).find(|&slot| heaps.pool_ids[slot].get() == key) {
+            // SAFETY: heaps in the table are alive, and `pool` is alive for
+            // the whole call.
+            unsafe { &*heaps.heaps[slot].get() }.hand_over_remote_batch();
+        }
+    });
 }

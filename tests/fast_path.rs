@@ -582,3 +582,62 @@ fn dropping_a_pool_races_its_threads_exiting() {
         }
     }
 }
+
+/// Remote frees travel in batches of 64 per slab: a live thread that freed
+/// 130 of another thread's blocks has handed 128 over, holds 2, and hands
+/// those over when asked (or when it exits).
+#[test]
+fn remote_frees_are_handed_over_in_batches() {
+    const SIZE: usize = 64;
+    const FREED: usize = 130;
+    const BATCH: usize = 64;
+    let pool = MemoryPool::new(1 << 20).unwrap();
+    // Fill this thread's current slab completely, so that the allocations
+    // below must come from collected remote frees or a new slab.
+    let mut blocks = vec![stamped(&pool, SIZE, 0)];
+    let left = pool.stats().fast.cached_blocks;
+    blocks.extend((1..=left as u64).map(|seed| stamped(&pool, SIZE, seed)));
+    assert_eq!(pool.stats().fast.cached_blocks, 0);
+    let slabs_before = pool.stats().fast.slabs;
+    let (handed, kept) = blocks.split_at(FREED);
+    let freed: std::collections::HashSet<usize> = handed.iter().map(|block| block.addr).collect();
+
+    let (freed_tx, freed_rx) = mpsc::channel::<()>();
+    let (flush_tx, flush_rx) = mpsc::channel::<()>();
+    let (flushed_tx, flushed_rx) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let pool = &pool;
+        let handed = handed.to_vec();
+        scope.spawn(move || {
+            handed.into_iter().for_each(|block| release(pool, block));
+            freed_tx.send(()).unwrap();
+            flush_rx.recv().unwrap();
+            pool.flush_remote_frees();
+            flushed_tx.send(()).unwrap();
+            // Stay alive until the owner has checked: exit would hand over too.
+            flush_rx.recv().unwrap();
+        });
+        freed_rx.recv().unwrap();
+        // Two full batches arrived; the last two blocks wait in the batch.
+        let reused: Vec<Sent> = (0..2 * BATCH as u64).map(|seed| stamped(pool, SIZE, 1_000 + seed)).collect();
+        assert!(reused.iter().all(|block| freed.contains(&block.addr)), "a handed-over block was not reused");
+        assert_eq!(pool.stats().fast.slabs, slabs_before);
+        let fresh = stamped(pool, SIZE, 2_000);
+        assert!(!freed.contains(&fresh.addr), "a block still in the freeing thread's batch was handed out");
+        flush_tx.send(()).unwrap();
+        flushed_rx.recv().unwrap();
+        assert_eq!(pool.stats().fast.remote_frees, FREED as u64);
+        flush_tx.send(()).unwrap();
+        for block in reused.into_iter().chain(std::iter::once(fresh)) {
+            release(pool, block);
+        }
+    });
+    for &block in kept {
+        release(&pool, block);
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.fast.allocations, stats.fast.frees);
+    // Both slabs hold nothing but free blocks again.
+    assert_eq!(stats.fast.cached_blocks as u64, stats.fast.slabs as u64 * (left as u64 + 1), "{stats:?}");
+    pool.check().unwrap();
+}
