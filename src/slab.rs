@@ -78,14 +78,13 @@ pub(crate) struct Slab {
     local_free: Cell<*mut FreeBlock>,
     /// Blocks `bump..capacity` have never been handed out.
     bump: Cell<u32>,
-    /// Blocks handed out and blocks back on `local_free`, counted apart:
-    /// their difference is the blocks in use (blocks sitting on
-    /// `thread_free` still count as in use). One counter that allocation
-    /// increments and free decrements would chain every allocate+free pair
-    /// through two store-to-load forwards of the same word; two counters
-    /// each see one write per pair. Both wrap; only the difference matters.
-    handed_out: Cell<u32>,
-    returned: Cell<u32>,
+    /// Blocks handed out and not yet back on `local_free`: blocks sitting on
+    /// `thread_free` still count.
+    used: Cell<u32>,
+    /// Whether the slab is its owning heap's current slab of its class:
+    /// mirrored here so a free that empties a slab can tell, from the line
+    /// it already holds, whether to keep it.
+    current: Cell<bool>,
     /// The owning heap's ring of slabs of this class.
     pub(crate) next: Cell<*mut Slab>,
     pub(crate) previous: Cell<*mut Slab>,
@@ -144,8 +143,8 @@ impl Slab {
             owner_token: AtomicUsize::new(owner_token_for(owner, checked)),
             local_free: Cell::new(ptr::null_mut()),
             bump: Cell::new(0),
-            handed_out: Cell::new(0),
-            returned: Cell::new(0),
+            used: Cell::new(0),
+            current: Cell::new(false),
             next: Cell::new(slab),
             previous: Cell::new(slab),
             thread_free: CachePadded::new(AtomicPtr::new(ptr::null_mut())),
@@ -196,11 +195,20 @@ impl Slab {
         self.owner.store(owner, Ordering::Relaxed);
     }
 
+    /// Whether the slab is its owner's current slab. Owner only.
+    #[inline]
+    pub(crate) fn is_current(&self) -> bool {
+        self.current.get()
+    }
+
+    /// Records whether the slab is its owner's current slab. Owner only.
+    pub(crate) fn set_current(&self, current: bool) {
+        self.current.set(current);
+    }
+
     #[inline]
     pub(crate) fn used(&self) -> usize {
-        let used = self.handed_out.get().wrapping_sub(self.returned.get());
-        debug_assert!(used <= self.capacity);
-        used as usize
+        self.used.get() as usize
     }
 
     #[inline]
@@ -251,7 +259,7 @@ impl Slab {
             self.bump.set(bump + 1);
             (self.base() + DATA_OFFSET + bump as usize * self.block_size as usize) as *mut u8
         };
-        self.handed_out.set(self.handed_out.get().wrapping_add(1));
+        self.used.set(self.used.get() + 1);
         // SAFETY: both branches produce an address inside the slab.
         Some(unsafe { NonNull::new_unchecked(block) })
     }
@@ -264,10 +272,9 @@ impl Slab {
         // SAFETY: the block is ours to reuse: the caller just freed it.
         unsafe { (*block).next = self.local_free.get() };
         self.local_free.set(block);
-        let returned = self.returned.get().wrapping_add(1);
-        self.returned.set(returned);
-        let used = self.handed_out.get().wrapping_sub(returned);
-        debug_assert!(used < self.capacity);
+        debug_assert!(self.used.get() > 0);
+        let used = self.used.get() - 1;
+        self.used.set(used);
         used as usize
     }
 
@@ -321,8 +328,8 @@ impl Slab {
             (*tail).next = self.local_free.get();
         }
         self.local_free.set(head);
-        debug_assert!(count as usize <= self.used());
-        self.returned.set(self.returned.get().wrapping_add(count));
+        debug_assert!(count <= self.used.get());
+        self.used.set(self.used.get() - count);
         true
     }
 

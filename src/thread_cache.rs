@@ -131,7 +131,8 @@ impl CacheRegistry {
 }
 
 struct ClassCache {
-    /// The slab allocation pops from; part of the ring.
+    /// The slab allocation pops from; part of the ring. Changed only by
+    /// `make_current`, which keeps the slabs' `current` flags in step.
     current: Cell<*mut Slab>,
     /// One empty slab kept back, outside the ring, so that a thread freeing
     /// and allocating around a slab boundary does not churn the pool.
@@ -156,6 +157,23 @@ struct RemoteBatch {
     /// The block freed first, whose link gets the slab's list.
     last: Cell<*mut u8>,
     len: Cell<u32>,
+}
+
+impl ClassCache {
+    /// Makes `slab` (owned by this heap, or null) the current slab.
+    fn make_current(&self, slab: *mut Slab) {
+        let previous = self.current.replace(slab);
+        // SAFETY: current slabs, old and new, are owned by this heap, whose
+        // thread is the caller.
+        unsafe {
+            if !previous.is_null() {
+                (*previous).set_current(false);
+            }
+            if !slab.is_null() {
+                (*slab).set_current(true);
+            }
+        }
+    }
 }
 
 /// One thread's caches for one pool.
@@ -223,7 +241,7 @@ impl ThreadHeap {
                     if (*candidate).has_free_block() {
                         (*candidate).collect_remote();
                         if let Some(block) = (*candidate).pop() {
-                            cache.current.set(candidate);
+                            cache.make_current(candidate);
                             return Ok(block);
                         }
                     }
@@ -241,7 +259,7 @@ impl ThreadHeap {
             self.new_slab(class)?
         };
         self.ring_insert(class, slab);
-        cache.current.set(slab);
+        cache.make_current(slab);
         // SAFETY: the slab is ours now and has a free block.
         unsafe { (*slab).pop() }.ok_or(PoolError::OutOfMemory { requested: class_size(class), errno: libc::ENOMEM })
     }
@@ -317,7 +335,7 @@ impl ThreadHeap {
         let frees = self.counters.frees.load(Ordering::Relaxed);
         let started = (frees % FAST_TIMING_PERIOD == 0).then(Instant::now);
         let used = slab.push_local(block);
-        if used == 0 && !std::ptr::eq(self.classes[slab.class()].current.get(), slab) {
+        if used == 0 && !slab.is_current() {
             self.retire_empty(slab);
         }
         self.counters.frees.store(frees + 1, Ordering::Relaxed);
@@ -401,7 +419,8 @@ impl ThreadHeap {
             if !spare.is_null() {
                 pool.release_slab(spare);
             }
-            let first = cache.current.replace(ptr::null_mut());
+            let first = cache.current.get();
+            cache.make_current(ptr::null_mut());
             if first.is_null() {
                 continue;
             }
@@ -645,7 +664,7 @@ pub(crate) fn try_free_cached(slab: &Slab, block: NonNull<u8>) -> bool {
     if frees % FAST_TIMING_PERIOD == 0 {
         return false;
     }
-    if slab.push_local(block) == 0 && !std::ptr::eq(heap.classes[slab.class()].current.get(), slab) {
+    if slab.push_local(block) == 0 && !slab.is_current() {
         heap.retire_empty(slab);
     }
     heap.counters.frees.store(frees + 1, Ordering::Relaxed);
