@@ -479,21 +479,10 @@ impl MemoryPool {
     /// ```
     #[inline(always)]
     pub unsafe fn free_fast(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
-        // The common case, inline: a block of a slab this thread owns.
-        // Slabs are aligned to their size, so the header's address is pure
-        // arithmetic on the pointer; the map only says whether a slab of this
-        // pool is there. Using the computed address rather than the map's
-        // answer keeps the two loads of the lookup off the chain that the
-        // next allocation waits on: they feed a predicted branch, nothing else.
-        let header = (ptr.as_ptr() as usize & !(slab::SLAB_SIZE - 1)) as *const Slab;
-        let registered = self.inner.slabs.lookup(ptr.as_ptr() as usize);
-        if !registered.is_null() {
-            debug_assert_eq!(registered.cast_const(), header);
-            // SAFETY: a registered slab starts at the slab-aligned address
-            // below `ptr`, and registered slabs are mapped while the pool lives.
-            if thread_cache::try_free_cached(unsafe { &*header }, ptr) {
-                return Ok(());
-            }
+        // The common case, inline: a block of a slab this thread owns, known
+        // from thread-local memory alone.
+        if thread_cache::try_free_cached(&self.inner, ptr) {
+            return Ok(());
         }
         // SAFETY: the caller's contract is ours.
         unsafe { self.free_fast_slow(ptr) }

@@ -45,6 +45,10 @@ const REMOTE_BATCH_LIMIT: u32 = 64;
 /// path (which compares the key with the bare pool id) always passes such a
 /// heap to the full path. Pool ids count up from 1 and never reach it.
 const CHECKED_KEY_BIT: u64 = 1 << 63;
+/// Entries in a heap's filter of owned slabs; a power of two.
+const OWNED_FILTER_LEN: usize = 64;
+/// An empty filter entry: no slab starts at an odd address.
+const NO_SLAB: usize = 1;
 
 /// Counters a heap's thread writes and `stats` reads.
 #[derive(Default)]
@@ -184,6 +188,18 @@ pub(crate) struct ThreadHeap {
     classes: [ClassCache; CLASS_COUNT],
     counters: HeapCounters,
     remote_batch: RemoteBatch,
+    /// A direct-mapped set of the slabs in this heap's rings, by address:
+    /// an entry equal to a pointer's slab address proves, from thread-local
+    /// memory alone, that this thread owns that slab. The fast free tests
+    /// it instead of the pool's slab map and the slab's owner, and falls
+    /// back to them on a miss (collisions only evict).
+    owned_slabs: [Cell<usize>; OWNED_FILTER_LEN],
+}
+
+/// The entry of the owned-slab filter for the slab at `slab_address`.
+#[inline]
+fn owned_filter_slot(slab_address: usize) -> usize {
+    (slab_address >> SLAB_SIZE.trailing_zeros()) & (OWNED_FILTER_LEN - 1)
 }
 
 impl ThreadHeap {
@@ -302,6 +318,7 @@ impl ThreadHeap {
     }
 
     fn ring_insert(&self, class: usize, slab: *mut Slab) {
+        self.owned_slabs[owned_filter_slot(slab as usize)].set(slab as usize);
         let current = self.classes[class].current.get();
         // SAFETY: both slabs are owned by this heap; ring links are owner-only.
         unsafe {
@@ -321,11 +338,20 @@ impl ThreadHeap {
     /// Unlinks `slab`, which is not current, from its ring.
     fn ring_remove(&self, slab: &Slab) {
         debug_assert_ne!(self.classes[slab.class()].current.get() as *const Slab, slab as *const Slab);
+        self.forget_owned(slab);
         let (previous, next) = (slab.previous.get(), slab.next.get());
         // SAFETY: ring neighbours are slabs owned by this heap.
         unsafe {
             (*previous).next.set(next);
             (*next).previous.set(previous);
+        }
+    }
+
+    /// Drops `slab` from the owned-slab filter, where it may or may not be.
+    fn forget_owned(&self, slab: &Slab) {
+        let entry = &self.owned_slabs[owned_filter_slot(slab as *const Slab as usize)];
+        if entry.get() == slab as *const Slab as usize {
+            entry.set(NO_SLAB);
         }
     }
 
@@ -431,6 +457,7 @@ impl ThreadHeap {
                 let next = unsafe { (*slab).next.get() };
                 // SAFETY: as above.
                 let slab_ref = unsafe { &*slab };
+                self.forget_owned(slab_ref);
                 slab_ref.collect_remote();
                 if slab_ref.used() == 0 {
                     pool.release_slab(slab);
@@ -528,6 +555,7 @@ impl ThreadHeaps {
                         last: Cell::new(ptr::null_mut()),
                         len: Cell::new(0),
                     },
+                    owned_slabs: [const { Cell::new(NO_SLAB) }; OWNED_FILTER_LEN],
                 }));
                 lock(&pool.caches.state).heaps.push(heap);
                 self.pool_ids[slot].set(key);
@@ -650,16 +678,34 @@ pub(crate) fn try_allocate_cached(pool: &PoolInner, class: usize) -> Option<NonN
         .flatten()
 }
 
-/// Frees `block` if it is a valid block of a slab this thread owns and
-/// nothing special applies; `false` sends the caller to [`free_to_slab`].
+/// Frees `block` if it is a valid block of a slab in this thread's most
+/// recently used heap, found in that heap's owned-slab filter, and nothing
+/// special applies; `false` sends the caller to the full path.
 #[inline]
-pub(crate) fn try_free_cached(slab: &Slab, block: NonNull<u8>) -> bool {
-    if !slab.is_unchecked_and_owned_by_current_thread() || !slab.is_block_start(block.as_ptr() as usize) {
+pub(crate) fn try_free_cached(pool: &PoolInner, block: NonNull<u8>) -> bool {
+    THREAD_HEAPS.try_with(|heaps| try_free_owned(heaps, pool, block)).unwrap_or(false)
+}
+
+#[inline]
+fn try_free_owned(heaps: &ThreadHeaps, pool: &PoolInner, block: NonNull<u8>) -> bool {
+    // Checked pools' keys never match a bare id (see `try_allocate_cached`).
+    if heaps.pool_ids[0].get() != pool.id {
         return false;
     }
-    // SAFETY: the owner's heap lives as long as its thread owns the slab,
-    // and this is that thread.
-    let heap = unsafe { &*slab.owner() };
+    // SAFETY: the front entry is this thread's live heap for `pool`.
+    let heap = unsafe { &*heaps.heaps[0].get() };
+    let address = block.as_ptr() as usize;
+    let slab_address = address & !(SLAB_SIZE - 1);
+    if heap.owned_slabs[owned_filter_slot(slab_address)].get() != slab_address {
+        return false;
+    }
+    // SAFETY: filter entries are slabs in this heap's rings, owned by this
+    // thread and mapped while the pool lives.
+    let slab = unsafe { &*(slab_address as *const Slab) };
+    debug_assert!(slab.is_unchecked_and_owned_by_current_thread());
+    if !slab.is_block_start(address) {
+        return false;
+    }
     let frees = heap.counters.frees.load(Ordering::Relaxed);
     if frees % FAST_TIMING_PERIOD == 0 {
         return false;
