@@ -47,32 +47,11 @@ pub(crate) unsafe fn link(block: NonNull<u8>, next: NonNull<u8>) {
     unsafe { (*block.as_ptr().cast::<FreeBlock>()).next = next.as_ptr().cast() };
 }
 
+/// The header at the start of every slab. `repr(C)` in this order: the
+/// fields the inline allocate and free paths touch come first, so that both
+/// read one cache line of the header.
 #[repr(C, align(64))]
 pub(crate) struct Slab {
-    // Fixed while the slab exists; read by any thread.
-    block_size: u32,
-    capacity: u32,
-    class: u32,
-    /// `ceil(2^32 / block_size)`: turns an offset into a block index with a
-    /// multiply, exactly, because offsets and sizes are below 2^16.
-    reciprocal: u32,
-    /// Where the blocks end, as an offset from the first block.
-    blocks_end: u32,
-    /// `ceil(2^64 / block_size)`: an offset below 2^16 is a multiple of the
-    /// block size exactly when `offset * divisibility_magic` (wrapping) is
-    /// below it (Lemire, Kaser and Kurz, "Faster remainder by direct
-    /// computation", 2019): one multiply and one comparison, no division.
-    divisibility_magic: u64,
-    checked: bool,
-    /// The heap that owns the slab; null while abandoned by an exited thread.
-    /// Only the owner (or, while abandoned, the holder of the pool's
-    /// abandoned-slab lock) changes it.
-    owner: AtomicPtr<ThreadHeap>,
-    /// The owning thread's `current_thread_token`, with `CHECKED_TOKEN_BIT`
-    /// set in checked slabs; 0 while abandoned. Set with `owner`. Folding
-    /// the checked flag in lets the fast free test "mine, and nothing special"
-    /// with a single comparison.
-    owner_token: AtomicUsize,
     // Owner-only state: touched only by the owning thread or, while the slab
     // is abandoned, under the pool's abandoned-slab lock.
     local_free: Cell<*mut FreeBlock>,
@@ -85,6 +64,30 @@ pub(crate) struct Slab {
     /// mirrored here so a free that empties a slab can tell, from the line
     /// it already holds, whether to keep it.
     current: Cell<bool>,
+    // Fixed while the slab exists; read by any thread.
+    block_size: u32,
+    capacity: u32,
+    /// Where the blocks end, as an offset from the first block.
+    blocks_end: u32,
+    /// `ceil(2^64 / block_size)`: an offset below 2^16 is a multiple of the
+    /// block size exactly when `offset * divisibility_magic` (wrapping) is
+    /// below it (Lemire, Kaser and Kurz, "Faster remainder by direct
+    /// computation", 2019): one multiply and one comparison, no division.
+    divisibility_magic: u64,
+    /// The owning thread's `current_thread_token`, with `CHECKED_TOKEN_BIT`
+    /// set in checked slabs; 0 while abandoned. Set with `owner`. Folding
+    /// the checked flag in lets the fast free test "mine, and nothing special"
+    /// with a single comparison.
+    owner_token: AtomicUsize,
+    class: u32,
+    /// `ceil(2^32 / block_size)`: turns an offset into a block index with a
+    /// multiply, exactly, because offsets and sizes are below 2^16.
+    reciprocal: u32,
+    checked: bool,
+    /// The heap that owns the slab; null while abandoned by an exited thread.
+    /// Only the owner (or, while abandoned, the holder of the pool's
+    /// abandoned-slab lock) changes it.
+    owner: AtomicPtr<ThreadHeap>,
     /// The owning heap's ring of slabs of this class.
     pub(crate) next: Cell<*mut Slab>,
     pub(crate) previous: Cell<*mut Slab>,
