@@ -56,8 +56,10 @@
 //! - **Thread caches** (`thread_cache`, `slab`, `size_class`, `slab_map`):
 //!   36 size classes up to 1 KiB, per-thread rings of 64 KiB slabs taken
 //!   from the shared pool, mimalloc-style thread-free lists for cross-thread
-//!   frees, and a radix map from address to slab that rejects foreign
-//!   pointers without touching foreign memory.
+//!   frees (batched per slab, one compare-and-swap per batch), a per-heap
+//!   filter of owned slabs that lets an owner's free prove ownership from
+//!   thread-local memory, and a radix map from address to slab that rejects
+//!   foreign pointers without touching foreign memory.
 //! - **Facades** (`sync`, `os`): every atomic, lock and thread-local comes
 //!   from `sync`, so the same code runs under loom and shuttle; every system
 //!   call goes through `os`, which the models replace with heap memory.
