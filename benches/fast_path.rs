@@ -9,6 +9,10 @@
 //! no allocator that does real bookkeeping can beat popping a thread-local
 //! list, so `peer / free_list` says how close a peer gets to free.
 //!
+//! `pair` and `batch_1000` also run `lle_mempool_checked`: a pool with
+//! `PoolConfig::checked(true)`, whose fast path detects double frees; its
+//! time against `lle_mempool` is what the check costs.
+//!
 //! Groups (every time is a median; smaller is better):
 //! - `pair`: allocate 64 B and free it again, in a hot loop. Time per pair.
 //! - `batch_1000`: allocate 1 000 blocks of 64 B, then free all of them. Time
@@ -49,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
-use lle_mempool::MemoryPool;
+use lle_mempool::{MemoryPool, PoolConfig};
 use mimalloc::MiMalloc;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -96,11 +100,11 @@ trait Allocator: Sync {
     unsafe fn free(&self, ptr: *mut u8, size: usize);
 }
 
-struct Lle(&'static MemoryPool);
+struct Lle(&'static MemoryPool, &'static str);
 
 impl Allocator for Lle {
     fn name(&self) -> &'static str {
-        "lle_mempool"
+        self.1
     }
 
     #[inline]
@@ -262,7 +266,7 @@ impl Allocator for ThreadLocalFreeList {
 macro_rules! for_each_peer {
     ($pool:expr, |$peer:ident| $body:expr) => {{
         {
-            let $peer = &Lle($pool);
+            let $peer = &Lle($pool, "lle_mempool");
             $body;
         }
         {
@@ -288,6 +292,14 @@ macro_rules! for_each_peer {
 /// the process; a separate pool per group keeps the size reports apart.
 fn leaked_pool() -> &'static MemoryPool {
     Box::leak(Box::new(MemoryPool::new(POOL_INITIAL_SIZE).expect("create pool")))
+}
+
+/// A pool with `PoolConfig::checked(true)`: double-free detection on the
+/// fast path. Run in `pair` and `batch_1000` as `lle_mempool_checked`, to
+/// show what the check costs.
+fn leaked_checked_pool() -> &'static MemoryPool {
+    let config = PoolConfig::new(POOL_INITIAL_SIZE).checked(true);
+    Box::leak(Box::new(MemoryPool::with_config(config).expect("create checked pool")))
 }
 
 #[inline]
@@ -544,6 +556,7 @@ fn pair(c: &mut Criterion) {
     let pool = leaked_pool();
     let mut group = c.benchmark_group("pair");
     for_each_peer!(pool, |peer| bench_pair(&mut group, peer));
+    bench_pair(&mut group, &Lle(leaked_checked_pool(), "lle_mempool_checked"));
     group.finish();
 }
 
@@ -552,6 +565,7 @@ fn batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("batch_1000");
     group.throughput(Throughput::Elements(BATCH_LEN as u64));
     for_each_peer!(pool, |peer| bench_batch(&mut group, peer));
+    bench_batch(&mut group, &Lle(leaked_checked_pool(), "lle_mempool_checked"));
     group.finish();
 }
 
