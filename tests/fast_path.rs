@@ -641,3 +641,76 @@ fn remote_frees_are_handed_over_in_batches() {
     assert_eq!(stats.fast.cached_blocks as u64, stats.fast.slabs as u64 * (left as u64 + 1), "{stats:?}");
     pool.check().unwrap();
 }
+
+/// An owner's free is recognised through a small per-heap filter of owned
+/// slabs; with far more slabs than the filter has entries, collisions send
+/// frees to the full path. Either way every block must come back exactly
+/// once, intact, and empty slabs must leave.
+#[test]
+fn owner_frees_across_more_slabs_than_the_filter_holds() {
+    const BLOCKS: usize = 150_000;
+    let pool = MemoryPool::new(1 << 20).unwrap();
+    let mut rng = SmallRng::seed_from_u64(17);
+    let mut blocks: Vec<Sent> =
+        (0..BLOCKS as u64).map(|seed| stamped(&pool, [16, 64, 96][seed as usize % 3], seed)).collect();
+    assert!(pool.stats().fast.slabs > 128, "{:?}", pool.stats().fast);
+    for round in 0..3u64 {
+        // Free a random half, then refill it with new stamps.
+        for index in 0..BLOCKS {
+            let other = rng.gen_range(index..BLOCKS);
+            blocks.swap(index, other);
+        }
+        let kept = blocks.split_off(BLOCKS / 2);
+        for block in blocks.drain(..) {
+            release(&pool, block);
+        }
+        pool.check().unwrap();
+        blocks = kept;
+        blocks.extend((0..(BLOCKS / 2) as u64).map(|seed| stamped(&pool, 64, (round + 1) * 1_000_000 + seed)));
+        let mut addresses: Vec<usize> = blocks.iter().map(|block| block.addr).collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        assert_eq!(addresses.len(), BLOCKS, "round {round}: a block was handed out twice");
+    }
+    for block in blocks {
+        release(&pool, block);
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.fast.allocations, stats.fast.frees);
+    // Empty slabs went back to the shared pool: at most one spare and one
+    // current slab per class remain.
+    assert!(stats.fast.slabs <= 2 * 3, "{:?}", stats.fast);
+    pool.check().unwrap();
+}
+
+/// Slabs that went back to the shared pool must drop out of the owner's
+/// filter: shared blocks later carved where they were are then freed (with
+/// `free_fast`) as shared blocks, not as blocks of a slab that is gone.
+#[test]
+fn shared_blocks_where_released_slabs_were_free_as_shared_blocks() {
+    let pool = MemoryPool::new(4 << 20).unwrap();
+    let fast: Vec<Sent> = (0..20_000u64).map(|seed| stamped(&pool, 64, seed)).collect();
+    let slabs = pool.stats().fast.slabs;
+    for block in fast {
+        release(&pool, block);
+    }
+    assert!(pool.stats().fast.slabs < slabs, "empty slabs were not released");
+    // First fit reuses the released slabs' space, block starts included.
+    let mut rng = SmallRng::seed_from_u64(3);
+    let shared: Vec<Sent> = (0..4_000u64)
+        .map(|seed| {
+            let len = rng.gen_range(1..=2048);
+            let block = pool.allocate(len).unwrap();
+            // SAFETY: a fresh block of `len` bytes.
+            unsafe { fill(block, len, 7_000_000 + seed) };
+            Sent::new(block, len, 7_000_000 + seed)
+        })
+        .collect();
+    for block in shared {
+        release(&pool, block);
+    }
+    let stats = pool.stats();
+    // What the shared pool still has out is the cache's slabs, nothing else.
+    assert_eq!(stats.live_allocations, stats.fast.slabs, "{stats:?}");
+    pool.check().unwrap();
+}
