@@ -5,10 +5,16 @@
 //! ring of slabs it owns, one of them current. Allocation pops the current
 //! slab's local free list; a free by the owning thread pushes onto it.
 //! Neither touches a lock, an atomic read-modify-write, a clock or a shared
-//! counter. A block freed by another thread goes onto its slab's
-//! thread-free list with one compare-and-swap and returns to the owner when
-//! the owner's lists run dry, so producer/consumer pipelines reuse their
-//! memory instead of growing (mimalloc, rpmalloc; DESIGN-NOTES §1).
+//! counter. Blocks freed by another thread are batched per slab by the
+//! freeing thread ([`RemoteBatch`]) and go onto the slab's thread-free list
+//! with one compare-and-swap per batch; they return to the owner when the
+//! owner's lists run dry, so producer/consumer pipelines reuse their memory
+//! instead of growing (mimalloc, rpmalloc, snmalloc; DESIGN-NOTES §1).
+//!
+//! An owner's free finds its slab through the heap's filter of owned slabs
+//! (`ThreadHeap::owned_slabs`), from thread-local memory alone; anything the
+//! filter does not vouch for takes the full path through the pool's slab
+//! map, which validates every pointer.
 //!
 //! Bounds: a heap keeps at most one empty slab per class; further empty
 //! slabs go back to the shared pool at once. An exiting thread releases its
