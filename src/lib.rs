@@ -685,7 +685,7 @@ impl MemoryPool {
     /// # Ok::<(), lle_mempool::PoolError>(())
     /// ```
     pub fn size(&self) -> usize {
-        self.inner.shared.snapshot().size
+        self.inner.shared.usage().0
     }
 
     /// The share of the pool in live blocks, in percent (0 to 100). An
@@ -700,11 +700,11 @@ impl MemoryPool {
     /// # Ok::<(), lle_mempool::PoolError>(())
     /// ```
     pub fn utilization(&self) -> f64 {
-        let snapshot = self.inner.shared.snapshot();
-        if snapshot.size == 0 {
+        let (size, used) = self.inner.shared.usage();
+        if size == 0 {
             0.0
         } else {
-            snapshot.used as f64 * 100.0 / snapshot.size as f64
+            used as f64 * 100.0 / size as f64
         }
     }
 

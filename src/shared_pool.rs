@@ -619,6 +619,15 @@ impl SharedPool {
         state.regions.iter().map(|region| (region.start(), region.len())).collect()
     }
 
+    /// The pool's size and the bytes in use, read consistently without
+    /// blocking writers. Cheaper than [`snapshot`](Self::snapshot): it reads
+    /// two counters and no region, so it needs no epoch guard (registering
+    /// one costs more than everything else here).
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        let counters = &self.counters;
+        self.seqlock.read(|| (counters.size.load(Ordering::Relaxed), counters.used.load(Ordering::Relaxed)))
+    }
+
     /// A consistent snapshot, read without blocking writers.
     pub(crate) fn snapshot(&self) -> SharedSnapshot {
         let handle = self.collector.register();
