@@ -74,10 +74,8 @@ pub(crate) struct Slab {
     /// below it (Lemire, Kaser and Kurz, "Faster remainder by direct
     /// computation", 2019): one multiply and one comparison, no division.
     divisibility_magic: u64,
-    /// The owning thread's `current_thread_token`, with `CHECKED_TOKEN_BIT`
-    /// set in checked slabs; 0 while abandoned. Set with `owner`. Folding
-    /// the checked flag in lets the fast free test "mine, and nothing special"
-    /// with a single comparison.
+    /// The owning thread's `current_thread_token`, 0 while abandoned; set
+    /// with `owner`.
     owner_token: AtomicUsize,
     class: u32,
     /// `ceil(2^32 / block_size)`: turns an offset into a block index with a
@@ -98,21 +96,12 @@ pub(crate) struct Slab {
     allocated: [AtomicU64; BITMAP_WORDS],
 }
 
-/// Set in the owner token of checked slabs. Tokens are user-space addresses
-/// (or small counters under the models), so their top bit is always clear.
-const CHECKED_TOKEN_BIT: usize = 1 << (usize::BITS - 1);
-
 /// The owner token a slab owned by `owner` on the calling thread carries.
-fn owner_token_for(owner: *mut ThreadHeap, checked: bool) -> usize {
+fn owner_token_for(owner: *mut ThreadHeap) -> usize {
     if owner.is_null() {
-        return 0;
-    }
-    let token = current_thread_token();
-    debug_assert!(token != 0 && token & CHECKED_TOKEN_BIT == 0);
-    if checked {
-        token | CHECKED_TOKEN_BIT
+        0
     } else {
-        token
+        current_thread_token()
     }
 }
 
@@ -143,7 +132,7 @@ impl Slab {
             divisibility_magic: u64::MAX / block_size as u64 + 1,
             checked,
             owner: AtomicPtr::new(owner),
-            owner_token: AtomicUsize::new(owner_token_for(owner, checked)),
+            owner_token: AtomicUsize::new(owner_token_for(owner)),
             local_free: Cell::new(ptr::null_mut()),
             bump: Cell::new(0),
             used: Cell::new(0),
@@ -179,22 +168,14 @@ impl Slab {
     /// its thread (and token) can go away.
     #[inline]
     pub(crate) fn is_owned_by_current_thread(&self) -> bool {
-        let token = self.owner_token.load(Ordering::Relaxed) & !CHECKED_TOKEN_BIT;
+        let token = self.owner_token.load(Ordering::Relaxed);
         token != 0 && token == current_thread_token()
-    }
-
-    /// Whether the calling thread owns the slab and the slab is unchecked:
-    /// the fast free's one test. Abandoned slabs (token 0) never pass, as no
-    /// thread's token is 0.
-    #[inline]
-    pub(crate) fn is_unchecked_and_owned_by_current_thread(&self) -> bool {
-        self.owner_token.load(Ordering::Relaxed) == current_thread_token()
     }
 
     /// Hands the slab to `owner` on the calling thread (null: abandoned).
     /// The caller must be the current owner, or hold the abandoned-slab lock.
     pub(crate) fn set_owner(&self, owner: *mut ThreadHeap) {
-        self.owner_token.store(owner_token_for(owner, self.checked), Ordering::Relaxed);
+        self.owner_token.store(owner_token_for(owner), Ordering::Relaxed);
         self.owner.store(owner, Ordering::Relaxed);
     }
 

@@ -124,20 +124,14 @@ const_thread_local! {
     static THREAD_TOKEN: u8 = 0;
 }
 
-/// What a thread whose locals are gone gets for a token: never 0 (the token
-/// of abandoned slabs), never a live thread's, and with the top bit clear.
-/// Such a thread never takes a slab, so no slab carries it.
-const EXITED_THREAD_TOKEN: usize = usize::MAX >> 1;
-
-/// A number that no other live thread has, never 0 and with the top bit
-/// clear: the address of a thread-local. Slabs record their owner's token,
-/// so a free can tell "mine" from "another thread's" with one comparison and
-/// no table lookup.
+/// A non-zero number that no other live thread has: the address of a
+/// thread-local. Slabs record their owner's token, so a free can tell "mine"
+/// from "another thread's" with one comparison and no table lookup. `0` once
+/// the thread's locals are being destroyed (no live thread has it either).
 #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
 #[inline]
 pub(crate) fn current_thread_token() -> usize {
-    // A `u8` without drop glue is never destroyed, so this never falls back.
-    THREAD_TOKEN.try_with(|token| token as *const u8 as usize).unwrap_or(EXITED_THREAD_TOKEN)
+    THREAD_TOKEN.try_with(|token| token as *const u8 as usize).unwrap_or(0)
 }
 
 // Under the models a thread-local is a separate heap value, freed on its own
@@ -155,11 +149,12 @@ imp::thread_local! {
     };
 }
 
-/// A number that no other live thread has (under the models: that no other
-/// thread ever had), never 0 and with the top bit clear.
+/// A non-zero number that no other live thread has (under the models: that
+/// no other thread ever had). `0` once the thread's locals are being
+/// destroyed.
 #[cfg(any(lle_mempool_loom, feature = "shuttle"))]
 pub(crate) fn current_thread_token() -> usize {
-    THREAD_TOKEN.try_with(|token| *token).unwrap_or(EXITED_THREAD_TOKEN)
+    THREAD_TOKEN.try_with(|token| *token).unwrap_or(0)
 }
 
 /// Locks `mutex`, ignoring poisoning.

@@ -533,7 +533,7 @@ impl ThreadHeaps {
     #[cold]
     fn heap_for_slow(&self, pool: &PoolInner) -> Option<*mut ThreadHeap> {
         let key = table_key(pool);
-        let slot = match (1..HEAPS_PER_THREAD).find(|&slot| self.pool_ids[slot].get() == key) {
+        let slot = match self.slot_of(key) {
             Some(slot) => slot,
             None => {
                 // A heap is only made while the exit guard can still run, so
@@ -580,9 +580,14 @@ impl ThreadHeaps {
         Some(heap)
     }
 
+    /// The slot holding the heap keyed `key`, if any.
+    fn slot_of(&self, key: u64) -> Option<usize> {
+        (0..HEAPS_PER_THREAD).find(|&slot| self.pool_ids[slot].get() == key)
+    }
+
     /// An empty slot, or one freed by retiring the heap of a dropped pool.
     fn free_slot(&self) -> Option<usize> {
-        if let Some(slot) = (0..HEAPS_PER_THREAD).find(|&slot| self.pool_ids[slot].get() == 0) {
+        if let Some(slot) = self.slot_of(0) {
             return Some(slot);
         }
         let slot = (0..HEAPS_PER_THREAD).find(|&slot| {
@@ -708,7 +713,7 @@ fn try_free_owned(heaps: &ThreadHeaps, pool: &PoolInner, block: NonNull<u8>) -> 
     // SAFETY: filter entries are slabs in this heap's rings, owned by this
     // thread and mapped while the pool lives.
     let slab = unsafe { &*(slab_address as *const Slab) };
-    debug_assert!(slab.is_unchecked_and_owned_by_current_thread());
+    debug_assert!(slab.is_owned_by_current_thread() && !slab.is_checked());
     if !slab.is_block_start(address) {
         return false;
     }
@@ -767,7 +772,7 @@ pub(crate) fn with_heap<R>(pool: &PoolInner, use_heap: impl FnOnce(&ThreadHeap) 
 pub(crate) fn hand_over_remote_frees(pool: &PoolInner) {
     let key = table_key(pool);
     let _ = THREAD_HEAPS.try_with(|heaps| {
-        if let Some(slot) = (0..HEAPS_PER_THREAD).find(|&slot| heaps.pool_ids[slot].get() == key) {
+        if let Some(slot) = heaps.slot_of(key) {
             // SAFETY: heaps in the table are alive, and `pool` is alive for
             // the whole call.
             unsafe { &*heaps.heaps[slot].get() }.hand_over_remote_batch();
