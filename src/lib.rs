@@ -31,7 +31,7 @@
 //!        |  64 KiB slabs, in batches           |
 //!  +-----v-----------------------------------v--------+
 //!  | shared pool: first fit by address                |   allocate / free / expand /
-//!  |  mutex for writers, seqlock for readers,         |   compact / resize
+//!  |  biased lock for writers, seqlock for readers,   |   compact / resize
 //!  |  summary tree per region finds the fit in O(log n)|
 //!  +-----+------------------+----------------+--------+
 //!        |                  |                |
@@ -47,9 +47,14 @@
 //!   granule for "free" and one for "a block starts here", under a summary
 //!   tree that finds the leftmost fitting free run in O(log n). Coalescing is
 //!   implicit: a free block is a maximal run of free granules.
-//! - **Seqlock** (`seqlock`): writers hold the pool's mutex and bracket each
+//! - **Seqlock** (`seqlock`): writers hold the pool's lock and bracket each
 //!   change; `stats`, `utilization` and `check` read without blocking them.
 //!   Every word a reader can see is an atomic.
+//! - **Biased lock** (`biased_lock`): the writers' lock is biased to the
+//!   thread that made the pool, which enters with a plain store and load,
+//!   no read-modify-write (whose store-buffer drain cost about a quarter of a
+//!   shared-pool step). The first other thread revokes the bias once, with
+//!   `membarrier(2)`; from then on it is a plain mutex.
 //! - **Epochs**: region tables, grown or trimmed indexes and unmapped ranges
 //!   are retired through a crossbeam-epoch `Collector` owned by the pool, so
 //!   nothing is freed or unmapped while a reader may hold it.
@@ -76,6 +81,7 @@
 
 mod align;
 mod allocator;
+mod biased_lock;
 mod boxed;
 #[cfg(feature = "capi")]
 pub mod capi;

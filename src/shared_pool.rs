@@ -13,6 +13,7 @@
 //! without `MREMAP_MAYMOVE`), and a new region is mapped when the kernel
 //! can't.
 
+use crate::biased_lock::{BiasedGuard, BiasedMutex};
 use crate::error::PoolError;
 use crate::free_index::{GRANULE, MAX_REGION_GRANULES};
 use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
@@ -20,7 +21,7 @@ use crate::os;
 use crate::region::{find_region, Region, RegionTable};
 use crate::seqlock::SeqLock;
 use crate::stats::{bump, TimeSamples, TIMING_SAMPLE_PERIOD};
-use crate::sync::{lock, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use crossbeam_epoch::{Atomic, Collector, Guard, Owned};
 use std::ptr::NonNull;
 use std::time::Instant;
@@ -32,7 +33,7 @@ const MAX_REGION_BYTES: usize = MAX_REGION_GRANULES * GRANULE;
 pub(crate) const MAX_ALIGNMENT: usize = 1 << 30;
 
 pub(crate) struct SharedPool {
-    state: Mutex<PoolState>,
+    state: BiasedMutex<PoolState>,
     seqlock: SeqLock,
     table: Atomic<RegionTable>,
     collector: Collector,
@@ -115,7 +116,7 @@ fn granules_for(size: usize) -> Result<usize, PoolError> {
 impl SharedPool {
     pub(crate) fn new(initial_size: usize, max_size: Option<usize>, growth_factor: f64) -> Result<Self, PoolError> {
         let pool = SharedPool {
-            state: Mutex::new(PoolState { regions: Vec::new(), newest: None }),
+            state: BiasedMutex::new(PoolState { regions: Vec::new(), newest: None }),
             seqlock: SeqLock::new(),
             table: Atomic::new(RegionTable::new(Vec::new())),
             collector: Collector::new(),
@@ -145,7 +146,7 @@ impl SharedPool {
                     return Err(PoolError::ExceedsMaxSize { requested: bytes, max });
                 }
             }
-            let mut state = lock(&pool.state);
+            let mut state = pool.state.lock();
             pool.add_capacity(&mut state, bytes)?;
             drop(state);
             // The initial mapping is not an expansion.
@@ -172,7 +173,7 @@ impl SharedPool {
         if wanted > MAX_REGION_GRANULES {
             return Err(PoolError::SizeOverflow { size });
         }
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let timer = self.start_timer(&self.counters.total_allocations);
         if let Some(block) = self.claim_first_fit(&state, granules, wanted, align) {
             self.stop_timer(timer, &self.counters.alloc_time);
@@ -203,7 +204,7 @@ impl SharedPool {
     /// free run of `wanted` (granules plus worst-case alignment padding).
     fn claim_first_fit(
         &self,
-        state: &MutexGuard<'_, PoolState>,
+        state: &BiasedGuard<'_, PoolState>,
         granules: usize,
         wanted: usize,
         align: usize,
@@ -249,14 +250,14 @@ impl SharedPool {
 
     /// The bytes usable at the live block that starts at `addr`.
     pub(crate) fn block_size(&self, addr: usize) -> Result<usize, PoolError> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let (region, granule) = Self::locate_block(&state, addr)?;
         Ok(state.regions[region].index.block_granules(granule) * GRANULE)
     }
 
     /// Frees the live block at `addr`; returns its size in bytes.
     pub(crate) fn free(&self, addr: usize) -> Result<usize, PoolError> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let timer = self.start_timer(&self.counters.total_frees);
         let (region_index, first) = Self::locate_block(&state, addr)?;
         let region = &state.regions[region_index];
@@ -285,7 +286,7 @@ impl SharedPool {
             return Err(PoolError::ZeroSize);
         }
         let wanted = granules_for(new_size)?;
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let (region_index, first) = Self::locate_block(&state, addr)?;
         let index = &state.regions[region_index].index;
         let current = index.block_granules(first);
@@ -452,7 +453,7 @@ impl SharedPool {
         }
         let additional =
             crate::align_up(additional, os::page_size()).ok_or(PoolError::SizeOverflow { size: additional })?;
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let new_size = old_size.checked_add(additional).ok_or(PoolError::SizeOverflow { size: additional })?;
         if let Some(max) = self.max_size {
@@ -499,7 +500,7 @@ impl SharedPool {
     /// free regions are unmapped, and whole free pages inside free blocks are
     /// purged. Returns the bytes unmapped (by which `size` shrank).
     pub(crate) fn compact(&self) -> Result<usize, PoolError> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let handle = self.collector.register();
         {
@@ -531,7 +532,7 @@ impl SharedPool {
 
     /// Purges whole pages inside free blocks. Called with the lock held, so
     /// no allocation can claim a page while it is purged.
-    fn purge_free_pages(&self, state: &MutexGuard<'_, PoolState>) {
+    fn purge_free_pages(&self, state: &BiasedGuard<'_, PoolState>) {
         let page = os::page_size();
         for region in &state.regions {
             region.index.for_each_free_run(|first, count| {
@@ -559,7 +560,7 @@ impl SharedPool {
     /// All or nothing: on error the pool is exactly as before.
     pub(crate) fn resize(&self, new_size: usize) -> Result<(), PoolError> {
         let target = crate::align_up(new_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: new_size })?;
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let handle = self.collector.register();
         if target > old_size {
@@ -615,7 +616,7 @@ impl SharedPool {
 
     /// The regions' `(start, length)`, in address order.
     pub(crate) fn regions(&self) -> Vec<(usize, usize)> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         state.regions.iter().map(|region| (region.start(), region.len())).collect()
     }
 
@@ -712,10 +713,7 @@ impl SharedPool {
 
 impl Drop for SharedPool {
     fn drop(&mut self) {
-        let state = match self.state.get_mut() {
-            Ok(state) => state,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let state = self.state.get_mut();
         for region in state.regions.drain(..) {
             // SAFETY: dropping the pool ends every block's life (the caller
             // owns the pool exclusively), and no reader can be pinned: all

@@ -157,6 +157,26 @@ pub(crate) fn current_thread_token() -> usize {
     THREAD_TOKEN.try_with(|token| *token).unwrap_or(0)
 }
 
+/// A number for the current thread that no other thread, live or dead, has
+/// had; `0` once the thread's locals are being destroyed. Costs one counter
+/// increment per thread, on first use.
+#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+#[inline]
+pub(crate) fn current_thread_serial() -> u64 {
+    const_thread_local! {
+        static SERIAL: std::cell::Cell<u64> = std::cell::Cell::new(0);
+    }
+    static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    SERIAL
+        .try_with(|serial| {
+            if serial.get() == 0 {
+                serial.set(NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            }
+            serial.get()
+        })
+        .unwrap_or(0)
+}
+
 /// Locks `mutex`, ignoring poisoning.
 ///
 /// The pool never panics while holding a lock on purpose; if a user's resize

@@ -296,3 +296,54 @@ fn readers_never_see_a_half_finished_resize() {
     });
     pool.check().unwrap();
 }
+
+/// The thread that made the pool holds its lock's bias; other threads join
+/// in while it is busy allocating, so the bias is revoked under load. No
+/// block may be handed out twice or lose its contents on the way.
+#[test]
+fn the_creating_thread_keeps_working_while_others_join_in() {
+    let pool = MemoryPool::new(1 << 20).unwrap();
+    let start = Barrier::new(3);
+    let work = |seed: u64, rounds: usize| {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut live: Vec<(NonNull<u8>, usize, u64)> = Vec::new();
+        for round in 0..rounds {
+            if live.len() < 64 && rng.gen_bool(0.6) {
+                let len = rng.gen_range(1..=2048);
+                let block = pool.allocate(len).unwrap();
+                let tag = seed << 32 | round as u64;
+                // SAFETY: the block is live, `len` bytes, and this thread's.
+                unsafe { fill(block, len, tag) };
+                live.push((block, len, tag));
+            } else if !live.is_empty() {
+                let (block, len, tag) = live.swap_remove(rng.gen_range(0..live.len()));
+                // SAFETY: as above.
+                unsafe { assert_intact(block, len, tag) };
+                // SAFETY: the block is live and this thread's alone.
+                unsafe { pool.free(block).unwrap() };
+            }
+        }
+        for (block, len, tag) in live {
+            // SAFETY: as above.
+            unsafe { assert_intact(block, len, tag) };
+            // SAFETY: as above.
+            unsafe { pool.free(block).unwrap() };
+        }
+    };
+    std::thread::scope(|scope| {
+        for seed in 1..=2u64 {
+            let (work, start) = (&work, &start);
+            scope.spawn(move || {
+                start.wait();
+                work(seed, 20_000);
+            });
+        }
+        // The owner is mid-way through its own work when the others start.
+        work(100, 5_000);
+        start.wait();
+        work(101, 20_000);
+    });
+    pool.check().unwrap();
+    let stats = pool.stats();
+    assert_eq!((stats.used, stats.live_allocations), (0, 0));
+}
