@@ -15,7 +15,10 @@ pub(crate) fn page_size() -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OsError(pub(crate) i32);
 
-pub(crate) use imp::{grow_in_place, heavy_barrier, heavy_barrier_available, map, purge, unmap};
+pub(crate) use imp::{grow_in_place, map, purge, unmap};
+/// Only the biased lock uses these, and only outside the models and TSan.
+#[cfg(not(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan)))]
+pub(crate) use imp::{heavy_barrier, heavy_barrier_available};
 
 #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
 mod imp {
@@ -36,6 +39,7 @@ mod imp {
         size
     }
 
+    #[cfg(not(lle_mempool_tsan))]
     /// Whether [`heavy_barrier`] works here: `membarrier(2)` with private
     /// expedited barriers (Linux 4.14), registered on first use.
     pub(crate) fn heavy_barrier_available() -> bool {
@@ -57,9 +61,12 @@ mod imp {
         registered
     }
 
+    #[cfg(not(lle_mempool_tsan))]
     const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+    #[cfg(not(lle_mempool_tsan))]
     const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
 
+    #[cfg(not(lle_mempool_tsan))]
     /// Makes every running thread of the process execute a full memory
     /// barrier before this returns; the calling thread too. Only called after
     /// [`heavy_barrier_available`] said yes.
@@ -164,15 +171,6 @@ mod imp {
     fn reservations() -> std::sync::MutexGuard<'static, Vec<Reservation>> {
         RESERVATIONS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-
-    /// The models can't express `membarrier(2)`: the lock it would bias
-    /// stays a plain mutex under them.
-    pub(crate) fn heavy_barrier_available() -> bool {
-        false
-    }
-
-    /// Never called: [`heavy_barrier_available`] is false.
-    pub(crate) fn heavy_barrier() {}
 
     pub(crate) fn page_size() -> usize {
         MODEL_PAGE_SIZE

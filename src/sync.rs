@@ -160,7 +160,7 @@ pub(crate) fn current_thread_token() -> usize {
 /// A number for the current thread that no other thread, live or dead, has
 /// had; `0` once the thread's locals are being destroyed. Costs one counter
 /// increment per thread, on first use.
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+#[cfg(not(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan)))]
 #[inline]
 pub(crate) fn current_thread_serial() -> u64 {
     const_thread_local! {
