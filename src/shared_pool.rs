@@ -59,9 +59,6 @@ pub(crate) struct SharedCounters {
     pub(crate) used: AtomicUsize,
     pub(crate) live_blocks: AtomicUsize,
     pub(crate) free_runs: AtomicUsize,
-    /// The longest free run of any region, in bytes: kept here so that
-    /// `stats` reads counters only and needs no epoch guard.
-    pub(crate) largest_free: AtomicUsize,
     pub(crate) peak_used: AtomicUsize,
     pub(crate) total_allocations: AtomicU64,
     pub(crate) total_frees: AtomicU64,
@@ -128,7 +125,6 @@ impl SharedPool {
                 used: AtomicUsize::new(0),
                 live_blocks: AtomicUsize::new(0),
                 free_runs: AtomicUsize::new(0),
-                largest_free: AtomicUsize::new(0),
                 peak_used: AtomicUsize::new(0),
                 total_allocations: AtomicU64::new(0),
                 total_frees: AtomicU64::new(0),
@@ -220,9 +216,7 @@ impl SharedPool {
             let first = region.granule_of(aligned);
             debug_assert!(first + granules <= run_start + wanted);
             let _write = self.seqlock.write();
-            let longest_before = region.index.longest_free();
             region.index.claim(first, granules);
-            self.note_longest(&state.regions, longest_before, region.index.longest_free());
             let left_free = first > 0 && region.index.is_free(first - 1);
             let right_free = region.index.is_free(first + granules);
             adjust_runs(&self.counters.free_runs, usize::from(left_free) + usize::from(right_free), 1);
@@ -270,9 +264,7 @@ impl SharedPool {
         let granules = region.index.block_granules(first);
         {
             let _write = self.seqlock.write();
-            let longest_before = region.index.longest_free();
             region.index.release(first, granules);
-            self.note_longest(&state.regions, longest_before, region.index.longest_free());
             let left_free = first > 0 && region.index.is_free(first - 1);
             let right_free = region.index.is_free(first + granules);
             adjust_runs(&self.counters.free_runs, 1, usize::from(left_free) + usize::from(right_free));
@@ -308,9 +300,7 @@ impl SharedPool {
                 return Ok(None);
             }
             let _write = self.seqlock.write();
-            let longest_before = index.longest_free();
             index.extend_block(end, extra);
-            self.note_longest(&state.regions, longest_before, index.longest_free());
             if free_after == extra {
                 subtract(&self.counters.free_runs, 1);
             }
@@ -324,9 +314,7 @@ impl SharedPool {
             let _write = self.seqlock.write();
             // The freed tail joins the free run after the block, if any.
             let joins_free_run = index.is_free(end);
-            let longest_before = index.longest_free();
             index.truncate_block(end, released);
-            self.note_longest(&state.regions, longest_before, index.longest_free());
             if !joins_free_run {
                 add(&self.counters.free_runs, 1);
             }
@@ -425,33 +413,8 @@ impl SharedPool {
         true
     }
 
-    /// Keeps `largest_free` exact after one region's longest free run went
-    /// from `before` to `after` granules. Called inside a write bracket.
-    /// Rescans the regions only when the run that was the longest shrank.
-    #[inline]
-    fn note_longest(&self, regions: &[Box<Region>], before: usize, after: usize) {
-        let largest = self.counters.largest_free.load(Ordering::Relaxed);
-        let (before, after) = (before * GRANULE, after * GRANULE);
-        if after >= largest {
-            self.counters.largest_free.store(after, Ordering::Relaxed);
-        } else if before == largest {
-            self.recount_largest(regions);
-        }
-        debug_assert_eq!(
-            self.counters.largest_free.load(Ordering::Relaxed),
-            regions.iter().map(|region| region.index.longest_free() * GRANULE).max().unwrap_or(0)
-        );
-    }
-
-    fn recount_largest(&self, regions: &[Box<Region>]) {
-        let largest = regions.iter().map(|region| region.index.longest_free() * GRANULE).max().unwrap_or(0);
-        self.counters.largest_free.store(largest, Ordering::Relaxed);
-    }
-
-    /// Makes readers see `state.regions`, and recounts what depends on the
-    /// set of regions. Called inside a write bracket.
+    /// Makes readers see `state.regions`. Called inside a write bracket.
     fn publish(&self, state: &PoolState, guard: &Guard) {
-        self.recount_largest(&state.regions);
         let table = RegionTable::new(state.regions.iter().map(|region| &**region as *const Region).collect());
         let old = self.table.swap(Owned::new(table), Ordering::AcqRel, guard);
         // SAFETY: the old table is unreachable for new readers now, and the
@@ -666,9 +629,10 @@ impl SharedPool {
         self.seqlock.read(|| (counters.size.load(Ordering::Relaxed), counters.used.load(Ordering::Relaxed)))
     }
 
-    /// A consistent snapshot, read without blocking writers. Counters only,
-    /// so no epoch guard (registering one cost 500 ns, most of a call).
+    /// A consistent snapshot, read without blocking writers.
     pub(crate) fn snapshot(&self) -> SharedSnapshot {
+        let handle = self.collector.register();
+        let guard = handle.pin();
         let counters = &self.counters;
         self.seqlock.read(|| {
             let size = counters.size.load(Ordering::Relaxed);
@@ -676,7 +640,9 @@ impl SharedPool {
             SharedSnapshot {
                 size,
                 used,
-                largest_free_block: counters.largest_free.load(Ordering::Relaxed),
+                largest_free_block: self.with_regions(&guard, |regions| {
+                    regions.iter().map(|region| region.index.longest_free() * GRANULE).max().unwrap_or(0)
+                }),
                 free_blocks: counters.free_runs.load(Ordering::Relaxed),
                 live_blocks: counters.live_blocks.load(Ordering::Relaxed),
                 peak_used: counters.peak_used.load(Ordering::Relaxed),
@@ -716,7 +682,6 @@ impl SharedPool {
         let verdict = self.seqlock.read(|| -> Result<(), String> {
             self.with_regions(&guard, |regions| {
                 let (mut size, mut free, mut runs, mut live) = (0usize, 0usize, 0usize, 0usize);
-                let mut longest = 0usize;
                 let mut previous_end = 0usize;
                 for region in regions {
                     if region.start() < previous_end {
@@ -724,7 +689,6 @@ impl SharedPool {
                     }
                     previous_end = region.end();
                     let (region_free, region_runs, region_live) = region.index.audit()?;
-                    longest = longest.max(region.index.longest_free() * GRANULE);
                     size += region.len();
                     free += region_free * GRANULE;
                     runs += region_runs;
@@ -740,8 +704,7 @@ impl SharedPool {
                 expect("size", size, counters.size.load(Ordering::Relaxed))?;
                 expect("bytes in use", size - free, counters.used.load(Ordering::Relaxed))?;
                 expect("free blocks", runs, counters.free_runs.load(Ordering::Relaxed))?;
-                expect("live blocks", live, counters.live_blocks.load(Ordering::Relaxed))?;
-                expect("largest free block", longest, counters.largest_free.load(Ordering::Relaxed))
+                expect("live blocks", live, counters.live_blocks.load(Ordering::Relaxed))
             })
         });
         verdict.map_err(|reason| PoolError::Corrupted { reason })
