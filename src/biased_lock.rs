@@ -30,11 +30,11 @@ pub(crate) use plain::{BiasedGuard, BiasedMutex};
 #[cfg(not(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan)))]
 mod biased {
     use crate::os;
-    use crate::sync::{current_thread_serial, spin_loop, yield_now};
+    use crate::sync::{current_thread_serial, lock, Mutex, MutexGuard};
+    use crossbeam_utils::Backoff;
     use std::cell::UnsafeCell;
     use std::ops::{Deref, DerefMut};
     use std::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, Ordering};
-    use std::sync::{Mutex, MutexGuard};
 
     pub(crate) struct BiasedMutex<T> {
         /// The owner's `current_thread_serial`, or 0 once revoked (or never
@@ -59,7 +59,7 @@ mod biased {
     pub(crate) struct BiasedGuard<'a, T> {
         lock: &'a BiasedMutex<T>,
         /// `None` on the owner's fast path.
-        _held: Option<MutexGuard<'a, ()>>,
+        held: Option<MutexGuard<'a, ()>>,
     }
 
     impl<T> BiasedMutex<T> {
@@ -85,7 +85,7 @@ mod biased {
                 // fence into this thread wherever it is.
                 compiler_fence(Ordering::SeqCst);
                 if !self.revoked.load(Ordering::Relaxed) {
-                    return BiasedGuard { lock: self, _held: None };
+                    return BiasedGuard { lock: self, held: None };
                 }
                 self.owner_inside.store(false, Ordering::Release);
             }
@@ -94,10 +94,9 @@ mod biased {
 
         #[cold]
         fn lock_slow(&self) -> BiasedGuard<'_, T> {
-            // Poisoning only records that a listener panicked while another
-            // thread held the lock; the state stays consistent (see
+            // Ignores poisoning, as every lock of the pool does (see
             // `sync::lock`).
-            let held = self.mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let held = lock(&self.mutex);
             if !self.revoked.load(Ordering::Relaxed) {
                 self.revoked.store(true, Ordering::Relaxed);
                 self.owner.store(0, Ordering::Relaxed);
@@ -106,17 +105,12 @@ mod biased {
                 os::heavy_barrier();
                 // Acquire: pairs with the owner's Release on leaving, so its
                 // critical sections happen before ours.
-                let mut spins = 0u32;
+                let backoff = Backoff::new();
                 while self.owner_inside.load(Ordering::Acquire) {
-                    spins += 1;
-                    if spins < 64 {
-                        spin_loop();
-                    } else {
-                        yield_now();
-                    }
+                    backoff.snooze();
                 }
             }
-            BiasedGuard { lock: self, _held: Some(held) }
+            BiasedGuard { lock: self, held: Some(held) }
         }
 
         pub(crate) fn get_mut(&mut self) -> &mut T {
@@ -145,7 +139,7 @@ mod biased {
 
     impl<T> Drop for BiasedGuard<'_, T> {
         fn drop(&mut self) {
-            if self._held.is_none() {
+            if self.held.is_none() {
                 // Release: a revoker that sees `false` sees our writes.
                 self.lock.owner_inside.store(false, Ordering::Release);
             }

@@ -39,45 +39,43 @@ mod imp {
         size
     }
 
+    /// `membarrier(2)`, for the biased lock, which ThreadSanitizer builds
+    /// leave out.
     #[cfg(not(lle_mempool_tsan))]
-    /// Whether [`heavy_barrier`] works here: `membarrier(2)` with private
-    /// expedited barriers (Linux 4.14), registered on first use.
-    pub(crate) fn heavy_barrier_available() -> bool {
-        use std::sync::atomic::{AtomicU8, Ordering};
-        const UNKNOWN: u8 = 0;
-        const AVAILABLE: u8 = 1;
-        const MISSING: u8 = 2;
-        static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
-        match STATE.load(Ordering::Acquire) {
-            AVAILABLE => return true,
-            MISSING => return false,
-            _ => {}
+    mod membarrier {
+        use std::sync::OnceLock;
+
+        const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+        const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+        /// Whether [`heavy_barrier`] works here: private expedited barriers
+        /// (Linux 4.14), registered on first use.
+        pub(crate) fn heavy_barrier_available() -> bool {
+            static REGISTERED: OnceLock<bool> = OnceLock::new();
+            *REGISTERED.get_or_init(|| {
+                // SAFETY: registering for private expedited barriers has no
+                // preconditions; a kernel without it returns an error.
+                let result =
+                    unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) };
+                result == 0
+            })
         }
-        // SAFETY: registering for private expedited barriers has no
-        // preconditions; a kernel without it returns an error.
-        let registered =
-            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) } == 0;
-        STATE.store(if registered { AVAILABLE } else { MISSING }, Ordering::Release);
-        registered
+
+        /// Makes every running thread of the process execute a full memory
+        /// barrier before this returns; the calling thread too. Only called
+        /// after [`heavy_barrier_available`] said yes.
+        pub(crate) fn heavy_barrier() {
+            // SAFETY: a membarrier command with no pointer arguments.
+            let result = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
+            // Registered processes can't see this fail (EINTR is not among
+            // its errors); if it ever did, a full fence here would not be
+            // enough, so the assertion keeps the debug builds honest.
+            debug_assert_eq!(result, 0, "membarrier failed after registration");
+        }
     }
 
     #[cfg(not(lle_mempool_tsan))]
-    const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-    #[cfg(not(lle_mempool_tsan))]
-    const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
-
-    #[cfg(not(lle_mempool_tsan))]
-    /// Makes every running thread of the process execute a full memory
-    /// barrier before this returns; the calling thread too. Only called after
-    /// [`heavy_barrier_available`] said yes.
-    pub(crate) fn heavy_barrier() {
-        // SAFETY: a membarrier command with no pointer arguments.
-        let result = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
-        // Registered processes can't see this fail (EINTR is not among its
-        // errors); if it ever did, a full fence here would not be enough, so
-        // the assertion keeps the debug builds honest.
-        debug_assert_eq!(result, 0, "membarrier failed after registration");
-    }
+    pub(crate) use membarrier::{heavy_barrier, heavy_barrier_available};
 
     fn last_errno() -> i32 {
         std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOMEM)
