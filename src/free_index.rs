@@ -1,98 +1,219 @@
 //! The free-block index of one region: which granules are free, where live
-//! blocks start, and a summary tree that answers "leftmost free run of at
-//! least `n` granules" in O(log n).
+//! blocks start, and a tree that answers "leftmost free run of at least `n`
+//! granules" in O(log n).
 //!
 //! Memory is managed in 16-byte granules. Two bitmaps, interleaved word by
 //! word, record, per granule, whether it is free and whether a live block
 //! starts there; a free block is a maximal run of free granules, so
-//! coalescing with both neighbours is implicit and O(1). Above the bitmaps
-//! sits a complete binary tree (the augmented tree of DESIGN-NOTES §2, as in
-//! Go's page allocator) whose nodes hold, for the granules they cover, the
-//! free run touching their left edge, the free run touching their right edge
-//! and the longest free run inside.
-//! Descending to the leftmost node whose longest run fits is address-ordered
-//! first fit without scanning free blocks.
+//! coalescing with both neighbours is implicit. A word of the bitmaps is a
+//! *leaf*: 64 granules.
 //!
-//! Every word is an atomic: writers (serialised by the pool's mutex, inside a
+//! Each free run belongs to the leaf it starts in. Per leaf the index keeps
+//! the length of the longest run that starts there (its whole length, even
+//! where it reaches into later leaves), and above those values a 16-ary
+//! max-tree: a node is sixteen 32-bit entries, one cache line, each the
+//! largest value below it. The leftmost leaf whose value fits holds the
+//! leftmost fitting run, because runs are ordered by their starts: descending
+//! through the first fitting entry of each node is address-ordered first fit
+//! (DESIGN-NOTES §2) in `log16` steps, each one compare of a whole node.
+//!
+//! Lengths are attributed to where runs start, rather than summarised per
+//! node as runs touching each edge (as Go's page allocator does), so that one
+//! value per entry suffices and a free or an allocation changes the values
+//! of at most two leaves: the run that grew or shrank, and the run that
+//! stopped or started at the block's far end. Most changes stop one or two
+//! levels up, where another entry of the node is larger. A run's length is
+//! found from the bitmaps; the long ones, such as the free tail of a
+//! region, cross wholly free leaves, which a second hierarchy of bitmaps
+//! (one bit per leaf, set when it is all free; one per word of that, and so
+//! on) skips 64 at a time per level.
+//!
+//! Every word is an atomic: writers (serialised by the pool's lock, inside a
 //! seqlock bracket) store `Relaxed`, and lock-free readers (`stats`, `check`)
-//! load `Relaxed` inside a seqlock read, so no read ever races.
+//! load `Relaxed` inside a seqlock read, so no read ever races. The writer
+//! alone also reads whole tree nodes as plain memory
+//! ([`sync::read_exclusive`]), which lets the compiler compare sixteen
+//! entries at once; that is why the writer's methods are `unsafe`.
 
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{self, AtomicU32, AtomicU64, Ordering};
 
 /// The unit of allocation: every block starts and ends on a granule.
 pub(crate) const GRANULE: usize = 16;
 const LEAF_GRANULES: usize = 64;
-/// The most granules one region's index covers (16 GiB), so that every
-/// summary fits in 32 bits.
+/// The most granules one region's index covers (16 GiB), so that every run
+/// length fits in 32 bits, and below 2^31 as the vector compares need.
 pub(crate) const MAX_REGION_GRANULES: usize = 1 << 30;
+/// Entries in one node of the longest-run tree: 64 bytes, one cache line.
+const FAN_OUT: usize = 16;
+const WORD_BITS: usize = 64;
+/// Levels of the longest-run tree for the largest region: 2^24 leaves, six
+/// levels of sixteen.
+const MAX_LEVELS: usize = 6;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Summary {
-    /// Free granules at the node's low end.
-    start: u32,
-    /// Free granules at the node's high end.
-    end: u32,
-    /// The longest free run inside the node.
-    longest: u32,
+/// One node of the longest-run tree.
+#[repr(align(64))]
+struct Node([AtomicU32; FAN_OUT]);
+
+impl Node {
+    fn new(values: [u32; FAN_OUT]) -> Node {
+        Node(values.map(AtomicU32::new))
+    }
+
+    /// Every entry, by atomic loads: safe for lock-free readers.
+    fn load(&self) -> [u32; FAN_OUT] {
+        std::array::from_fn(|slot| self.0[slot].load(Ordering::Relaxed))
+    }
+
+    /// Every entry, as one plain read.
+    ///
+    /// # Safety
+    ///
+    /// No other thread stores to this node during the call: the caller
+    /// holds the pool's lock, which serialises the index's writers.
+    #[inline]
+    unsafe fn load_exclusive(&self) -> [u32; FAN_OUT] {
+        // SAFETY: forwarded from the caller.
+        unsafe { sync::read_exclusive(&self.0) }
+    }
 }
 
-impl Summary {
-    fn of_leaf(free_word: u64) -> Summary {
-        // One step per run of free granules, of which a word has few.
-        let mut longest = 0;
-        let mut rest = free_word;
-        while rest != 0 {
-            rest >>= rest.trailing_zeros();
-            let run = rest.trailing_ones();
-            longest = longest.max(run);
-            rest = rest.checked_shr(run).unwrap_or(0);
-        }
-        Summary { start: free_word.trailing_ones(), end: free_word.leading_ones(), longest }
+/// Bit `i` set where `values[i] >= wanted`, for `wanted` from 1 to
+/// `MAX_REGION_GRANULES`.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn entries_at_least(values: &[u32; FAN_OUT], wanted: u32) -> u32 {
+    debug_assert!(wanted > 0 && wanted as usize <= MAX_REGION_GRANULES);
+    let mut mask = 0u32;
+    for (slot, &value) in values.iter().enumerate() {
+        mask |= u32::from(value >= wanted) << slot;
     }
+    mask
+}
 
-    /// The summary of two adjacent nodes, each `half` granules wide.
-    fn combine(left: Summary, right: Summary, half: u32) -> Summary {
-        Summary {
-            start: if left.start == half { half + right.start } else { left.start },
-            end: if right.end == half { half + left.end } else { right.end },
-            longest: left.longest.max(right.longest).max(left.end + right.start),
+/// The largest of `values`.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn largest(values: &[u32; FAN_OUT]) -> u32 {
+    values.iter().fold(0, |largest, &value| largest.max(value))
+}
+
+/// Bit `i` set where `values[i] >= wanted`, for `wanted` from 1 to
+/// `MAX_REGION_GRANULES`: four SSE2 compares and mask moves. Left to
+/// itself the compiler built the mask lane by lane, three times the
+/// instructions; it is half the search's work.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn entries_at_least(values: &[u32; FAN_OUT], wanted: u32) -> u32 {
+    use std::arch::x86_64::{_mm_castsi128_ps, _mm_cmpgt_epi32, _mm_loadu_si128, _mm_movemask_ps, _mm_set1_epi32};
+    debug_assert!(wanted > 0 && wanted as usize <= MAX_REGION_GRANULES);
+    let mut mask = 0u32;
+    // SAFETY: SSE2 is part of the x86-64 baseline, so the intrinsics'
+    // target feature is there. `quarter * 4 + 3 < FAN_OUT`: each load reads
+    // four lanes inside `values`, and needs no alignment.
+    unsafe {
+        // Entries and `wanted` are below 2^31, so the signed compare is exact.
+        let threshold = _mm_set1_epi32(wanted as i32 - 1);
+        for quarter in 0..FAN_OUT / 4 {
+            let lanes = _mm_loadu_si128(values.as_ptr().add(quarter * 4).cast());
+            let above = _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(lanes, threshold)));
+            mask |= (above as u32) << (quarter * 4);
         }
     }
+    mask
+}
+
+/// The largest of `values` (all below 2^31), by SSE2 compares and selects:
+/// SSE2 has no 32-bit `max`, and the compiler's own version took twice as
+/// many instructions.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn largest(values: &[u32; FAN_OUT]) -> u32 {
+    use std::arch::x86_64::{
+        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpgt_epi32, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_or_si128,
+        _mm_shuffle_epi32,
+    };
+    // SAFETY (all three blocks): SSE2 is part of the x86-64 baseline, so
+    // the intrinsics' target feature is there; each load reads four lanes
+    // inside `values`, and needs no alignment.
+    let max = |left: __m128i, right: __m128i| unsafe {
+        let left_larger = _mm_cmpgt_epi32(left, right);
+        _mm_or_si128(_mm_and_si128(left_larger, left), _mm_andnot_si128(left_larger, right))
+    };
+    let quarter = |index: usize| unsafe { _mm_loadu_si128(values.as_ptr().add(index * 4).cast()) };
+    let lanes = max(max(quarter(0), quarter(1)), max(quarter(2), quarter(3)));
+    unsafe {
+        let lanes = max(lanes, _mm_shuffle_epi32::<0b01_00_11_10>(lanes));
+        let lanes = max(lanes, _mm_shuffle_epi32::<0b10_11_00_01>(lanes));
+        _mm_cvtsi128_si32(lanes) as u32
+    }
+}
+
+/// The bits below `bit` (`bit` at most 64).
+#[inline]
+fn bits_below(bit: usize) -> u64 {
+    debug_assert!(bit <= WORD_BITS);
+    if bit == WORD_BITS {
+        u64::MAX
+    } else {
+        (1u64 << bit) - 1
+    }
+}
+
+/// `word` without its lowest run of set bits.
+#[inline]
+fn without_lowest_run(word: u64) -> u64 {
+    word & (word | word.wrapping_sub(1)).wrapping_add(1)
+}
+
+/// How many units each level of a tree over `entries` entries has, `per_unit`
+/// entries a unit, from the bottom up to a level of one unit.
+fn level_lengths(entries: usize, per_unit: usize) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    let mut below = entries;
+    loop {
+        let units = below.div_ceil(per_unit).max(1);
+        lengths.push(units);
+        if units == 1 {
+            return lengths;
+        }
+        below = units;
+    }
+}
+
+/// Whether the granules on either side of a block that was just claimed or
+/// released are free, which the pool's count of free runs follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FreeNeighbours {
+    pub(crate) before: bool,
+    pub(crate) after: bool,
 }
 
 pub(crate) struct FreeIndex {
     granules: usize,
-    /// Leaves in the tree: a power of two, at least the leaves in use; the
-    /// rest are padding that is never free.
-    leaf_slots: usize,
     /// One entry per leaf: 64 granules.
     bits: Box<[LeafBits]>,
-    /// The summary tree: root at 1, leaves from `leaf_slots`.
-    tree: Box<[TreeNode]>,
+    /// The longest-run tree, its levels one after another from the bottom.
+    /// Level 0, entry `i`: the longest free run that starts in leaf `i`;
+    /// level `k + 1`, entry `i`: the largest entry of node `i` of level `k`.
+    /// The last level is one node, and entries past the end of a level are 0.
+    nodes: Box<[Node]>,
+    /// Level `k` is `nodes[level_starts[k]..level_starts[k + 1]]`.
+    level_starts: [usize; MAX_LEVELS + 1],
+    levels: usize,
+    /// Wholly free leaves. `whole[0]`, bit `i`: leaf `i` is all free;
+    /// `whole[k + 1]`, bit `i`: word `i` of `whole[k]` is all ones. The last
+    /// level is one word, and bits past the end of a level are 0.
+    whole: Box<[Box<[AtomicU64]>]>,
 }
 
 /// A leaf's two bitmaps side by side: freeing a block reads both, and with
 /// 100,000 live blocks the words are rarely in cache, so this makes one miss
-/// of two (about one fewer per free+allocate in a 2 MiB cache simulation).
+/// of two.
 struct LeafBits {
     /// Bit `i` set: granule `i` is free.
     free: AtomicU64,
     /// Bit `i` set: a live block starts at granule `i`.
     start: AtomicU64,
-}
-
-/// One node's summary, in one place so a node is one cache access.
-struct TreeNode {
-    /// `start | end << 32`.
-    edges: AtomicU64,
-    longest: AtomicU32,
-}
-
-/// A mask of the bits `from..to` of a word (`to` at most 64).
-fn bit_range(from: usize, to: usize) -> u64 {
-    debug_assert!(from < to && to <= 64);
-    let high = if to == 64 { u64::MAX } else { (1u64 << to) - 1 };
-    high & !((1u64 << from) - 1)
 }
 
 impl FreeIndex {
@@ -106,29 +227,63 @@ impl FreeIndex {
     fn with_bits(granules: usize, free_word: impl Fn(usize) -> u64, start_word: impl Fn(usize) -> u64) -> FreeIndex {
         debug_assert!(granules > 0 && granules <= MAX_REGION_GRANULES);
         let leaves = granules.div_ceil(LEAF_GRANULES);
-        let leaf_slots = leaves.next_power_of_two();
         let tail_bits = granules % LEAF_GRANULES;
         let in_range = |leaf: usize, word: u64| {
             if leaf + 1 == leaves && tail_bits != 0 {
-                word & bit_range(0, tail_bits)
+                word & bits_below(tail_bits)
             } else {
                 word
             }
         };
-        let index = FreeIndex {
-            granules,
-            leaf_slots,
-            bits: (0..leaves)
-                .map(|leaf| LeafBits {
-                    free: AtomicU64::new(in_range(leaf, free_word(leaf))),
-                    start: AtomicU64::new(in_range(leaf, start_word(leaf))),
+        let bits: Box<[LeafBits]> = (0..leaves)
+            .map(|leaf| LeafBits {
+                free: AtomicU64::new(in_range(leaf, free_word(leaf))),
+                start: AtomicU64::new(in_range(leaf, start_word(leaf))),
+            })
+            .collect();
+
+        // Wholly free leaves, then each level from the one below.
+        let mut whole_levels: Vec<Vec<u64>> = Vec::new();
+        let mut below: Vec<bool> = bits.iter().map(|leaf| leaf.free.load(Ordering::Relaxed) == u64::MAX).collect();
+        for words in level_lengths(leaves, WORD_BITS) {
+            let level: Vec<u64> = (0..words)
+                .map(|word| {
+                    let members = below.iter().skip(word * WORD_BITS).take(WORD_BITS);
+                    members.enumerate().fold(0u64, |acc, (bit, &set)| acc | (u64::from(set) << bit))
                 })
-                .collect(),
-            tree: (0..2 * leaf_slots)
-                .map(|_| TreeNode { edges: AtomicU64::new(0), longest: AtomicU32::new(0) })
-                .collect(),
+                .collect();
+            below = level.iter().map(|&word| word == u64::MAX).collect();
+            whole_levels.push(level);
+        }
+
+        // Each free run counts for the leaf it starts in.
+        let mut index = FreeIndex {
+            granules,
+            bits,
+            nodes: Box::new([]),
+            level_starts: [0; MAX_LEVELS + 1],
+            levels: 0,
+            whole: Box::new([]),
         };
-        index.refresh_leaves(0, leaves - 1);
+        let mut entries = vec![0u32; leaves];
+        index.for_each_free_run(|first, count| {
+            let entry = &mut entries[first / LEAF_GRANULES];
+            *entry = (*entry).max(count as u32);
+        });
+        let mut nodes: Vec<Node> = Vec::new();
+        let lengths = level_lengths(leaves, FAN_OUT);
+        debug_assert!(lengths.len() <= MAX_LEVELS);
+        for (level, length) in lengths.iter().enumerate() {
+            let level_nodes = (0..*length).map(|node| {
+                Node::new(std::array::from_fn(|slot| entries.get(node * FAN_OUT + slot).copied().unwrap_or(0)))
+            });
+            nodes.extend(level_nodes);
+            index.level_starts[level + 1] = nodes.len();
+            entries = nodes[index.level_starts[level]..].iter().map(|node| largest(&node.load())).collect();
+        }
+        index.levels = lengths.len();
+        index.nodes = nodes.into_boxed_slice();
+        index.whole = whole_levels.into_iter().map(|level| level.into_iter().map(AtomicU64::new).collect()).collect();
         index
     }
 
@@ -141,7 +296,7 @@ impl FreeIndex {
             if leaf < old_leaves - 1 || (leaf == old_leaves - 1 && old_tail == 0) {
                 0
             } else if leaf == old_leaves - 1 {
-                !bit_range(0, old_tail)
+                !bits_below(old_tail)
             } else {
                 u64::MAX
             }
@@ -160,127 +315,286 @@ impl FreeIndex {
         self.granules
     }
 
-    #[inline]
-    fn node(&self, node: usize) -> &TreeNode {
-        debug_assert!(node > 0 && node < self.tree.len());
-        // SAFETY: every caller derives `node` from the tree's shape: the root,
-        // the children of an internal node, or `leaf_slots + leaf` for a leaf
-        // below `leaf_slots`, all below `2 * leaf_slots == tree.len()`.
-        unsafe { self.tree.get_unchecked(node) }
+    fn leaves(&self) -> usize {
+        self.bits.len()
     }
 
     #[inline]
-    fn summary(&self, node: usize) -> Summary {
-        let node = self.node(node);
-        let edges = node.edges.load(Ordering::Relaxed);
-        Summary { start: edges as u32, end: (edges >> 32) as u32, longest: node.longest.load(Ordering::Relaxed) }
+    fn free_word(&self, leaf: usize) -> u64 {
+        self.bits[leaf].free.load(Ordering::Relaxed)
     }
 
-    /// Stores `summary` at `node`; returns whether it differed.
+    /// The nodes of one level of the longest-run tree.
+    fn level(&self, level: usize) -> &[Node] {
+        &self.nodes[self.level_starts[level]..self.level_starts[level + 1]]
+    }
+
+    /// Node `node` of level `level`, which must exist: callers derive both
+    /// from the tree's shape (a leaf below `leaves()`, a parent of a node,
+    /// or a fitting entry, which is never padding since padding is 0).
     #[inline]
-    fn update_summary(&self, node: usize, summary: Summary) -> bool {
-        let node = self.node(node);
-        let edges = u64::from(summary.start) | (u64::from(summary.end) << 32);
-        let changed =
-            (node.edges.load(Ordering::Relaxed) != edges) | (node.longest.load(Ordering::Relaxed) != summary.longest);
-        // Storing unchanged values too is cheaper than two branches that
-        // follow the data and mispredict often.
-        node.edges.store(edges, Ordering::Relaxed);
-        node.longest.store(summary.longest, Ordering::Relaxed);
-        changed
+    fn node(&self, level: usize, node: usize) -> &Node {
+        debug_assert!(level < self.levels && self.level_starts[level] + node < self.level_starts[level + 1]);
+        // SAFETY: `level < self.levels <= MAX_LEVELS`, so `level_starts`
+        // has the entry; the node is inside its level (as asserted), and
+        // every level is inside `nodes`.
+        unsafe { self.nodes.get_unchecked(self.level_starts.get_unchecked(level) + node) }
     }
 
-    /// Recomputes the summaries of leaves `first..=last` and of the nodes
-    /// above them.
-    ///
-    /// Stops climbing at the first level where no node changed: every node
-    /// above is a function of nodes that did not change. That saves less
-    /// than one might hope: under random churn the changed run is often the
-    /// longest of its ancestors, and a refresh climbs about 80% of the way
-    /// to the root (measured: 8.6 of 12 levels with 1,000 live blocks, 14 of
-    /// 17 with 100,000). Hence the lean single-path climb below, where
-    /// nearly all the levels are spent.
-    fn refresh_leaves(&self, first: usize, last: usize) {
-        debug_assert!(first <= last && last < self.bits.len());
-        let mut changed = false;
-        for (leaf, bits) in (first..).zip(&self.bits[first..=last]) {
-            changed |= self.update_summary(self.leaf_slots + leaf, Summary::of_leaf(bits.free.load(Ordering::Relaxed)));
-        }
-        let (mut low, mut high) = (self.leaf_slots + first, self.leaf_slots + last);
-        let mut half = LEAF_GRANULES as u32;
-        // While the changed nodes are several, each level recomputes the
-        // parents of all of them.
-        while changed && low != high {
-            low /= 2;
-            high /= 2;
-            changed = false;
-            let mut node = low;
-            while node <= high {
-                let combined = Summary::combine(self.summary(2 * node), self.summary(2 * node + 1), half);
-                changed |= self.update_summary(node, combined);
-                node += 1;
+    #[inline]
+    fn entry(&self, level: usize, position: usize) -> &AtomicU32 {
+        &self.node(level, position / FAN_OUT).0[position % FAN_OUT]
+    }
+
+    /// The first leaf from `from` on that is not wholly free, or `None`.
+    fn next_partial_leaf(&self, from: usize) -> Option<usize> {
+        let mut position = from;
+        let mut level = 0;
+        // Climb while the rest of each word is all ones...
+        loop {
+            let word = self.whole[level].get(position / WORD_BITS)?.load(Ordering::Relaxed);
+            let partial = !word & (u64::MAX << (position % WORD_BITS));
+            if partial != 0 {
+                position = position / WORD_BITS * WORD_BITS + partial.trailing_zeros() as usize;
+                break;
             }
-            // At most MAX_REGION_GRANULES / 2: no overflow.
-            half *= 2;
+            level += 1;
+            if level == self.whole.len() {
+                return None;
+            }
+            position = position / WORD_BITS + 1;
         }
-        if !changed {
-            return;
+        // ...then descend through the first partial word of each level.
+        // A clear bit past the end of the level below is padding.
+        while level > 0 {
+            level -= 1;
+            let word = self.whole[level].get(position)?.load(Ordering::Relaxed);
+            position = position * WORD_BITS + (!word).trailing_zeros() as usize;
         }
-        // One node changed: climb its path. Both children are loaded (the
-        // changed one was just stored, so that load is forwarded) rather
-        // than choosing between the summary in hand and the sibling's: which
-        // side the path comes from is random, and the branch mispredicted.
-        let mut node = low / 2;
-        while node > 0 {
-            let combined = Summary::combine(self.summary(2 * node), self.summary(2 * node + 1), half);
-            if !self.update_summary(node, combined) {
+        (position < self.leaves()).then_some(position)
+    }
+
+    /// The last leaf before `before` that is not wholly free, or `None`.
+    fn previous_partial_leaf(&self, before: usize) -> Option<usize> {
+        let mut position = before.checked_sub(1)?;
+        let mut level = 0;
+        loop {
+            let word = self.whole[level][position / WORD_BITS].load(Ordering::Relaxed);
+            let partial = !word & bits_below(position % WORD_BITS + 1);
+            if partial != 0 {
+                position = position / WORD_BITS * WORD_BITS + (WORD_BITS - 1 - partial.leading_zeros() as usize);
+                break;
+            }
+            level += 1;
+            if level == self.whole.len() {
+                return None;
+            }
+            position = (position / WORD_BITS).checked_sub(1)?;
+        }
+        while level > 0 {
+            level -= 1;
+            let word = self.whole[level][position].load(Ordering::Relaxed);
+            position = position * WORD_BITS + (WORD_BITS - 1 - (!word).leading_zeros() as usize);
+        }
+        Some(position)
+    }
+
+    /// Records that leaves `from..to`, all in one word of `whole[0]`,
+    /// became wholly free or stopped being so.
+    fn note_whole(&self, from: usize, to: usize, whole: bool) {
+        debug_assert!(from < to && (to - 1) / WORD_BITS == from / WORD_BITS);
+        let mut position = from;
+        let mut bits = bits_below(to - from) << (from % WORD_BITS);
+        for level in self.whole.iter() {
+            let word = &level[position / WORD_BITS];
+            let old = word.load(Ordering::Relaxed);
+            let new = if whole { old | bits } else { old & !bits };
+            word.store(new, Ordering::Relaxed);
+            // The level above records only whether this word is all ones.
+            if (old == u64::MAX) == (new == u64::MAX) {
                 return;
             }
-            node /= 2;
-            half *= 2;
+            position /= WORD_BITS;
+            bits = 1u64 << (position % WORD_BITS);
         }
     }
 
-    /// The longest free run, in granules.
+    /// The first granule from `granule` on that is not free (the region's
+    /// end if there is none): the end of the free run `granule` is in, or
+    /// `granule` itself when it is in use.
+    fn free_run_end(&self, granule: usize) -> usize {
+        if granule >= self.granules {
+            return self.granules;
+        }
+        let leaf = granule / LEAF_GRANULES;
+        let used_from = !self.free_word(leaf) >> (granule % LEAF_GRANULES);
+        if used_from != 0 {
+            // Bits past the region's end are never free, so this stops there.
+            return granule + used_from.trailing_zeros() as usize;
+        }
+        match self.next_partial_leaf(leaf + 1) {
+            Some(next) => (next * LEAF_GRANULES + (!self.free_word(next)).trailing_zeros() as usize).min(self.granules),
+            None => self.granules,
+        }
+    }
+
+    /// The first granule of the free run that ends just before `granule`:
+    /// the lowest `first` with `first..granule` all free.
+    fn free_run_start(&self, granule: usize) -> usize {
+        debug_assert!(granule <= self.granules);
+        let leaf = granule / LEAF_GRANULES;
+        let bit = granule % LEAF_GRANULES;
+        if bit > 0 {
+            let used_before = !self.free_word(leaf) & bits_below(bit);
+            if used_before != 0 {
+                return leaf * LEAF_GRANULES + WORD_BITS - used_before.leading_zeros() as usize;
+            }
+        }
+        match self.previous_partial_leaf(leaf) {
+            Some(previous) => {
+                previous * LEAF_GRANULES + WORD_BITS - (!self.free_word(previous)).leading_zeros() as usize
+            }
+            None => 0,
+        }
+    }
+
+    /// The free runs that start in `leaf`: the bits of `free` that are not
+    /// the tail of a run from the leaf before, and where the run touching
+    /// the leaf's high end starts (`None` if no run starting here does).
+    #[inline]
+    fn runs_starting_in(&self, leaf: usize) -> (u64, Option<usize>) {
+        let free = self.free_word(leaf);
+        let continued = leaf > 0 && self.free_word(leaf - 1) >> (WORD_BITS - 1) != 0;
+        let own = if continued { free & free.wrapping_add(1) } else { free };
+        if own >> (WORD_BITS - 1) == 0 {
+            return (own, None);
+        }
+        let top_start = WORD_BITS - own.leading_ones() as usize;
+        (own & bits_below(top_start), Some(top_start))
+    }
+
+    /// The longest free run that starts in `leaf`, in granules, whole.
+    fn longest_starting_in(&self, leaf: usize) -> u32 {
+        let (mut inner, top_start) = self.runs_starting_in(leaf);
+        let mut longest = match top_start {
+            Some(start) => self.free_run_end((leaf + 1) * LEAF_GRANULES) - (leaf * LEAF_GRANULES + start),
+            None => 0,
+        };
+        while inner != 0 {
+            longest = longest.max((inner >> inner.trailing_zeros()).trailing_ones() as usize);
+            inner = without_lowest_run(inner);
+        }
+        longest as u32
+    }
+
+    /// Stores `value` as `leaf`'s longest run and updates the entries above
+    /// it, as far up as they change.
+    ///
+    /// # Safety
+    ///
+    /// No other thread writes this index during the call.
+    unsafe fn set_longest(&self, leaf: usize, value: u32) {
+        let (mut position, mut value) = (leaf, value);
+        let mut node = self.node(0, position / FAN_OUT);
+        for level in 0..self.levels {
+            let entry = &node.0[position % FAN_OUT];
+            let old = entry.load(Ordering::Relaxed);
+            if old == value {
+                return;
+            }
+            entry.store(value, Ordering::Relaxed);
+            if level + 1 == self.levels {
+                return;
+            }
+            position /= FAN_OUT;
+            let parent_node = self.node(level + 1, position / FAN_OUT);
+            let parent = parent_node.0[position % FAN_OUT].load(Ordering::Relaxed);
+            debug_assert!(old <= parent);
+            value = if value >= parent {
+                value
+            } else if old == parent {
+                // The largest entry shrank: another may now be the largest.
+                // SAFETY: forwarded from the caller.
+                largest(&unsafe { node.load_exclusive() })
+            } else {
+                return;
+            };
+            node = parent_node;
+        }
+    }
+
+    /// Records a free run of `length` starting in `leaf`.
+    ///
+    /// # Safety
+    ///
+    /// No other thread writes this index during the call.
+    unsafe fn raise_longest(&self, leaf: usize, length: usize) {
+        if length as u32 > self.entry(0, leaf).load(Ordering::Relaxed) {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.set_longest(leaf, length as u32) };
+        }
+    }
+
+    /// Recomputes `leaf`'s longest run if the run of `length` that started
+    /// there, which is gone or shorter now, may have been it.
+    ///
+    /// # Safety
+    ///
+    /// No other thread writes this index during the call.
+    unsafe fn lower_longest(&self, leaf: usize, length: usize) {
+        if length as u32 == self.entry(0, leaf).load(Ordering::Relaxed) {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.set_longest(leaf, self.longest_starting_in(leaf)) };
+        }
+    }
+
+    /// The longest free run, in granules. Safe for lock-free readers.
     pub(crate) fn longest_free(&self) -> usize {
-        self.summary(1).longest as usize
+        largest(&self.node(self.levels - 1, 0).load()) as usize
     }
 
     /// The first granule of the leftmost free run of at least `wanted`
     /// granules, or `None`.
-    pub(crate) fn find_first_fit(&self, wanted: usize) -> Option<usize> {
+    ///
+    /// # Safety
+    ///
+    /// No other thread writes this index during the call: the caller holds
+    /// the pool's lock.
+    pub(crate) unsafe fn find_first_fit(&self, wanted: usize) -> Option<usize> {
         debug_assert!(wanted > 0);
-        if wanted > self.longest_free() {
+        if wanted > MAX_REGION_GRANULES {
             return None;
         }
         let wanted = wanted as u32;
-        let (mut node, mut offset, mut span) = (1usize, 0usize, self.leaf_slots * LEAF_GRANULES);
-        while node < self.leaf_slots {
-            let half = span / 2;
-            // The right child matters only when the left one has no fit.
-            let left = self.summary(2 * node);
-            if left.longest >= wanted {
-                node *= 2;
-            } else if left.end + self.summary(2 * node + 1).start >= wanted {
-                // The run crossing the middle starts further left than any
-                // run inside the right half.
-                return Some(offset + half - left.end as usize);
-            } else {
-                node = 2 * node + 1;
-                offset += half;
+        let mut position = 0;
+        for level in (0..self.levels).rev() {
+            // SAFETY: forwarded from the caller.
+            let node = unsafe { self.node(level, position).load_exclusive() };
+            let fits = entries_at_least(&node, wanted);
+            if fits == 0 {
+                // Only the root can fail: every entry below is the largest
+                // of a node, so a fitting entry has a fitting child.
+                debug_assert!(position == 0);
+                return None;
             }
-            span = half;
+            position = position * FAN_OUT + fits.trailing_zeros() as usize;
         }
-        let word = self.bits[node - self.leaf_slots].free.load(Ordering::Relaxed);
-        // Bit i of `fits` stays set while bits i..i+covered are all free.
-        let (mut fits, mut covered) = (word, 1u32);
-        while covered < wanted {
-            let step = covered.min(wanted - covered);
-            fits &= fits >> step;
-            covered += step;
+        let leaf = position;
+        // The runs that end inside the leaf lie left of the one that
+        // touches its high end; if none of them fits, that one does.
+        let (mut inner, top_start) = self.runs_starting_in(leaf);
+        if wanted as usize <= LEAF_GRANULES {
+            while inner != 0 {
+                let start = inner.trailing_zeros();
+                if (inner >> start).trailing_ones() >= wanted {
+                    return Some(leaf * LEAF_GRANULES + start as usize);
+                }
+                inner = without_lowest_run(inner);
+            }
         }
-        debug_assert!(fits != 0, "summary promised a run the leaf does not have");
-        (fits != 0).then(|| offset + fits.trailing_zeros() as usize)
+        let first = leaf * LEAF_GRANULES + top_start?;
+        debug_assert!(self.free_run_end(first) - first >= wanted as usize, "the tree promised a run the leaf lacks");
+        Some(first)
     }
 
     fn word_and_bit(granule: usize) -> (usize, u64) {
@@ -297,22 +611,89 @@ impl FreeIndex {
         granule < self.granules && self.bits[word].start.load(Ordering::Relaxed) & bit != 0
     }
 
-    /// Marks `first..first + count` free or in use and refreshes the tree.
-    fn set_free(&self, first: usize, count: usize, free: bool) {
+    /// Marks `first..first + count` free or in use in the bitmaps.
+    fn set_free_bits(&self, first: usize, count: usize, free: bool) {
         debug_assert!(count > 0 && first + count <= self.granules);
-        let end = first + count;
-        let mut granule = first;
-        while granule < end {
-            let word = granule / LEAF_GRANULES;
-            let from = granule % LEAF_GRANULES;
-            let to = (end - word * LEAF_GRANULES).min(LEAF_GRANULES);
-            let mask = bit_range(from, to);
-            let old = self.bits[word].free.load(Ordering::Relaxed);
-            debug_assert_eq!(old & mask, if free { 0 } else { mask }, "granules already in the target state");
-            self.bits[word].free.store(if free { old | mask } else { old & !mask }, Ordering::Relaxed);
-            granule = (word + 1) * LEAF_GRANULES;
+        let (first_leaf, last) = (first / LEAF_GRANULES, first + count - 1);
+        let last_leaf = last / LEAF_GRANULES;
+        let head = u64::MAX << (first % LEAF_GRANULES);
+        let tail = u64::MAX >> (WORD_BITS - 1 - last % LEAF_GRANULES);
+        if first_leaf == last_leaf {
+            self.set_leaf_bits(first_leaf, head & tail, free);
+            return;
         }
-        self.refresh_leaves(first / LEAF_GRANULES, (end - 1) / LEAF_GRANULES);
+        self.set_leaf_bits(first_leaf, head, free);
+        // The leaves in between are wholly covered: each goes from all in
+        // use to all free or back, so their whole-leaf bits all flip, a word
+        // of them at a time.
+        let fill = if free { u64::MAX } else { 0 };
+        for bits in &self.bits[first_leaf + 1..last_leaf] {
+            debug_assert_eq!(bits.free.load(Ordering::Relaxed), !fill, "granules already in the target state");
+            bits.free.store(fill, Ordering::Relaxed);
+        }
+        let mut leaf = first_leaf + 1;
+        while leaf < last_leaf {
+            let word_end = ((leaf / WORD_BITS + 1) * WORD_BITS).min(last_leaf);
+            self.note_whole(leaf, word_end, free);
+            leaf = word_end;
+        }
+        self.set_leaf_bits(last_leaf, tail, free);
+    }
+
+    /// Marks the granules of `mask` in `leaf` free or in use.
+    #[inline]
+    fn set_leaf_bits(&self, leaf: usize, mask: u64, free: bool) {
+        let bits = &self.bits[leaf].free;
+        let old = bits.load(Ordering::Relaxed);
+        debug_assert_eq!(old & mask, if free { 0 } else { mask }, "granules already in the target state");
+        let new = if free { old | mask } else { old & !mask };
+        bits.store(new, Ordering::Relaxed);
+        if (old == u64::MAX) != (new == u64::MAX) {
+            self.note_whole(leaf, leaf + 1, new == u64::MAX);
+        }
+    }
+
+    /// Frees `first..first + count`, which is in use and whose granule
+    /// before is free or ends a block, and updates the tree: the run it
+    /// joins grows, and the run that began right after it no longer starts
+    /// there.
+    ///
+    /// # Safety
+    ///
+    /// No other thread writes this index during the call.
+    unsafe fn mark_free(&self, first: usize, count: usize) -> FreeNeighbours {
+        self.set_free_bits(first, count, true);
+        let end = first + count;
+        let run_start = self.free_run_start(first);
+        let run_end = self.free_run_end(end);
+        let start_leaf = run_start / LEAF_GRANULES;
+        // SAFETY (both calls): forwarded from the caller.
+        unsafe { self.raise_longest(start_leaf, run_end - run_start) };
+        let right_leaf = end / LEAF_GRANULES;
+        if run_end > end && right_leaf != start_leaf {
+            unsafe { self.lower_longest(right_leaf, run_end - end) };
+        }
+        FreeNeighbours { before: run_start < first, after: run_end > end }
+    }
+
+    /// Takes `first..first + count`, which is free, into use and updates
+    /// the tree: the run it was part of shrinks to the part before it, and
+    /// the part after it is a run of its own.
+    ///
+    /// # Safety
+    ///
+    /// No other thread writes this index during the call.
+    unsafe fn mark_used(&self, first: usize, count: usize) -> FreeNeighbours {
+        self.set_free_bits(first, count, false);
+        let end = first + count;
+        let run_start = self.free_run_start(first);
+        let run_end = self.free_run_end(end);
+        // SAFETY (both calls): forwarded from the caller.
+        unsafe { self.lower_longest(run_start / LEAF_GRANULES, run_end - run_start) };
+        if run_end > end {
+            unsafe { self.raise_longest(end / LEAF_GRANULES, run_end - end) };
+        }
+        FreeNeighbours { before: run_start < first, after: run_end > end }
     }
 
     fn set_block_start(&self, granule: usize, start: bool) {
@@ -322,48 +703,60 @@ impl FreeIndex {
     }
 
     /// Makes `first..first + count`, which must be free, a live block.
-    pub(crate) fn claim(&self, first: usize, count: usize) {
-        self.set_free(first, count, false);
+    ///
+    /// # Safety
+    ///
+    /// No other thread writes this index during the call: the caller holds
+    /// the pool's lock.
+    pub(crate) unsafe fn claim(&self, first: usize, count: usize) -> FreeNeighbours {
         self.set_block_start(first, true);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.mark_used(first, count) }
     }
 
     /// Frees the live block that starts at `first` and spans `count` granules.
-    pub(crate) fn release(&self, first: usize, count: usize) {
+    ///
+    /// # Safety
+    ///
+    /// No other thread writes this index during the call: the caller holds
+    /// the pool's lock.
+    pub(crate) unsafe fn release(&self, first: usize, count: usize) -> FreeNeighbours {
         debug_assert!(self.is_block_start(first));
         self.set_block_start(first, false);
-        self.set_free(first, count, true);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.mark_free(first, count) }
     }
 
     /// Turns the `count` free granules from `end` on into the tail of the
     /// live block that ends at `end`.
-    pub(crate) fn extend_block(&self, end: usize, count: usize) {
+    ///
+    /// # Safety
+    ///
+    /// No other thread writes this index during the call: the caller holds
+    /// the pool's lock.
+    pub(crate) unsafe fn extend_block(&self, end: usize, count: usize) {
         debug_assert!(!self.is_block_start(end));
-        self.set_free(end, count, false);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.mark_used(end, count) };
     }
 
     /// Frees the last `count` granules of the live block that ends at `end`;
     /// the block keeps its start and the rest.
-    pub(crate) fn truncate_block(&self, end: usize, count: usize) {
+    ///
+    /// # Safety
+    ///
+    /// No other thread writes this index during the call: the caller holds
+    /// the pool's lock.
+    pub(crate) unsafe fn truncate_block(&self, end: usize, count: usize) {
         debug_assert!(count < end && !self.is_block_start(end - count));
-        self.set_free(end - count, count, true);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.mark_free(end - count, count) };
     }
 
     /// How many granules from `granule` on are free, counting at most
-    /// `limit`: a word of the bitmap at a time.
+    /// `limit`.
     pub(crate) fn free_run_from(&self, granule: usize, limit: usize) -> usize {
-        let mut counted = 0;
-        let mut position = granule;
-        while counted < limit && position < self.granules {
-            let offset = position % LEAF_GRANULES;
-            let free = self.bits[position / LEAF_GRANULES].free.load(Ordering::Relaxed) >> offset;
-            let ones = free.trailing_ones() as usize;
-            counted += ones;
-            if offset + ones < LEAF_GRANULES {
-                break;
-            }
-            position += ones;
-        }
-        counted.min(limit)
+        (self.free_run_end(granule) - granule.min(self.granules)).min(limit)
     }
 
     /// How many granules the live block starting at `first` spans: up to the
@@ -373,7 +766,7 @@ impl FreeIndex {
         let boundary_word =
             |word: usize| self.bits[word].free.load(Ordering::Relaxed) | self.bits[word].start.load(Ordering::Relaxed);
         let mut word = first / LEAF_GRANULES;
-        let mut boundaries = boundary_word(word) & !bit_range(0, first % LEAF_GRANULES + 1);
+        let mut boundaries = boundary_word(word) & !bits_below(first % LEAF_GRANULES + 1);
         loop {
             if boundaries != 0 {
                 let end = word * LEAF_GRANULES + boundaries.trailing_zeros() as usize;
@@ -389,18 +782,7 @@ impl FreeIndex {
 
     /// Free granules at the end of the region.
     pub(crate) fn trailing_free(&self) -> usize {
-        let mut free = 0;
-        let tail_bits = self.granules % LEAF_GRANULES;
-        for (position, bits) in self.bits.iter().enumerate().rev() {
-            let word = bits.free.load(Ordering::Relaxed);
-            let width = if position + 1 == self.bits.len() && tail_bits != 0 { tail_bits } else { 64 };
-            let ones = (word << (64 - width)).leading_ones() as usize;
-            free += ones.min(width);
-            if ones < width {
-                break;
-            }
-        }
-        free
+        self.granules - self.free_run_start(self.granules)
     }
 
     /// Calls `visit(first, count)` for every maximal free run, in address
@@ -437,8 +819,9 @@ impl FreeIndex {
         }
     }
 
-    /// Recounts everything from the bitmaps and checks every tree node
-    /// against its children. Returns `(free granules, free runs, live blocks)`.
+    /// Recounts everything from the bitmaps and checks both hierarchies
+    /// above them. Returns `(free granules, free runs, live blocks)`. Safe to
+    /// call from a seqlock reader: it only reads.
     pub(crate) fn audit(&self) -> Result<(usize, usize, usize), String> {
         let leaves = self.bits.len();
         let tail_bits = self.granules % LEAF_GRANULES;
@@ -446,43 +829,41 @@ impl FreeIndex {
         for leaf in 0..leaves {
             let free = self.bits[leaf].free.load(Ordering::Relaxed);
             let starts = self.bits[leaf].start.load(Ordering::Relaxed);
-            if leaf + 1 == leaves && tail_bits != 0 && (free | starts) & !bit_range(0, tail_bits) != 0 {
+            if leaf + 1 == leaves && tail_bits != 0 && (free | starts) & !bits_below(tail_bits) != 0 {
                 return Err(format!("bits set past the end of the region in leaf {leaf}"));
             }
             if free & starts != 0 {
                 return Err(format!("a free granule is marked as a block start in leaf {leaf}"));
             }
             live_blocks += starts.count_ones() as usize;
-            if self.summary(self.leaf_slots + leaf) != Summary::of_leaf(free) {
-                return Err(format!("leaf {leaf}'s summary disagrees with its bits"));
-            }
         }
-        for padding in leaves..self.leaf_slots {
-            if self.summary(self.leaf_slots + padding) != Summary::of_leaf(0) {
-                return Err(format!("padding leaf {padding} claims free space"));
-            }
-        }
-        let mut half = LEAF_GRANULES as u32;
-        let mut level_start = self.leaf_slots / 2;
-        while level_start >= 1 {
-            for node in level_start..2 * level_start {
-                let expected = Summary::combine(self.summary(2 * node), self.summary(2 * node + 1), half);
-                if self.summary(node) != expected {
-                    return Err(format!("tree node {node} disagrees with its children"));
+
+        let mut below: Vec<bool> = self.bits.iter().map(|bits| bits.free.load(Ordering::Relaxed) == u64::MAX).collect();
+        for (level, words) in self.whole.iter().enumerate() {
+            for (position, word) in words.iter().enumerate() {
+                let word = word.load(Ordering::Relaxed);
+                for bit in 0..WORD_BITS {
+                    let expected = below.get(position * WORD_BITS + bit).copied().unwrap_or(false);
+                    if (word >> bit & 1 != 0) != expected {
+                        return Err(format!("whole-leaf level {level}, bit {} is wrong", position * WORD_BITS + bit));
+                    }
                 }
             }
-            half = half.saturating_mul(2);
-            level_start /= 2;
+            below = words.iter().map(|word| word.load(Ordering::Relaxed) == u64::MAX).collect();
         }
-        // A granule in use that is not covered by a block start would be
-        // lost memory: the first granule after every free run that is in use
-        // must start a block, and so must granule 0 when it is in use.
+
         let mut free_granules = 0;
         let mut free_runs = 0;
         let mut orphan = None;
+        let mut expected = vec![0u32; leaves];
         self.for_each_free_run(|first, count| {
             free_granules += count;
             free_runs += 1;
+            let entry = &mut expected[first / LEAF_GRANULES];
+            *entry = (*entry).max(count as u32);
+            // A granule in use that is not covered by a block start would be
+            // lost memory: the first granule after every free run that is
+            // in use must start a block.
             let after = first + count;
             if after < self.granules && !self.is_block_start(after) && orphan.is_none() {
                 orphan = Some(after);
@@ -493,6 +874,19 @@ impl FreeIndex {
         }
         if let Some(granule) = orphan {
             return Err(format!("granule {granule} is in use but belongs to no block"));
+        }
+        for level in 0..self.levels {
+            let nodes = self.level(level);
+            for (node, entries) in nodes.iter().enumerate() {
+                for (slot, &value) in entries.load().iter().enumerate() {
+                    let position = node * FAN_OUT + slot;
+                    let wanted = expected.get(position).copied().unwrap_or(0);
+                    if value != wanted {
+                        return Err(format!("longest-run level {level}, entry {position} is {value}, not {wanted}"));
+                    }
+                }
+            }
+            expected = nodes.iter().map(|node| largest(&node.load())).collect();
         }
         Ok((free_granules, free_runs, live_blocks))
     }
@@ -530,17 +924,17 @@ mod tests {
             for _ in 0..2000 {
                 if blocks.is_empty() || next() % 3 != 0 {
                     let wanted = 1 + (next() as usize % 150).min(granules - 1);
-                    let found = index.find_first_fit(wanted);
+                    let found = unsafe { index.find_first_fit(wanted) };
                     assert_eq!(found, reference_first_fit(&reference, wanted), "granules {granules} wanted {wanted}");
                     if let Some(first) = found {
-                        index.claim(first, wanted);
+                        unsafe { index.claim(first, wanted) };
                         reference[first..first + wanted].iter_mut().for_each(|g| *g = false);
                         blocks.push((first, wanted));
                     }
                 } else {
                     let (first, count) = blocks.swap_remove(next() as usize % blocks.len());
                     assert_eq!(index.block_granules(first), count);
-                    index.release(first, count);
+                    unsafe { index.release(first, count) };
                     reference[first..first + count].iter_mut().for_each(|g| *g = true);
                 }
                 let (free, _, live) = index.audit().unwrap();
@@ -550,53 +944,123 @@ mod tests {
         }
     }
 
+    /// Blocks from one granule to a hundred thousand in a region of 5,000
+    /// leaves: runs cross many wholly free leaves (both levels of that
+    /// hierarchy) and the tree has four levels. Blocks also grow and shrink
+    /// in place. After every step the first fit agrees with a linear scan
+    /// and `audit` recomputes both hierarchies.
+    #[test]
+    fn long_runs_and_deep_trees_match_a_linear_scan() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let granules = 5000 * LEAF_GRANULES + 13;
+        let index = FreeIndex::new(granules);
+        let mut reference = vec![true; granules];
+        let mut blocks: Vec<(usize, usize)> = Vec::new();
+        for step in 0..1500 {
+            let choice = next() % 8;
+            if blocks.is_empty() || choice < 4 {
+                let wanted = match next() % 4 {
+                    0 => 1 + next() as usize % 100_000,
+                    1 => 60 + next() as usize % 200,
+                    _ => 1 + next() as usize % 40,
+                };
+                let found = unsafe { index.find_first_fit(wanted) };
+                assert_eq!(found, reference_first_fit(&reference, wanted), "step {step}, wanted {wanted}");
+                if let Some(first) = found {
+                    unsafe { index.claim(first, wanted) };
+                    reference[first..first + wanted].iter_mut().for_each(|g| *g = false);
+                    blocks.push((first, wanted));
+                }
+            } else if choice < 7 {
+                let (first, count) = blocks.swap_remove(next() as usize % blocks.len());
+                unsafe { index.release(first, count) };
+                reference[first..first + count].iter_mut().for_each(|g| *g = true);
+            } else {
+                let slot = next() as usize % blocks.len();
+                let (first, count) = blocks[slot];
+                let end = first + count;
+                let free_after = index.free_run_from(end, usize::MAX);
+                assert_eq!(free_after, reference[end..].iter().take_while(|&&g| g).count());
+                if free_after > 0 && next() % 2 == 0 {
+                    let extra = 1 + next() as usize % free_after;
+                    unsafe { index.extend_block(end, extra) };
+                    reference[end..end + extra].iter_mut().for_each(|g| *g = false);
+                    blocks[slot].1 += extra;
+                } else if count > 1 {
+                    let cut = 1 + next() as usize % (count - 1);
+                    unsafe { index.truncate_block(end, cut) };
+                    reference[end - cut..end].iter_mut().for_each(|g| *g = true);
+                    blocks[slot].1 -= cut;
+                }
+            }
+            let (free, _, live) = index.audit().unwrap_or_else(|error| panic!("step {step}: {error}"));
+            assert_eq!(free, reference.iter().filter(|&&g| g).count());
+            assert_eq!(live, blocks.len());
+            let trailing = reference.iter().rev().take_while(|&&g| g).count();
+            assert_eq!(index.trailing_free(), trailing);
+            let mut longest = 0;
+            let mut run = 0;
+            for &is_free in &reference {
+                run = if is_free { run + 1 } else { 0 };
+                longest = longest.max(run);
+            }
+            assert_eq!(index.longest_free(), longest);
+        }
+    }
+
     #[test]
     fn refreshing_one_path_or_many_leaves_keeps_the_tree_exact() {
         // 1024 leaves: eleven levels, so a change climbs both as a range of
         // leaves and as a single path, through left and right children.
         let granules = 1024 * LEAF_GRANULES;
         let index = FreeIndex::new(granules);
-        index.claim(0, granules);
-        assert_eq!((index.longest_free(), index.find_first_fit(1)), (0, None));
+        unsafe { index.claim(0, granules) };
+        assert_eq!((index.longest_free(), unsafe { index.find_first_fit(1) }), (0, None));
         assert_eq!(index.audit().unwrap(), (0, 0, 1));
-        index.release(0, granules);
+        unsafe { index.release(0, granules) };
         assert_eq!(index.longest_free(), granules);
         // A block across the middle of the root splits the free space into
         // two runs, the right one longer; taking right-hand single granules
         // climbs odd nodes.
         let middle = granules / 2 - 6;
-        index.claim(middle, 10);
+        unsafe { index.claim(middle, 10) };
         assert_eq!(index.longest_free(), middle + 2);
-        assert_eq!(index.find_first_fit(middle), Some(0));
-        assert_eq!(index.find_first_fit(middle + 1), Some(middle + 10));
-        assert_eq!(index.find_first_fit(middle + 3), None);
-        index.claim(granules - 1, 1);
-        index.claim(granules - 3, 1);
+        assert_eq!(unsafe { index.find_first_fit(middle) }, Some(0));
+        assert_eq!(unsafe { index.find_first_fit(middle + 1) }, Some(middle + 10));
+        assert_eq!(unsafe { index.find_first_fit(middle + 3) }, None);
+        unsafe { index.claim(granules - 1, 1) };
+        unsafe { index.claim(granules - 3, 1) };
         assert_eq!(index.audit().unwrap(), (granules - 12, 3, 3));
-        assert_eq!(index.find_first_fit(middle + 1), None);
-        assert_eq!(index.find_first_fit(middle), Some(0));
-        assert_eq!(index.find_first_fit(2), Some(0));
-        index.release(granules - 1, 1);
-        index.release(middle, 10);
+        assert_eq!(unsafe { index.find_first_fit(middle + 1) }, None);
+        assert_eq!(unsafe { index.find_first_fit(middle) }, Some(0));
+        assert_eq!(unsafe { index.find_first_fit(2) }, Some(0));
+        unsafe { index.release(granules - 1, 1) };
+        unsafe { index.release(middle, 10) };
         assert_eq!(index.audit().unwrap(), (granules - 1, 2, 1));
-        assert_eq!(index.find_first_fit(granules - 3), Some(0));
-        assert_eq!(index.find_first_fit(granules - 2), None);
+        assert_eq!(unsafe { index.find_first_fit(granules - 3) }, Some(0));
+        assert_eq!(unsafe { index.find_first_fit(granules - 2) }, None);
         assert_eq!(index.longest_free(), granules - 3);
     }
 
     #[test]
     fn free_runs_and_trailing_free_are_exact() {
         let index = FreeIndex::new(300);
-        index.claim(0, 10);
-        index.claim(70, 60);
-        index.claim(200, 1);
+        unsafe { index.claim(0, 10) };
+        unsafe { index.claim(70, 60) };
+        unsafe { index.claim(200, 1) };
         let mut runs = Vec::new();
         index.for_each_free_run(|first, count| runs.push((first, count)));
         assert_eq!(runs, vec![(10, 60), (130, 70), (201, 99)]);
         assert_eq!(index.trailing_free(), 99);
         assert_eq!(index.block_granules(70), 60);
         assert_eq!(index.block_granules(200), 1);
-        index.claim(201, 99);
+        unsafe { index.claim(201, 99) };
         assert_eq!(index.trailing_free(), 0);
         assert_eq!(index.block_granules(201), 99);
     }
@@ -604,16 +1068,16 @@ mod tests {
     #[test]
     fn blocks_extend_into_and_truncate_to_free_granules() {
         let index = FreeIndex::new(200);
-        index.claim(10, 5);
-        index.claim(100, 1);
+        unsafe { index.claim(10, 5) };
+        unsafe { index.claim(100, 1) };
         assert_eq!(index.free_run_from(15, usize::MAX), 85);
         assert_eq!(index.free_run_from(15, 70), 70);
         assert_eq!(index.free_run_from(101, usize::MAX), 99);
         assert_eq!(index.free_run_from(100, usize::MAX), 0);
-        index.extend_block(15, 85);
+        unsafe { index.extend_block(15, 85) };
         assert_eq!(index.block_granules(10), 90);
         assert_eq!(index.audit().unwrap(), (10 + 99, 2, 2));
-        index.truncate_block(100, 89);
+        unsafe { index.truncate_block(100, 89) };
         assert_eq!(index.block_granules(10), 1);
         assert_eq!(index.free_run_from(11, usize::MAX), 89);
         assert_eq!(index.audit().unwrap(), (10 + 89 + 99, 3, 2));
@@ -622,10 +1086,10 @@ mod tests {
     #[test]
     fn resizing_keeps_blocks_and_frees_the_new_part() {
         let index = FreeIndex::new(100);
-        index.claim(0, 100);
+        unsafe { index.claim(0, 100) };
         let grown = index.resized(1000);
         assert_eq!(grown.block_granules(0), 100);
-        assert_eq!(grown.find_first_fit(900), Some(100));
+        assert_eq!(unsafe { grown.find_first_fit(900) }, Some(100));
         assert_eq!(grown.trailing_free(), 900);
         grown.audit().unwrap();
         let shrunk = grown.resized(130);

@@ -32,7 +32,7 @@
 //!  +-----v-----------------------------------v--------+
 //!  | shared pool: first fit by address                |   allocate / free / expand /
 //!  |  biased lock for writers, seqlock for readers,   |   compact / resize
-//!  |  summary tree per region finds the fit in O(log n)|
+//!  |  a 16-ary max-tree per region: fit in O(log n)   |
 //!  +-----+------------------+----------------+--------+
 //!        |                  |                |
 //!  +-----v-----+      +-----v-----+    +-----v-----+
@@ -44,9 +44,12 @@
 //!   with `mremap` without `MREMAP_MAYMOVE`; when the kernel can't, a new
 //!   region is mapped. A live block never moves.
 //! - **Free-block index** (`free_index`): per region, one bit per 16-byte
-//!   granule for "free" and one for "a block starts here", under a summary
-//!   tree that finds the leftmost fitting free run in O(log n). Coalescing is
-//!   implicit: a free block is a maximal run of free granules.
+//!   granule for "free" and one for "a block starts here". Coalescing is
+//!   implicit: a free block is a maximal run of free granules. Each run
+//!   counts for the 64-granule leaf it starts in; a 16-ary max-tree of the
+//!   longest run per leaf (one cache line a node, compared as a whole with
+//!   SSE2) finds the leftmost fitting run in O(log n), and a hierarchy of
+//!   "leaf wholly free" bitmaps measures long runs without a scan.
 //! - **Seqlock** (`seqlock`): writers hold the pool's lock and bracket each
 //!   change; `stats`, `utilization` and `check` read without blocking them.
 //!   Every word a reader can see is an atomic.

@@ -210,16 +210,17 @@ impl SharedPool {
         align: usize,
     ) -> Option<NonNull<u8>> {
         for region in &state.regions {
-            let Some(run_start) = region.index.find_first_fit(wanted) else { continue };
+            // SAFETY: `state` is the pool's lock, held: no other thread
+            // writes any region's index.
+            let Some(run_start) = (unsafe { region.index.find_first_fit(wanted) }) else { continue };
             let run_address = region.address_of(run_start).as_ptr() as usize;
             let aligned = run_address.next_multiple_of(align.max(GRANULE));
             let first = region.granule_of(aligned);
             debug_assert!(first + granules <= run_start + wanted);
             let _write = self.seqlock.write();
-            region.index.claim(first, granules);
-            let left_free = first > 0 && region.index.is_free(first - 1);
-            let right_free = region.index.is_free(first + granules);
-            adjust_runs(&self.counters.free_runs, usize::from(left_free) + usize::from(right_free), 1);
+            // SAFETY: as above, the lock is held.
+            let neighbours = unsafe { region.index.claim(first, granules) };
+            adjust_runs(&self.counters.free_runs, usize::from(neighbours.before) + usize::from(neighbours.after), 1);
             let bytes = granules * GRANULE;
             add(&self.counters.used, bytes);
             add(&self.counters.live_blocks, 1);
@@ -264,10 +265,9 @@ impl SharedPool {
         let granules = region.index.block_granules(first);
         {
             let _write = self.seqlock.write();
-            region.index.release(first, granules);
-            let left_free = first > 0 && region.index.is_free(first - 1);
-            let right_free = region.index.is_free(first + granules);
-            adjust_runs(&self.counters.free_runs, 1, usize::from(left_free) + usize::from(right_free));
+            // SAFETY: `state` is the pool's lock, held.
+            let neighbours = unsafe { region.index.release(first, granules) };
+            adjust_runs(&self.counters.free_runs, 1, usize::from(neighbours.before) + usize::from(neighbours.after));
             subtract(&self.counters.used, granules * GRANULE);
             subtract(&self.counters.live_blocks, 1);
             bump(&self.counters.total_frees, 1);
@@ -300,7 +300,8 @@ impl SharedPool {
                 return Ok(None);
             }
             let _write = self.seqlock.write();
-            index.extend_block(end, extra);
+            // SAFETY: `state` is the pool's lock, held.
+            unsafe { index.extend_block(end, extra) };
             if free_after == extra {
                 subtract(&self.counters.free_runs, 1);
             }
@@ -314,7 +315,8 @@ impl SharedPool {
             let _write = self.seqlock.write();
             // The freed tail joins the free run after the block, if any.
             let joins_free_run = index.is_free(end);
-            index.truncate_block(end, released);
+            // SAFETY: `state` is the pool's lock, held.
+            unsafe { index.truncate_block(end, released) };
             if !joins_free_run {
                 add(&self.counters.free_runs, 1);
             }

@@ -102,6 +102,31 @@ mod tsan {
 
 pub(crate) use imp::*;
 
+/// Reads a whole array of atomics that no other thread stores to while this
+/// runs, as plain memory, so that the compiler can vectorise what the caller
+/// does with it (the free index's writer compares sixteen entries a node at
+/// once). Under the models each element is an atomic load, which they track.
+///
+/// # Safety
+///
+/// No other thread may store to `array` during the call: the caller is the
+/// only writer (it holds the lock that serialises writers), and every store
+/// by earlier writers happens-before the call through that lock. Lock-free
+/// readers may load the array meanwhile: two reads never race.
+#[inline]
+pub(crate) unsafe fn read_exclusive<const N: usize>(array: &[AtomicU32; N]) -> [u32; N] {
+    #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+    {
+        // SAFETY: `AtomicU32` has the size, alignment and bit validity of
+        // `u32`; the caller guarantees that no store races with this read.
+        unsafe { std::ptr::read(array.as_ptr().cast::<[u32; N]>()) }
+    }
+    #[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+    {
+        std::array::from_fn(|slot| array[slot].load(Ordering::Relaxed))
+    }
+}
+
 /// Declares a thread-local whose initial value is a constant expression.
 ///
 /// With `std` this is `thread_local!` with a `const` initialiser, which
