@@ -487,15 +487,40 @@ impl FreeIndex {
         longest as u32
     }
 
-    /// Stores `value` as `leaf`'s longest run and updates the entries above
-    /// it, as far up as they change.
+    /// Records a free run of `length` starting in `leaf`. Raising an entry
+    /// changes its parent only where the parent was smaller, so the climb
+    /// stops at the first entry at least as large; nothing needs rescanning.
+    fn raise_longest(&self, leaf: usize, length: usize) {
+        let value = length as u32;
+        let mut position = leaf;
+        for level in 0..self.levels {
+            let entry = self.entry(level, position);
+            if entry.load(Ordering::Relaxed) >= value {
+                return;
+            }
+            entry.store(value, Ordering::Relaxed);
+            position /= FAN_OUT;
+        }
+    }
+
+    /// Recomputes `leaf`'s longest run if the run of `length` that started
+    /// there, which is gone or shorter now, may have been it, and lowers
+    /// the entries above as far as they change. Lowering an entry changes
+    /// its parent only where it was the largest of its node; then the node
+    /// is rescanned, sixteen entries at once.
     ///
     /// # Safety
     ///
     /// No other thread writes this index during the call.
-    unsafe fn set_longest(&self, leaf: usize, value: u32) {
-        let (mut position, mut value) = (leaf, value);
-        let mut node = self.node(0, position / FAN_OUT);
+    unsafe fn lower_longest(&self, leaf: usize, length: usize) {
+        let mut node = self.node(0, leaf / FAN_OUT);
+        let entry = &node.0[leaf % FAN_OUT];
+        if entry.load(Ordering::Relaxed) != length as u32 {
+            return;
+        }
+        let mut value = self.longest_starting_in(leaf);
+        debug_assert!(value <= length as u32);
+        let mut position = leaf;
         for level in 0..self.levels {
             let entry = &node.0[position % FAN_OUT];
             let old = entry.load(Ordering::Relaxed);
@@ -508,43 +533,13 @@ impl FreeIndex {
             }
             position /= FAN_OUT;
             let parent_node = self.node(level + 1, position / FAN_OUT);
-            let parent = parent_node.0[position % FAN_OUT].load(Ordering::Relaxed);
-            debug_assert!(old <= parent);
-            value = if value >= parent {
-                value
-            } else if old == parent {
-                // The largest entry shrank: another may now be the largest.
-                // SAFETY: forwarded from the caller.
-                largest(&unsafe { node.load_exclusive() })
-            } else {
+            if parent_node.0[position % FAN_OUT].load(Ordering::Relaxed) != old {
                 return;
-            };
+            }
+            // The largest entry shrank: another may now be the largest.
+            // SAFETY: forwarded from the caller.
+            value = largest(&unsafe { node.load_exclusive() });
             node = parent_node;
-        }
-    }
-
-    /// Records a free run of `length` starting in `leaf`.
-    ///
-    /// # Safety
-    ///
-    /// No other thread writes this index during the call.
-    unsafe fn raise_longest(&self, leaf: usize, length: usize) {
-        if length as u32 > self.entry(0, leaf).load(Ordering::Relaxed) {
-            // SAFETY: forwarded from the caller.
-            unsafe { self.set_longest(leaf, length as u32) };
-        }
-    }
-
-    /// Recomputes `leaf`'s longest run if the run of `length` that started
-    /// there, which is gone or shorter now, may have been it.
-    ///
-    /// # Safety
-    ///
-    /// No other thread writes this index during the call.
-    unsafe fn lower_longest(&self, leaf: usize, length: usize) {
-        if length as u32 == self.entry(0, leaf).load(Ordering::Relaxed) {
-            // SAFETY: forwarded from the caller.
-            unsafe { self.set_longest(leaf, self.longest_starting_in(leaf)) };
         }
     }
 
@@ -667,10 +662,10 @@ impl FreeIndex {
         let run_start = self.free_run_start(first);
         let run_end = self.free_run_end(end);
         let start_leaf = run_start / LEAF_GRANULES;
-        // SAFETY (both calls): forwarded from the caller.
-        unsafe { self.raise_longest(start_leaf, run_end - run_start) };
+        self.raise_longest(start_leaf, run_end - run_start);
         let right_leaf = end / LEAF_GRANULES;
         if run_end > end && right_leaf != start_leaf {
+            // SAFETY: forwarded from the caller.
             unsafe { self.lower_longest(right_leaf, run_end - end) };
         }
         FreeNeighbours { before: run_start < first, after: run_end > end }
@@ -688,10 +683,10 @@ impl FreeIndex {
         let end = first + count;
         let run_start = self.free_run_start(first);
         let run_end = self.free_run_end(end);
-        // SAFETY (both calls): forwarded from the caller.
+        // SAFETY: forwarded from the caller.
         unsafe { self.lower_longest(run_start / LEAF_GRANULES, run_end - run_start) };
         if run_end > end {
-            unsafe { self.raise_longest(end / LEAF_GRANULES, run_end - end) };
+            self.raise_longest(end / LEAF_GRANULES, run_end - end);
         }
         FreeNeighbours { before: run_start < first, after: run_end > end }
     }
