@@ -432,6 +432,14 @@ impl FreeIndex {
             // Bits past the region's end are never free, so this stops there.
             return granule + used_from.trailing_zeros() as usize;
         }
+        // Most runs end in the next leaf: look there before climbing.
+        let next = leaf + 1;
+        if next < self.leaves() {
+            let used = !self.free_word(next);
+            if used != 0 {
+                return next * LEAF_GRANULES + used.trailing_zeros() as usize;
+            }
+        }
         match self.next_partial_leaf(leaf + 1) {
             Some(next) => (next * LEAF_GRANULES + (!self.free_word(next)).trailing_zeros() as usize).min(self.granules),
             None => self.granules,
@@ -450,7 +458,13 @@ impl FreeIndex {
                 return leaf * LEAF_GRANULES + WORD_BITS - used_before.leading_zeros() as usize;
             }
         }
-        match self.previous_partial_leaf(leaf) {
+        // Most runs start in the leaf before: look there before climbing.
+        let Some(previous) = leaf.checked_sub(1) else { return 0 };
+        let used = !self.free_word(previous);
+        if used != 0 {
+            return previous * LEAF_GRANULES + WORD_BITS - used.leading_zeros() as usize;
+        }
+        match self.previous_partial_leaf(previous) {
             Some(previous) => {
                 previous * LEAF_GRANULES + WORD_BITS - (!self.free_word(previous)).leading_zeros() as usize
             }
