@@ -240,6 +240,7 @@ impl SharedPool {
         let index = find_region(&state.regions, addr).ok_or(PoolError::ForeignPointer { addr })?;
         let region = &state.regions[index];
         let granule = region.granule_of(addr);
+        region.index.prefetch_tree_for(granule);
         if addr % GRANULE == 0 && region.index.is_block_start(granule) {
             Ok((index, granule))
         } else if region.index.is_free(granule) {
