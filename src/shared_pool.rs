@@ -676,8 +676,9 @@ impl SharedPool {
     }
 
     /// Recomputes free space, free blocks and live blocks from the bitmaps
-    /// and checks them, and every summary in every index, against the
-    /// counters (the seed's `lle_recalculate_free_space`). Lock-free.
+    /// and checks them against the counters, and every tree entry and
+    /// whole-leaf bit of every index against the bitmaps (the seed's
+    /// `lle_recalculate_free_space`). Lock-free.
     pub(crate) fn check(&self) -> Result<(), PoolError> {
         let handle = self.collector.register();
         let guard = handle.pin();
