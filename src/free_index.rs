@@ -682,6 +682,15 @@ impl FreeIndex {
         }
     }
 
+    /// Marks `first..end` free or in use, then returns the free run around
+    /// it: the start of the one ending at `first` and the end of the one
+    /// starting at `end` (`first` and `end` themselves where there is none).
+    #[inline(always)]
+    fn set_free_bits_and_bound(&self, first: usize, end: usize, free: bool) -> (usize, usize) {
+        self.set_free_bits(first, end - first, free);
+        (self.free_run_start(first), self.free_run_end(end))
+    }
+
     /// Frees `first..first + count`, which is in use and whose granule
     /// before is free or ends a block, and updates the tree: the run it
     /// joins grows, and the run that began right after it no longer starts
@@ -692,10 +701,8 @@ impl FreeIndex {
     /// No other thread writes this index during the call.
     #[inline(always)]
     unsafe fn mark_free(&self, first: usize, count: usize) -> FreeNeighbours {
-        self.set_free_bits(first, count, true);
         let end = first + count;
-        let run_start = self.free_run_start(first);
-        let run_end = self.free_run_end(end);
+        let (run_start, run_end) = self.set_free_bits_and_bound(first, end, true);
         let start_leaf = run_start / LEAF_GRANULES;
         self.raise_longest(start_leaf, run_end - run_start);
         let right_leaf = end / LEAF_GRANULES;
@@ -715,10 +722,8 @@ impl FreeIndex {
     /// No other thread writes this index during the call.
     #[inline(always)]
     unsafe fn mark_used(&self, first: usize, count: usize) -> FreeNeighbours {
-        self.set_free_bits(first, count, false);
         let end = first + count;
-        let run_start = self.free_run_start(first);
-        let run_end = self.free_run_end(end);
+        let (run_start, run_end) = self.set_free_bits_and_bound(first, end, false);
         // SAFETY: forwarded from the caller.
         unsafe { self.lower_longest(run_start / LEAF_GRANULES, run_end - run_start) };
         if run_end > end {
@@ -941,38 +946,102 @@ mod tests {
         None
     }
 
-    #[test]
-    fn first_fit_matches_a_linear_scan() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
+    /// A seeded xorshift generator: random but repeatable choices.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> usize {
+        move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            seed
-        };
+            seed as usize
+        }
+    }
+
+    /// The index under test beside a plain vector of booleans, with the
+    /// blocks it holds.
+    struct Checked {
+        index: FreeIndex,
+        reference: Vec<bool>,
+        blocks: Vec<(usize, usize)>,
+    }
+
+    impl Checked {
+        fn new(granules: usize) -> Checked {
+            Checked { index: FreeIndex::new(granules), reference: vec![true; granules], blocks: Vec::new() }
+        }
+
+        fn mark(&mut self, first: usize, count: usize, free: bool) {
+            self.reference[first..first + count].iter_mut().for_each(|granule| *granule = free);
+        }
+
+        /// First fit for `wanted`, which must agree with the reference;
+        /// claims the block it finds.
+        fn allocate(&mut self, wanted: usize) {
+            let found = unsafe { self.index.find_first_fit(wanted) };
+            assert_eq!(found, reference_first_fit(&self.reference, wanted), "wanted {wanted}");
+            if let Some(first) = found {
+                unsafe { self.index.claim(first, wanted) };
+                self.mark(first, wanted, false);
+                self.blocks.push((first, wanted));
+            }
+        }
+
+        fn free(&mut self, slot: usize) {
+            let (first, count) = self.blocks.swap_remove(slot);
+            assert_eq!(self.index.block_granules(first), count);
+            unsafe { self.index.release(first, count) };
+            self.mark(first, count, true);
+        }
+
+        /// Grows or shrinks block `slot` in place, as `grow` and the free
+        /// run after it allow.
+        fn resize(&mut self, slot: usize, grow: bool, amount: usize) {
+            let (first, count) = self.blocks[slot];
+            let end = first + count;
+            let free_after = self.index.free_run_from(end, usize::MAX);
+            assert_eq!(free_after, self.reference[end..].iter().take_while(|&&granule| granule).count());
+            if grow && free_after > 0 {
+                let extra = 1 + amount % free_after;
+                unsafe { self.index.extend_block(end, extra) };
+                self.mark(end, extra, false);
+                self.blocks[slot].1 += extra;
+            } else if count > 1 {
+                let cut = 1 + amount % (count - 1);
+                unsafe { self.index.truncate_block(end, cut) };
+                self.mark(end - cut, cut, true);
+                self.blocks[slot].1 -= cut;
+            }
+        }
+
+        /// `audit` passes and every count agrees with the reference.
+        fn verify(&self) {
+            let (free, _, live) = self.index.audit().unwrap_or_else(|error| panic!("{error}"));
+            assert_eq!(free, self.reference.iter().filter(|&&granule| granule).count());
+            assert_eq!(live, self.blocks.len());
+            let trailing = self.reference.iter().rev().take_while(|&&granule| granule).count();
+            assert_eq!(self.index.trailing_free(), trailing);
+            let mut longest = 0;
+            let mut run = 0;
+            for &is_free in &self.reference {
+                run = if is_free { run + 1 } else { 0 };
+                longest = longest.max(run);
+            }
+            assert_eq!(self.index.longest_free(), longest);
+        }
+    }
+
+    #[test]
+    fn first_fit_matches_a_linear_scan() {
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         for granules in [1usize, 63, 64, 65, 200, 1000, 4096 + 17] {
-            let index = FreeIndex::new(granules);
-            let mut reference = vec![true; granules];
-            let mut blocks: Vec<(usize, usize)> = Vec::new();
+            let mut checked = Checked::new(granules);
             for _ in 0..2000 {
-                if blocks.is_empty() || next() % 3 != 0 {
-                    let wanted = 1 + (next() as usize % 150).min(granules - 1);
-                    let found = unsafe { index.find_first_fit(wanted) };
-                    assert_eq!(found, reference_first_fit(&reference, wanted), "granules {granules} wanted {wanted}");
-                    if let Some(first) = found {
-                        unsafe { index.claim(first, wanted) };
-                        reference[first..first + wanted].iter_mut().for_each(|g| *g = false);
-                        blocks.push((first, wanted));
-                    }
+                if checked.blocks.is_empty() || next() % 3 != 0 {
+                    checked.allocate(1 + (next() % 150).min(granules - 1));
                 } else {
-                    let (first, count) = blocks.swap_remove(next() as usize % blocks.len());
-                    assert_eq!(index.block_granules(first), count);
-                    unsafe { index.release(first, count) };
-                    reference[first..first + count].iter_mut().for_each(|g| *g = true);
+                    let slot = next() % checked.blocks.len();
+                    checked.free(slot);
                 }
-                let (free, _, live) = index.audit().unwrap();
-                assert_eq!(free, reference.iter().filter(|&&g| g).count());
-                assert_eq!(live, blocks.len());
+                checked.verify();
             }
         }
     }
@@ -984,73 +1053,33 @@ mod tests {
     /// and `audit` recomputes both hierarchies.
     #[test]
     fn long_runs_and_deep_trees_match_a_linear_scan() {
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        let granules = 5000 * LEAF_GRANULES + 13;
-        let index = FreeIndex::new(granules);
-        let mut reference = vec![true; granules];
-        let mut blocks: Vec<(usize, usize)> = Vec::new();
-        for step in 0..1500 {
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
+        let mut checked = Checked::new(5000 * LEAF_GRANULES + 13);
+        for _ in 0..1500 {
             let choice = next() % 8;
-            if blocks.is_empty() || choice < 4 {
+            if checked.blocks.is_empty() || choice < 4 {
                 let wanted = match next() % 4 {
-                    0 => 1 + next() as usize % 100_000,
-                    1 => 60 + next() as usize % 200,
-                    _ => 1 + next() as usize % 40,
+                    0 => 1 + next() % 100_000,
+                    1 => 60 + next() % 200,
+                    _ => 1 + next() % 40,
                 };
-                let found = unsafe { index.find_first_fit(wanted) };
-                assert_eq!(found, reference_first_fit(&reference, wanted), "step {step}, wanted {wanted}");
-                if let Some(first) = found {
-                    unsafe { index.claim(first, wanted) };
-                    reference[first..first + wanted].iter_mut().for_each(|g| *g = false);
-                    blocks.push((first, wanted));
-                }
+                checked.allocate(wanted);
             } else if choice < 7 {
-                let (first, count) = blocks.swap_remove(next() as usize % blocks.len());
-                unsafe { index.release(first, count) };
-                reference[first..first + count].iter_mut().for_each(|g| *g = true);
+                let slot = next() % checked.blocks.len();
+                checked.free(slot);
             } else {
-                let slot = next() as usize % blocks.len();
-                let (first, count) = blocks[slot];
-                let end = first + count;
-                let free_after = index.free_run_from(end, usize::MAX);
-                assert_eq!(free_after, reference[end..].iter().take_while(|&&g| g).count());
-                if free_after > 0 && next() % 2 == 0 {
-                    let extra = 1 + next() as usize % free_after;
-                    unsafe { index.extend_block(end, extra) };
-                    reference[end..end + extra].iter_mut().for_each(|g| *g = false);
-                    blocks[slot].1 += extra;
-                } else if count > 1 {
-                    let cut = 1 + next() as usize % (count - 1);
-                    unsafe { index.truncate_block(end, cut) };
-                    reference[end - cut..end].iter_mut().for_each(|g| *g = true);
-                    blocks[slot].1 -= cut;
-                }
+                let slot = next() % checked.blocks.len();
+                let (grow, amount) = (next() % 2 == 0, next());
+                checked.resize(slot, grow, amount);
             }
-            let (free, _, live) = index.audit().unwrap_or_else(|error| panic!("step {step}: {error}"));
-            assert_eq!(free, reference.iter().filter(|&&g| g).count());
-            assert_eq!(live, blocks.len());
-            let trailing = reference.iter().rev().take_while(|&&g| g).count();
-            assert_eq!(index.trailing_free(), trailing);
-            let mut longest = 0;
-            let mut run = 0;
-            for &is_free in &reference {
-                run = if is_free { run + 1 } else { 0 };
-                longest = longest.max(run);
-            }
-            assert_eq!(index.longest_free(), longest);
+            checked.verify();
         }
     }
 
     #[test]
-    fn refreshing_one_path_or_many_leaves_keeps_the_tree_exact() {
-        // 1024 leaves: eleven levels, so a change climbs both as a range of
-        // leaves and as a single path, through left and right children.
+    fn runs_across_the_middle_and_the_ends_stay_exact() {
+        // 1024 leaves: three levels of sixteen, and runs that start in one
+        // subtree and end in another.
         let granules = 1024 * LEAF_GRANULES;
         let index = FreeIndex::new(granules);
         unsafe { index.claim(0, granules) };
