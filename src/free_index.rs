@@ -77,33 +77,40 @@ impl Node {
     }
 }
 
-/// Bit `i` set where `values[i] >= wanted`, for `wanted` from 1 to
-/// `MAX_REGION_GRANULES`.
-#[cfg(not(target_arch = "x86_64"))]
-#[inline]
-fn entries_at_least(values: &[u32; FAN_OUT], wanted: u32) -> u32 {
-    debug_assert!(wanted > 0 && wanted as usize <= MAX_REGION_GRANULES);
-    let mut mask = 0u32;
-    for (slot, &value) in values.iter().enumerate() {
-        mask |= u32::from(value >= wanted) << slot;
+/// The node scans in plain Rust: what other targets use, and what the tests
+/// hold the SSE2 versions to.
+#[cfg(any(not(target_arch = "x86_64"), test))]
+mod portable {
+    use super::{FAN_OUT, MAX_REGION_GRANULES};
+
+    /// Bit `i` set where `values[i] >= wanted`, for `wanted` from 1 to
+    /// `MAX_REGION_GRANULES`.
+    #[inline]
+    pub(super) fn entries_at_least(values: &[u32; FAN_OUT], wanted: u32) -> u32 {
+        debug_assert!(wanted > 0 && wanted as usize <= MAX_REGION_GRANULES);
+        let mut mask = 0u32;
+        for (slot, &value) in values.iter().enumerate() {
+            mask |= u32::from(value >= wanted) << slot;
+        }
+        mask
     }
-    mask
+
+    /// The largest of `values`.
+    #[inline]
+    pub(super) fn largest(values: &[u32; FAN_OUT]) -> u32 {
+        values.iter().fold(0, |largest, &value| largest.max(value))
+    }
+
+    /// The largest of `values` with `values[slot]` taken to be `replacement`.
+    #[inline]
+    pub(super) fn largest_with(values: &[u32; FAN_OUT], slot: usize, replacement: u32) -> u32 {
+        let others = values.iter().enumerate().filter(|&(index, _)| index != slot);
+        others.fold(replacement, |largest, (_, &value)| largest.max(value))
+    }
 }
 
-/// The largest of `values`.
 #[cfg(not(target_arch = "x86_64"))]
-#[inline]
-fn largest(values: &[u32; FAN_OUT]) -> u32 {
-    values.iter().fold(0, |largest, &value| largest.max(value))
-}
-
-/// The largest of `values` with `values[slot]` taken to be `replacement`.
-#[cfg(not(target_arch = "x86_64"))]
-#[inline]
-fn largest_with(values: &[u32; FAN_OUT], slot: usize, replacement: u32) -> u32 {
-    let others = values.iter().enumerate().filter(|&(index, _)| index != slot);
-    others.fold(replacement, |largest, (_, &value)| largest.max(value))
-}
+use portable::{entries_at_least, largest, largest_with};
 
 /// Bit `i` set where `values[i] >= wanted`, for `wanted` from 1 to
 /// `MAX_REGION_GRANULES`: four SSE2 compares and mask moves. Left to
@@ -1074,6 +1081,21 @@ mod tests {
                 longest = longest.max(run);
             }
             assert_eq!(self.index.longest_free(), longest);
+        }
+    }
+
+    #[test]
+    fn node_scans_agree_with_plain_loops() {
+        let mut next = xorshift(0x6A09_E667_F3BC_C908);
+        for round in 0..10_000 {
+            // Small values make ties and equal-to-wanted entries common.
+            let limit = if round % 2 == 0 { 8 } else { MAX_REGION_GRANULES };
+            let values: [u32; FAN_OUT] = std::array::from_fn(|_| (next() % (limit + 1)) as u32);
+            let wanted = 1 + (next() % limit) as u32;
+            let (slot, replacement) = (next() % FAN_OUT, (next() % (limit + 1)) as u32);
+            assert_eq!(entries_at_least(&values, wanted), portable::entries_at_least(&values, wanted));
+            assert_eq!(largest(&values), portable::largest(&values));
+            assert_eq!(largest_with(&values, slot, replacement), portable::largest_with(&values, slot, replacement));
         }
     }
 
