@@ -79,7 +79,7 @@ impl Node {
 
 /// The node scans in plain Rust: what other targets use, and what the tests
 /// hold the SSE2 versions to.
-#[cfg(any(not(target_arch = "x86_64"), test))]
+#[cfg(any(not(target_arch = "x86_64"), all(test, not(any(lle_mempool_loom, feature = "shuttle")))))]
 mod portable {
     use super::{FAN_OUT, MAX_REGION_GRANULES};
 
