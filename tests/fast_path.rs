@@ -485,6 +485,7 @@ fn threads_exit_while_their_blocks_are_freed_elsewhere() {
     let (sender, receiver) = mpsc::channel::<Vec<Sent>>();
     let compactor_stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
+        let _stop_even_on_panic = common::RaiseOnDrop(&compactor_stop);
         let pool = &pool;
         let freer = scope.spawn(move || {
             let mut freed = 0usize;

@@ -101,6 +101,7 @@ fn threads_share_blocks_while_the_pool_grows_and_shrinks() {
     let may_exit = Barrier::new(WORKERS + 1);
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..WORKERS).map(|_| mpsc::channel::<Vec<Sent>>()).unzip();
     let maintenance_rounds = std::thread::scope(|scope| {
+        let _stop_even_on_panic = common::RaiseOnDrop(&stop);
         let mut workers = Vec::new();
         for (worker, receiver) in receivers.into_iter().enumerate() {
             let next = senders[(worker + 1) % WORKERS].clone();
@@ -237,6 +238,7 @@ fn readers_never_see_a_half_finished_resize() {
     let pool = MemoryPool::with_config(PoolConfig::new(64 * 1024).growth_factor(1.0)).unwrap();
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
+        let _stop_even_on_panic = common::RaiseOnDrop(&stop);
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 scope.spawn(|| {

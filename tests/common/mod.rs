@@ -102,3 +102,16 @@ pub fn granule_round(size: usize) -> usize {
 pub fn page_round(size: usize) -> usize {
     size.div_ceil(page_size()) * page_size()
 }
+
+/// Raises a stop flag when dropped. Created inside a `thread::scope`
+/// closure, it stops the threads that loop on the flag even when the
+/// closure panics: the scope waits for every thread before it passes the
+/// panic on, and would otherwise wait forever, turning a failed assertion
+/// into a hung test.
+pub struct RaiseOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for RaiseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
