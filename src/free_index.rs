@@ -95,12 +95,6 @@ mod portable {
         mask
     }
 
-    /// The largest of `values`.
-    #[inline]
-    pub(super) fn largest(values: &[u32; FAN_OUT]) -> u32 {
-        values.iter().fold(0, |largest, &value| largest.max(value))
-    }
-
     /// The largest of `values` with `values[slot]` taken to be `replacement`.
     #[inline]
     pub(super) fn largest_with(values: &[u32; FAN_OUT], slot: usize, replacement: u32) -> u32 {
@@ -110,7 +104,13 @@ mod portable {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-use portable::{entries_at_least, largest, largest_with};
+use portable::{entries_at_least, largest_with};
+
+/// The largest of `values`. Only readers, construction and the audit take
+/// it; the writer's rescan is `largest_with`.
+fn largest(values: &[u32; FAN_OUT]) -> u32 {
+    values.iter().fold(0, |largest, &value| largest.max(value))
+}
 
 /// Bit `i` set where `values[i] >= wanted`, for `wanted` from 1 to
 /// `MAX_REGION_GRANULES`: four SSE2 compares and mask moves. Left to
@@ -137,64 +137,40 @@ fn entries_at_least(values: &[u32; FAN_OUT], wanted: u32) -> u32 {
     mask
 }
 
-/// The largest of `values` (all below 2^31), by SSE2 compares and selects:
-/// SSE2 has no 32-bit `max`, and the compiler's own version took twice as
-/// many instructions.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn largest(values: &[u32; FAN_OUT]) -> u32 {
-    use std::arch::x86_64::_mm_loadu_si128;
-    // SAFETY: SSE2 is part of the x86-64 baseline, so the intrinsic's
-    // target feature is there; each load reads four lanes inside `values`,
-    // and needs no alignment.
-    let quarter = |index: usize| unsafe { _mm_loadu_si128(values.as_ptr().add(index * 4).cast()) };
-    largest_of_quarters([quarter(0), quarter(1), quarter(2), quarter(3)])
-}
-
-/// The largest of sixteen lanes, four to a vector (all below 2^31).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn largest_of_quarters(quarters: [std::arch::x86_64::__m128i; 4]) -> u32 {
-    use std::arch::x86_64::{
-        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpgt_epi32, _mm_cvtsi128_si32, _mm_or_si128, _mm_shuffle_epi32,
-    };
-    // SAFETY: SSE2 is part of the x86-64 baseline, so the intrinsics'
-    // target feature is there.
-    unsafe {
-        let max = |left: __m128i, right: __m128i| {
-            let left_larger = _mm_cmpgt_epi32(left, right);
-            _mm_or_si128(_mm_and_si128(left_larger, left), _mm_andnot_si128(left_larger, right))
-        };
-        let [first, second, third, fourth] = quarters;
-        let lanes = max(max(first, second), max(third, fourth));
-        let lanes = max(lanes, _mm_shuffle_epi32::<0b01_00_11_10>(lanes));
-        let lanes = max(lanes, _mm_shuffle_epi32::<0b10_11_00_01>(lanes));
-        _mm_cvtsi128_si32(lanes) as u32
-    }
-}
-
-/// The largest of `values` with `values[slot]` taken to be `replacement`,
-/// without writing the copy: a vector load of memory just written through
-/// a narrower store cannot take the data from the store buffer and waits
-/// for the store to retire.
+/// The largest of `values` (all below 2^31) with `values[slot]` taken to be
+/// `replacement`, by SSE2 compares and selects (SSE2 has no 32-bit `max`;
+/// the compiler's own version took twice the instructions), and without
+/// writing the copy: a vector load of memory just written through a
+/// narrower store cannot take the data from the store buffer and waits for
+/// the store to retire.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn largest_with(values: &[u32; FAN_OUT], slot: usize, replacement: u32) -> u32 {
     use std::arch::x86_64::{
-        _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi32, _mm_loadu_si128, _mm_or_si128, _mm_set1_epi32, _mm_setr_epi32,
+        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi32, _mm_cmpgt_epi32, _mm_cvtsi128_si32, _mm_loadu_si128,
+        _mm_or_si128, _mm_set1_epi32, _mm_setr_epi32, _mm_shuffle_epi32,
     };
     debug_assert!(slot < FAN_OUT);
     // SAFETY: SSE2 is part of the x86-64 baseline, so the intrinsics'
     // target feature is there; each load reads four lanes inside `values`,
     // and needs no alignment.
-    let quarter = |index: usize| unsafe {
-        let lanes = _mm_loadu_si128(values.as_ptr().add(index * 4).cast());
-        let base = (index * 4) as i32;
-        let lane_numbers = _mm_setr_epi32(base, base + 1, base + 2, base + 3);
-        let is_slot = _mm_cmpeq_epi32(lane_numbers, _mm_set1_epi32(slot as i32));
-        _mm_or_si128(_mm_andnot_si128(is_slot, lanes), _mm_and_si128(is_slot, _mm_set1_epi32(replacement as i32)))
-    };
-    largest_of_quarters([quarter(0), quarter(1), quarter(2), quarter(3)])
+    unsafe {
+        let quarter = |index: usize| {
+            let lanes = _mm_loadu_si128(values.as_ptr().add(index * 4).cast());
+            let base = (index * 4) as i32;
+            let lane_numbers = _mm_setr_epi32(base, base + 1, base + 2, base + 3);
+            let is_slot = _mm_cmpeq_epi32(lane_numbers, _mm_set1_epi32(slot as i32));
+            _mm_or_si128(_mm_andnot_si128(is_slot, lanes), _mm_and_si128(is_slot, _mm_set1_epi32(replacement as i32)))
+        };
+        let max = |left: __m128i, right: __m128i| {
+            let left_larger = _mm_cmpgt_epi32(left, right);
+            _mm_or_si128(_mm_and_si128(left_larger, left), _mm_andnot_si128(left_larger, right))
+        };
+        let lanes = max(max(quarter(0), quarter(1)), max(quarter(2), quarter(3)));
+        let lanes = max(lanes, _mm_shuffle_epi32::<0b01_00_11_10>(lanes));
+        let lanes = max(lanes, _mm_shuffle_epi32::<0b10_11_00_01>(lanes));
+        _mm_cvtsi128_si32(lanes) as u32
+    }
 }
 
 /// The bits below `bit` (`bit` at most 64).
@@ -1094,7 +1070,6 @@ mod tests {
             let wanted = 1 + (next() % limit) as u32;
             let (slot, replacement) = (next() % FAN_OUT, (next() % (limit + 1)) as u32);
             assert_eq!(entries_at_least(&values, wanted), portable::entries_at_least(&values, wanted));
-            assert_eq!(largest(&values), portable::largest(&values));
             assert_eq!(largest_with(&values, slot, replacement), portable::largest_with(&values, slot, replacement));
         }
     }
