@@ -803,10 +803,10 @@ impl FreeIndex {
     ///
     /// No other thread writes this index during the call: the caller holds
     /// the pool's lock.
-    pub(crate) unsafe fn extend_block(&self, end: usize, count: usize) {
+    pub(crate) unsafe fn extend_block(&self, end: usize, count: usize) -> FreeNeighbours {
         debug_assert!(!self.is_block_start(end));
         // SAFETY: forwarded from the caller.
-        unsafe { self.mark_used(end, count) };
+        unsafe { self.mark_used(end, count) }
     }
 
     /// Frees the last `count` granules of the live block that ends at `end`;
@@ -816,10 +816,10 @@ impl FreeIndex {
     ///
     /// No other thread writes this index during the call: the caller holds
     /// the pool's lock.
-    pub(crate) unsafe fn truncate_block(&self, end: usize, count: usize) {
+    pub(crate) unsafe fn truncate_block(&self, end: usize, count: usize) -> FreeNeighbours {
         debug_assert!(count < end && !self.is_block_start(end - count));
         // SAFETY: forwarded from the caller.
-        unsafe { self.mark_free(end - count, count) };
+        unsafe { self.mark_free(end - count, count) }
     }
 
     /// How many granules from `granule` on are free, counting at most

@@ -294,16 +294,15 @@ impl SharedPool {
         let end = first + current;
         if wanted > current {
             let extra = wanted - current;
-            // One granule more than needed tells whether the free run after
-            // the block survives the growth or is used up.
-            let free_after = index.free_run_from(end, extra + 1);
-            if free_after < extra {
+            if index.free_run_from(end, extra) < extra {
                 return Ok(None);
             }
             let _write = self.seqlock.write();
             // SAFETY: `state` is the pool's lock, held.
-            unsafe { index.extend_block(end, extra) };
-            if free_after == extra {
+            let neighbours = unsafe { index.extend_block(end, extra) };
+            // The free run the block grew into is used up unless some of
+            // it is left after the block.
+            if !neighbours.after {
                 subtract(&self.counters.free_runs, 1);
             }
             add(&self.counters.used, extra * GRANULE);
@@ -314,11 +313,11 @@ impl SharedPool {
         } else if wanted < current {
             let released = current - wanted;
             let _write = self.seqlock.write();
-            // The freed tail joins the free run after the block, if any.
-            let joins_free_run = index.is_free(end);
             // SAFETY: `state` is the pool's lock, held.
-            unsafe { index.truncate_block(end, released) };
-            if !joins_free_run {
+            let neighbours = unsafe { index.truncate_block(end, released) };
+            // The freed tail is a new free run unless it joined the one
+            // after the block.
+            if !neighbours.after {
                 add(&self.counters.free_runs, 1);
             }
             subtract(&self.counters.used, released * GRANULE);
