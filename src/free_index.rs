@@ -35,7 +35,7 @@
 //! ([`sync::read_exclusive`]), which lets the compiler compare sixteen
 //! entries at once; that is why the writer's methods are `unsafe`.
 
-use crate::sync::{self, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{self, prefetch, AtomicU32, AtomicU64, Ordering};
 
 /// The unit of allocation: every block starts and ends on a granule.
 pub(crate) const GRANULE: usize = 16;
@@ -113,54 +113,64 @@ fn largest(values: &[u32; FAN_OUT]) -> u32 {
 }
 
 /// Bit `i` set where `values[i] >= wanted`, for `wanted` from 1 to
-/// `MAX_REGION_GRANULES`: four SSE2 compares and mask moves. Left to
-/// itself the compiler built the mask lane by lane, three times the
-/// instructions; it is half the search's work.
+/// `MAX_REGION_GRANULES`: four SSE2 compares, their lanes narrowed to bytes
+/// and one mask move. Left to itself the compiler built the mask lane by
+/// lane, three times the instructions; it is half the search's work.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn entries_at_least(values: &[u32; FAN_OUT], wanted: u32) -> u32 {
-    use std::arch::x86_64::{_mm_castsi128_ps, _mm_cmpgt_epi32, _mm_loadu_si128, _mm_movemask_ps, _mm_set1_epi32};
+    use std::arch::x86_64::{
+        _mm_cmpgt_epi32, _mm_loadu_si128, _mm_movemask_epi8, _mm_packs_epi16, _mm_packs_epi32, _mm_set1_epi32,
+    };
     debug_assert!(wanted > 0 && wanted as usize <= MAX_REGION_GRANULES);
-    let mut mask = 0u32;
     // SAFETY: SSE2 is part of the x86-64 baseline, so the intrinsics'
     // target feature is there. `quarter * 4 + 3 < FAN_OUT`: each load reads
     // four lanes inside `values`, and needs no alignment.
     unsafe {
         // Entries and `wanted` are below 2^31, so the signed compare is exact.
         let threshold = _mm_set1_epi32(wanted as i32 - 1);
-        for quarter in 0..FAN_OUT / 4 {
-            let lanes = _mm_loadu_si128(values.as_ptr().add(quarter * 4).cast());
-            let above = _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(lanes, threshold)));
-            mask |= (above as u32) << (quarter * 4);
-        }
+        let above =
+            |quarter: usize| _mm_cmpgt_epi32(_mm_loadu_si128(values.as_ptr().add(quarter * 4).cast()), threshold);
+        // Each lane is 0 or -1, which the saturating packs keep, in order.
+        let bytes = _mm_packs_epi16(_mm_packs_epi32(above(0), above(1)), _mm_packs_epi32(above(2), above(3)));
+        _mm_movemask_epi8(bytes) as u32
     }
-    mask
 }
+
+/// One row per slot: all ones in that slot's lane, zero elsewhere.
+#[cfg(target_arch = "x86_64")]
+static SLOT_MASKS: [[u32; FAN_OUT]; FAN_OUT] = {
+    let mut masks = [[0; FAN_OUT]; FAN_OUT];
+    let mut slot = 0;
+    while slot < FAN_OUT {
+        masks[slot][slot] = u32::MAX;
+        slot += 1;
+    }
+    masks
+};
 
 /// The largest of `values` (all below 2^31) with `values[slot]` taken to be
 /// `replacement`, by SSE2 compares and selects (SSE2 has no 32-bit `max`;
-/// the compiler's own version took twice the instructions), and without
-/// writing the copy: a vector load of memory just written through a
-/// narrower store cannot take the data from the store buffer and waits for
-/// the store to retire.
+/// the compiler's own version took twice the instructions). The slot is
+/// masked out by a row of [`SLOT_MASKS`] rather than written over in a
+/// copy: a vector load of memory just written through a narrower store
+/// cannot take the data from the store buffer and waits for the store to
+/// retire.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn largest_with(values: &[u32; FAN_OUT], slot: usize, replacement: u32) -> u32 {
     use std::arch::x86_64::{
-        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi32, _mm_cmpgt_epi32, _mm_cvtsi128_si32, _mm_loadu_si128,
-        _mm_or_si128, _mm_set1_epi32, _mm_setr_epi32, _mm_shuffle_epi32,
+        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpgt_epi32, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_or_si128,
+        _mm_shuffle_epi32,
     };
-    debug_assert!(slot < FAN_OUT);
+    let mask = &SLOT_MASKS[slot];
     // SAFETY: SSE2 is part of the x86-64 baseline, so the intrinsics'
-    // target feature is there; each load reads four lanes inside `values`,
-    // and needs no alignment.
-    unsafe {
+    // target feature is there; each load reads four lanes inside `values`
+    // or `mask`, and needs no alignment.
+    let others = unsafe {
         let quarter = |index: usize| {
             let lanes = _mm_loadu_si128(values.as_ptr().add(index * 4).cast());
-            let base = (index * 4) as i32;
-            let lane_numbers = _mm_setr_epi32(base, base + 1, base + 2, base + 3);
-            let is_slot = _mm_cmpeq_epi32(lane_numbers, _mm_set1_epi32(slot as i32));
-            _mm_or_si128(_mm_andnot_si128(is_slot, lanes), _mm_and_si128(is_slot, _mm_set1_epi32(replacement as i32)))
+            _mm_andnot_si128(_mm_loadu_si128(mask.as_ptr().add(index * 4).cast()), lanes)
         };
         let max = |left: __m128i, right: __m128i| {
             let left_larger = _mm_cmpgt_epi32(left, right);
@@ -170,7 +180,8 @@ fn largest_with(values: &[u32; FAN_OUT], slot: usize, replacement: u32) -> u32 {
         let lanes = max(lanes, _mm_shuffle_epi32::<0b01_00_11_10>(lanes));
         let lanes = max(lanes, _mm_shuffle_epi32::<0b10_11_00_01>(lanes));
         _mm_cvtsi128_si32(lanes) as u32
-    }
+    };
+    others.max(replacement)
 }
 
 /// The bits below `bit` (`bit` at most 64).
@@ -645,15 +656,9 @@ impl FreeIndex {
     /// following it. A hint only: it reads nothing and changes nothing.
     #[inline(always)]
     pub(crate) fn prefetch_tree_for(&self, granule: usize) {
-        #[cfg(target_arch = "x86_64")]
         if let Some(node) = self.nodes.get(granule / LEAF_GRANULES / FAN_OUT) {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: SSE is part of the x86-64 baseline; a prefetch never
-            // faults and has no effect a program can observe.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>((node as *const Node).cast()) };
+            prefetch(node);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = granule;
     }
 
     fn word_and_bit(granule: usize) -> (usize, u64) {

@@ -202,6 +202,23 @@ pub(crate) fn current_thread_serial() -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts loading the cache line at `address` ahead of a use that is some
+/// work away, so that its miss overlaps that work. A hint only: it never
+/// faults, reads nothing a program can observe and may be dropped by the
+/// CPU; any address is allowed.
+#[inline(always)]
+pub(crate) fn prefetch<T>(address: *const T) {
+    #[cfg(all(target_arch = "x86_64", not(any(lle_mempool_loom, feature = "shuttle"))))]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of the x86-64 baseline, and a prefetch does
+        // not dereference: it neither faults nor has observable effects.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(address.cast()) };
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(any(lle_mempool_loom, feature = "shuttle")))))]
+    let _ = address;
+}
+
 /// Locks `mutex`, ignoring poisoning.
 ///
 /// The pool never panics while holding a lock on purpose; if a user's resize
