@@ -912,29 +912,12 @@ impl FreeIndex {
             live_blocks += starts.count_ones() as usize;
         }
 
-        let mut below: Vec<bool> = self.bits.iter().map(|bits| bits.free.load(Ordering::Relaxed) == u64::MAX).collect();
-        for (level, words) in self.whole.iter().enumerate() {
-            for (position, word) in words.iter().enumerate() {
-                let word = word.load(Ordering::Relaxed);
-                for bit in 0..WORD_BITS {
-                    let expected = below.get(position * WORD_BITS + bit).copied().unwrap_or(false);
-                    if (word >> bit & 1 != 0) != expected {
-                        return Err(format!("whole-leaf level {level}, bit {} is wrong", position * WORD_BITS + bit));
-                    }
-                }
-            }
-            below = words.iter().map(|word| word.load(Ordering::Relaxed) == u64::MAX).collect();
-        }
-
         let mut free_granules = 0;
         let mut free_runs = 0;
         let mut orphan = None;
-        let mut expected = vec![0u32; leaves];
         self.for_each_free_run(|first, count| {
             free_granules += count;
             free_runs += 1;
-            let entry = &mut expected[first / LEAF_GRANULES];
-            *entry = (*entry).max(count as u32);
             // A granule in use that is not covered by a block start would be
             // lost memory: the first granule after every free run that is
             // in use must start a block.
@@ -949,18 +932,29 @@ impl FreeIndex {
         if let Some(granule) = orphan {
             return Err(format!("granule {granule} is in use but belongs to no block"));
         }
-        for level in 0..self.levels {
-            let nodes = self.level(level);
-            for (node, entries) in nodes.iter().enumerate() {
-                for (slot, &value) in entries.load().iter().enumerate() {
-                    let position = node * FAN_OUT + slot;
-                    let wanted = expected.get(position).copied().unwrap_or(0);
-                    if value != wanted {
-                        return Err(format!("longest-run level {level}, entry {position} is {value}, not {wanted}"));
-                    }
+
+        // Both hierarchies as construction derives them from these bitmaps;
+        // the incremental updates must have kept ours equal to them.
+        let load = |word: &AtomicU64| word.load(Ordering::Relaxed);
+        let rebuilt =
+            Self::with_bits(self.granules, |leaf| load(&self.bits[leaf].free), |leaf| load(&self.bits[leaf].start));
+        for (level, (words, expected)) in self.whole.iter().zip(rebuilt.whole.iter()).enumerate() {
+            for (position, (word, expected)) in words.iter().zip(expected.iter()).enumerate() {
+                let wrong = load(word) ^ load(expected);
+                if wrong != 0 {
+                    let bit = position * WORD_BITS + wrong.trailing_zeros() as usize;
+                    return Err(format!("whole-leaf level {level}, bit {bit} is wrong"));
                 }
             }
-            expected = nodes.iter().map(|node| largest(&node.load())).collect();
+        }
+        for level in 0..self.levels {
+            for (node, (entries, expected)) in self.level(level).iter().zip(rebuilt.level(level)).enumerate() {
+                let (entries, expected) = (entries.load(), expected.load());
+                if let Some(slot) = (0..FAN_OUT).find(|&slot| entries[slot] != expected[slot]) {
+                    let (position, value, wanted) = (node * FAN_OUT + slot, entries[slot], expected[slot]);
+                    return Err(format!("longest-run level {level}, entry {position} is {value}, not {wanted}"));
+                }
+            }
         }
         Ok((free_granules, free_runs, live_blocks))
     }
