@@ -21,14 +21,35 @@
 //! the order it makes, so under loom, shuttle and `lle_mempool_tsan` (and on
 //! kernels without private expedited barriers) the lock is never biased:
 //! the same slow path as a plain mutex.
+//!
+//! Re-entry: a thread that locks again while it holds the lock (a signal
+//! handler, or an allocator wrapper that calls back into the pool) gets
+//! [`Reentered`] instead of a second guard. The owner tests its own
+//! `owner_inside` flag, a line it already holds; a thread on the slow path
+//! tests `holder`, which only the mutex's holder writes. Under the models
+//! and TSan the lock is a plain mutex, which deadlocks on re-entry instead.
+//!
+//! Fork: [`BiasedMutex::hold_for_fork`] excludes every thread, the owner
+//! too, without giving up the bias for good: it takes the mutex and, if the
+//! lock is still biased, revokes it for the duration of the fork, waiting
+//! the owner out. The parent restores the bias. The child has one thread,
+//! the one that forked, so the lock is biased to it afresh: no other thread
+//! exists that could be inside, and a pre-fork server's single-threaded
+//! children keep the owner's fast path.
 
 #[cfg(not(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan)))]
-pub(crate) use biased::{BiasedGuard, BiasedMutex};
+pub(crate) use biased::{BiasedGuard, BiasedMutex, ForkHold};
 #[cfg(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan))]
-pub(crate) use plain::{BiasedGuard, BiasedMutex};
+pub(crate) use plain::{BiasedGuard, BiasedMutex, ForkHold};
+
+/// The calling thread already holds the lock: a second guard would be a
+/// second `&mut` to the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reentered;
 
 #[cfg(not(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan)))]
 mod biased {
+    use super::Reentered;
     use crate::os;
     use crate::sync::{current_thread_serial, lock, Mutex, MutexGuard};
     use crossbeam_utils::Backoff;
@@ -45,6 +66,10 @@ mod biased {
         owner_inside: AtomicBool,
         /// Set, under `mutex`, by the first thread that revoked the bias.
         pub(super) revoked: AtomicBool,
+        /// The `current_thread_serial` of the thread holding `mutex`, 0 when
+        /// none does. Written only by that thread, under the mutex, so a
+        /// thread that reads its own serial here holds the lock.
+        holder: AtomicU64,
         mutex: Mutex<()>,
         value: UnsafeCell<T>,
     }
@@ -70,22 +95,31 @@ mod biased {
                 owner: AtomicU64::new(owner),
                 owner_inside: AtomicBool::new(false),
                 revoked: AtomicBool::new(owner == 0),
+                holder: AtomicU64::new(0),
                 mutex: Mutex::new(()),
                 value: UnsafeCell::new(value),
             }
         }
 
+        /// Locks, or refuses a thread that holds the lock already.
         #[inline]
-        pub(crate) fn lock(&self) -> BiasedGuard<'_, T> {
+        pub(crate) fn lock(&self) -> Result<BiasedGuard<'_, T>, Reentered> {
             let owner = self.owner.load(Ordering::Relaxed);
             if owner != 0 && owner == current_thread_serial() {
+                // Only the owner sets the flag, and only the holder of the
+                // mutex writes `holder` (the owner holds it after a fork
+                // restored its bias, see `lock_slow`): seeing either means
+                // this thread is inside already.
+                if self.owner_inside.load(Ordering::Relaxed) || self.holder.load(Ordering::Relaxed) == owner {
+                    return Err(Reentered);
+                }
                 self.owner_inside.store(true, Ordering::Relaxed);
                 // The owner's half of the handshake needs only the compiler
                 // kept from reordering: the revoker's membarrier puts a full
                 // fence into this thread wherever it is.
                 compiler_fence(Ordering::SeqCst);
                 if !self.revoked.load(Ordering::Relaxed) {
-                    return BiasedGuard { lock: self, held: None };
+                    return Ok(BiasedGuard { lock: self, held: None });
                 }
                 self.owner_inside.store(false, Ordering::Release);
             }
@@ -93,24 +127,56 @@ mod biased {
         }
 
         #[cold]
-        fn lock_slow(&self) -> BiasedGuard<'_, T> {
+        fn lock_slow(&self) -> Result<BiasedGuard<'_, T>, Reentered> {
+            let me = current_thread_serial();
+            if me != 0 && self.holder.load(Ordering::Relaxed) == me {
+                return Err(Reentered);
+            }
             // Ignores poisoning, as every lock of the pool does (see
             // `sync::lock`).
             let held = lock(&self.mutex);
-            if !self.revoked.load(Ordering::Relaxed) {
+            // The owner here holds the mutex, which every other thread
+            // needs, and is not inside by the fast path (it is this
+            // thread): it may enter without revoking its own bias.
+            let is_owner = me != 0 && self.owner.load(Ordering::Relaxed) == me;
+            if !self.revoked.load(Ordering::Relaxed) && !is_owner {
                 self.revoked.store(true, Ordering::Relaxed);
                 self.owner.store(0, Ordering::Relaxed);
-                // After this every other thread has fenced: an owner that
-                // had not stored `owner_inside` yet will see `revoked`.
-                os::heavy_barrier();
-                // Acquire: pairs with the owner's Release on leaving, so its
-                // critical sections happen before ours.
-                let backoff = Backoff::new();
-                while self.owner_inside.load(Ordering::Acquire) {
-                    backoff.snooze();
+                self.wait_owner_out();
+            }
+            self.holder.store(me, Ordering::Relaxed);
+            Ok(BiasedGuard { lock: self, held: Some(held) })
+        }
+
+        /// Called with the mutex held, after raising `revoked`: returns once
+        /// the owner is out of its fast path and can no longer enter it.
+        fn wait_owner_out(&self) {
+            // After this every other thread has fenced: an owner that had
+            // not stored `owner_inside` yet will see `revoked`.
+            os::heavy_barrier();
+            // Acquire: pairs with the owner's Release on leaving, so its
+            // critical sections happen before ours.
+            let backoff = Backoff::new();
+            while self.owner_inside.load(Ordering::Acquire) {
+                backoff.snooze();
+            }
+        }
+
+        /// Excludes every thread, the owner too, until the hold is released
+        /// by [`ForkHold::release_in_parent`] or
+        /// [`ForkHold::release_in_child`]. The calling thread must not hold
+        /// the lock.
+        pub(crate) fn hold_for_fork(&self) -> ForkHold<'_, T> {
+            let held = lock(&self.mutex);
+            let was_biased = !self.revoked.load(Ordering::Relaxed);
+            if was_biased {
+                self.revoked.store(true, Ordering::Relaxed);
+                // The owner forking is not inside: nothing to wait for.
+                if self.owner.load(Ordering::Relaxed) != current_thread_serial() {
+                    self.wait_owner_out();
                 }
             }
-            BiasedGuard { lock: self, held: Some(held) }
+            ForkHold { lock: self, held, was_biased }
         }
 
         pub(crate) fn get_mut(&mut self) -> &mut T {
@@ -142,14 +208,50 @@ mod biased {
             if self.held.is_none() {
                 // Release: a revoker that sees `false` sees our writes.
                 self.lock.owner_inside.store(false, Ordering::Release);
+            } else {
+                self.lock.holder.store(0, Ordering::Relaxed);
             }
             // On the slow path the mutex guard, a field, unlocks after this.
+        }
+    }
+
+    /// A lock held across a `fork()`: see [`BiasedMutex::hold_for_fork`].
+    pub(crate) struct ForkHold<'a, T> {
+        lock: &'a BiasedMutex<T>,
+        held: MutexGuard<'a, ()>,
+        /// The lock was biased before the fork, and is revoked only for it.
+        was_biased: bool,
+    }
+
+    impl<T> ForkHold<'_, T> {
+        /// In the parent: gives the bias back, if it had one, and unlocks.
+        /// An owner that backed out to the mutex meanwhile finds itself the
+        /// owner there and enters without revoking (see `lock_slow`).
+        pub(crate) fn release_in_parent(self) {
+            if self.was_biased {
+                self.lock.revoked.store(false, Ordering::Relaxed);
+            }
+            drop(self.held);
+        }
+
+        /// In the child: biases the lock to the one thread there, the one
+        /// that forked, and unlocks. No other thread exists, so none can be
+        /// inside; the first thread the child starts revokes as usual.
+        pub(crate) fn release_in_child(self) {
+            let lock = self.lock;
+            let owner = if os::heavy_barrier_available() { current_thread_serial() } else { 0 };
+            lock.owner_inside.store(false, Ordering::Relaxed);
+            lock.holder.store(0, Ordering::Relaxed);
+            lock.owner.store(owner, Ordering::Relaxed);
+            lock.revoked.store(owner == 0, Ordering::Relaxed);
+            drop(self.held);
         }
     }
 }
 
 #[cfg(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan))]
 mod plain {
+    use super::Reentered;
     use crate::sync::{lock, Mutex, MutexGuard};
 
     /// Under the models and ThreadSanitizer: a plain mutex.
@@ -162,8 +264,15 @@ mod plain {
             BiasedMutex(Mutex::new(value))
         }
 
-        pub(crate) fn lock(&self) -> BiasedGuard<'_, T> {
-            lock(&self.0)
+        /// Never refuses: a thread that locks again deadlocks, as on a
+        /// `std` mutex (the models report it).
+        pub(crate) fn lock(&self) -> Result<BiasedGuard<'_, T>, Reentered> {
+            Ok(lock(&self.0))
+        }
+
+        /// Holds the lock across a `fork()`.
+        pub(crate) fn hold_for_fork(&self) -> ForkHold<'_, T> {
+            ForkHold(lock(&self.0))
         }
 
         pub(crate) fn get_mut(&mut self) -> &mut T {
@@ -171,6 +280,20 @@ mod plain {
                 Ok(value) => value,
                 Err(poisoned) => poisoned.into_inner(),
             }
+        }
+    }
+
+    /// A plain lock held across a `fork()`.
+    pub(crate) struct ForkHold<'a, T>(MutexGuard<'a, T>);
+
+    impl<T> ForkHold<'_, T> {
+        pub(crate) fn release_in_parent(self) {
+            drop(self.0);
+        }
+
+        /// The forking thread, the child's only one, unlocks its own lock.
+        pub(crate) fn release_in_child(self) {
+            drop(self.0);
         }
     }
 }
@@ -198,14 +321,14 @@ mod tests {
                     std::thread::spawn(move || {
                         start.wait();
                         for _ in 0..ROUNDS {
-                            *lock.lock() += 1;
+                            *lock.lock().unwrap() += 1;
                         }
                     })
                 })
                 .collect();
             start.wait();
             for _ in 0..ROUNDS {
-                let mut value = lock.lock();
+                let mut value = lock.lock().unwrap();
                 // A read, then a write a while later: the owner is inside
                 // nearly all the time, so the revocation lands mid-section,
                 // and a second thread let in meanwhile loses an increment.
@@ -218,7 +341,7 @@ mod tests {
             for other in others {
                 other.join().unwrap();
             }
-            assert_eq!(*lock.lock(), 3 * ROUNDS, "an increment was lost: two threads held the lock");
+            assert_eq!(*lock.lock().unwrap(), 3 * ROUNDS, "an increment was lost: two threads held the lock");
             if biased {
                 assert!(lock.revoked.load(Ordering::Relaxed), "another thread locked without revoking the bias");
             }
@@ -230,9 +353,58 @@ mod tests {
         let lock = BiasedMutex::new(Vec::new());
         let biased = !lock.revoked.load(Ordering::Relaxed);
         for value in 0..1000 {
-            lock.lock().push(value);
+            lock.lock().unwrap().push(value);
         }
-        assert_eq!(lock.lock().len(), 1000);
+        assert_eq!(lock.lock().unwrap().len(), 1000);
         assert_eq!(lock.revoked.load(Ordering::Relaxed), !biased);
+    }
+
+    #[test]
+    fn the_owner_locking_again_is_refused_not_given_a_second_guard() {
+        let lock = BiasedMutex::new(0u64);
+        let mut first = lock.lock().unwrap();
+        assert!(lock.lock().is_err(), "a second guard on the thread that holds the lock");
+        *first += 1;
+        drop(first);
+        *lock.lock().unwrap() += 1;
+        assert_eq!(*lock.lock().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_thread_holding_the_revoked_lock_locking_again_is_refused() {
+        let lock = Arc::new(BiasedMutex::new(0u64));
+        let other = Arc::clone(&lock);
+        std::thread::spawn(move || {
+            // Not the owner: takes the slow path (and revokes the bias).
+            let mut first = other.lock().unwrap();
+            assert!(other.lock().is_err(), "a second guard on the thread that holds the lock");
+            *first += 1;
+        })
+        .join()
+        .unwrap();
+        // The owner, now on the slow path too.
+        let mut first = lock.lock().unwrap();
+        assert!(lock.lock().is_err(), "a second guard on the owner after revocation");
+        *first += 1;
+        drop(first);
+        assert_eq!(*lock.lock().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_fork_hold_excludes_everyone_and_the_parent_gets_its_bias_back() {
+        let lock = Arc::new(BiasedMutex::new(0u64));
+        let biased = !lock.revoked.load(Ordering::Relaxed);
+        let other = Arc::clone(&lock);
+        // Held by another thread than the owner, as a fork's prepare is.
+        let hold = std::thread::spawn(move || {
+            let hold = other.hold_for_fork();
+            assert!(other.revoked.load(Ordering::Relaxed), "the owner could still enter by its fast path");
+            hold.release_in_parent();
+        });
+        hold.join().unwrap();
+        assert_eq!(lock.revoked.load(Ordering::Relaxed), !biased, "the parent's bias was not restored");
+        *lock.lock().unwrap() += 1;
+        assert_eq!(lock.revoked.load(Ordering::Relaxed), !biased, "the owner revoked its own bias");
+        assert_eq!(*lock.lock().unwrap(), 1);
     }
 }

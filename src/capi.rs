@@ -170,6 +170,8 @@ pub enum LleResult {
     /// `LLE_ERROR_INTERNAL`: the library panicked; the call had no effect
     /// that the caller can rely on.
     ErrorInternal = -16,
+    /// `LLE_ERROR_REENTERED`: [`PoolError::Reentered`].
+    ErrorReentered = -17,
 }
 
 impl From<&PoolError> for LleResult {
@@ -191,6 +193,7 @@ impl From<&PoolError> for LleResult {
             PoolError::OutOfMemory { .. } => LleResult::ErrorOutOfMemory,
             PoolError::InvalidConfig { .. } => LleResult::ErrorInvalidConfig,
             PoolError::Corrupted { .. } => LleResult::ErrorCorrupted,
+            PoolError::Reentered => LleResult::ErrorReentered,
         }
     }
 }

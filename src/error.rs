@@ -96,6 +96,11 @@ pub enum PoolError {
         /// Which invariant, and where.
         reason: String,
     },
+    /// The calling thread is already inside an operation of this pool that
+    /// holds its lock: a signal handler, or an allocator that calls back
+    /// into the pool, interrupted it. The operation was refused rather than
+    /// let two callers change the pool at once.
+    Reentered,
 }
 
 impl fmt::Display for PoolError {
@@ -137,8 +142,17 @@ impl fmt::Display for PoolError {
             ),
             PoolError::InvalidConfig { reason } => write!(f, "invalid pool configuration: {reason}"),
             PoolError::Corrupted { reason } => write!(f, "pool invariant broken: {reason}"),
+            PoolError::Reentered => {
+                write!(f, "the pool was re-entered by a thread already inside one of its operations")
+            }
         }
     }
 }
 
 impl std::error::Error for PoolError {}
+
+impl From<crate::biased_lock::Reentered> for PoolError {
+    fn from(_: crate::biased_lock::Reentered) -> Self {
+        PoolError::Reentered
+    }
+}

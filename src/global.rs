@@ -20,6 +20,7 @@
 //!   caches, and keeping them out keeps that test exact.
 
 use crate::allocator::stays_in_cache_block;
+use crate::fork;
 use crate::size_class::{class_alignment, class_of, class_size, MAX_FAST_SIZE};
 use crate::slab::Slab;
 use crate::thread_cache::with_heap;
@@ -47,12 +48,12 @@ std::thread_local! {
 }
 
 /// Marks the current thread as inside the pool while it lives.
-struct InsidePool;
+pub(crate) struct InsidePool;
 
 impl InsidePool {
     /// `None` if the thread is inside the pool already: the caller is a
     /// nested allocation and must not use the pool.
-    fn enter() -> Option<InsidePool> {
+    pub(crate) fn enter() -> Option<InsidePool> {
         let entered = INSIDE_POOL.try_with(|inside| !inside.replace(true)).unwrap_or(false);
         // Not `then_some`: it would build, and so drop, a guard either way,
         // clearing the mark of the outer operation.
@@ -207,21 +208,26 @@ impl GlobalPool {
         }
     }
 
+    /// Creates the pool. The claim and the outcome go through the fork
+    /// registry, so that a child forked meanwhile, where the creating thread
+    /// does not exist, finds the pool uninitialised rather than forever
+    /// initialising.
     #[cold]
     fn initialise(&self) -> Option<&MemoryPool> {
-        if self.state.compare_exchange(UNINITIALISED, INITIALISING, Ordering::Acquire, Ordering::Acquire).is_err() {
+        if !fork::claim_initialisation(&self.state, UNINITIALISED, INITIALISING) {
             return self.ready_pool();
         }
         match MemoryPool::with_config(PoolConfig::new(self.initial_size)) {
             Ok(pool) => {
-                // SAFETY: winning the exchange above makes this thread the
+                fork::serves_global_allocator(&pool.inner);
+                // SAFETY: winning the claim above makes this thread the
                 // only writer, and nobody reads before READY.
                 unsafe { (*self.pool.get()).write(pool) };
-                self.state.store(READY, Ordering::Release);
+                fork::finish_initialisation(&self.state, READY);
                 self.ready_pool()
             }
             Err(_) => {
-                self.state.store(FAILED, Ordering::Release);
+                fork::finish_initialisation(&self.state, FAILED);
                 None
             }
         }

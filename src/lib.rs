@@ -90,6 +90,7 @@ mod boxed;
 pub mod capi;
 mod config;
 mod error;
+mod fork;
 mod free_index;
 mod global;
 mod listeners;
@@ -253,7 +254,7 @@ impl MemoryPool {
     pub fn with_config(config: PoolConfig) -> Result<MemoryPool, PoolError> {
         config.validate()?;
         let shared = SharedPool::new(config.initial_size, config.max_size, config.growth_factor)?;
-        Ok(MemoryPool {
+        let pool = MemoryPool {
             inner: Box::new(PoolInner {
                 id: sync::next_pool_id(),
                 config,
@@ -265,7 +266,9 @@ impl MemoryPool {
                 slab_count: AtomicUsize::new(0),
                 orphan_frees: AtomicU64::new(0),
             }),
-        })
+        };
+        fork::register(&pool.inner)?;
+        Ok(pool)
     }
 
     /// What the pool is for.
@@ -842,6 +845,7 @@ impl MemoryPool {
 
 impl Drop for MemoryPool {
     fn drop(&mut self) {
+        fork::unregister(&self.inner);
         // From here on no thread heap touches the pool; a thread flushing
         // into it right now holds the registry lock, so this waits for it.
         self.inner.caches.close();

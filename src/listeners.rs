@@ -14,7 +14,7 @@
 //!
 //! [`MemoryPool::remove_resize_listener`]: crate::MemoryPool::remove_resize_listener
 
-use crate::sync::{const_thread_local, lock, Mutex};
+use crate::sync::{const_thread_local, lock, Mutex, MutexGuard};
 use std::cell::RefCell;
 
 /// Names a registered resize listener, for removing it.
@@ -83,7 +83,7 @@ pub(crate) struct Listeners {
     list: Mutex<ListenerList>,
 }
 
-struct ListenerList {
+pub(crate) struct ListenerList {
     next_id: u64,
     entries: Vec<(ListenerId, Listener)>,
 }
@@ -106,6 +106,12 @@ impl Listeners {
         let before = list.entries.len();
         list.entries.retain(|(entry, _)| *entry != id);
         list.entries.len() != before
+    }
+
+    /// Holds the list across a `fork()`, so that no thread is changing it
+    /// or calling listeners at the fork.
+    pub(crate) fn hold_for_fork(&self) -> MutexGuard<'_, ListenerList> {
+        lock(&self.list)
     }
 
     pub(crate) fn count(&self) -> usize {

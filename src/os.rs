@@ -15,6 +15,9 @@ pub(crate) fn page_size() -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OsError(pub(crate) i32);
 
+/// Only the fork handlers use this; the models have no processes.
+#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+pub(crate) use imp::register_fork_handlers;
 pub(crate) use imp::{grow_in_place, map, purge, unmap};
 /// Only the biased lock uses these, and only outside the models and TSan.
 #[cfg(not(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan)))]
@@ -64,18 +67,41 @@ mod imp {
         /// Makes every running thread of the process execute a full memory
         /// barrier before this returns; the calling thread too. Only called
         /// after [`heavy_barrier_available`] said yes.
+        ///
+        /// Aborts the process if the kernel refuses (a seccomp filter
+        /// installed after registration can make it): the biased lock's
+        /// owner enters with no fence of its own, so without this barrier
+        /// two threads could be inside the pool at once, and no fence or
+        /// wait on this side can stand in for the owner's.
         pub(crate) fn heavy_barrier() {
             // SAFETY: a membarrier command with no pointer arguments.
             let result = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
-            // Registered processes can't see this fail (EINTR is not among
-            // its errors); if it ever did, a full fence here would not be
-            // enough, so the assertion keeps the debug builds honest.
-            debug_assert_eq!(result, 0, "membarrier failed after registration");
+            if result != 0 {
+                const MESSAGE: &[u8] =
+                    b"lle-mempool: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed; aborting rather than letting two threads into a pool\n";
+                // SAFETY: a valid buffer of that length; a plain write, since
+                // the allocator may be the pool being revoked.
+                let _ = unsafe { libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len()) };
+                std::process::abort();
+            }
         }
     }
 
     #[cfg(not(lle_mempool_tsan))]
     pub(crate) use membarrier::{heavy_barrier, heavy_barrier_available};
+
+    /// Has `prepare` run before every `fork()` of the process, and `parent`
+    /// and `child` after it, in the forking thread and in the child's only
+    /// thread. `false` if the C library refused (out of memory).
+    pub(crate) fn register_fork_handlers(
+        prepare: unsafe extern "C" fn(),
+        parent: unsafe extern "C" fn(),
+        child: unsafe extern "C" fn(),
+    ) -> bool {
+        // SAFETY: the handlers are functions that live as long as the
+        // process, as `pthread_atfork` requires.
+        unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) == 0 }
+    }
 
     fn last_errno() -> i32 {
         std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOMEM)

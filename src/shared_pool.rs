@@ -13,7 +13,7 @@
 //! without `MREMAP_MAYMOVE`), and a new region is mapped when the kernel
 //! can't.
 
-use crate::biased_lock::{BiasedGuard, BiasedMutex};
+use crate::biased_lock::{BiasedGuard, BiasedMutex, ForkHold};
 use crate::error::PoolError;
 use crate::free_index::{GRANULE, MAX_REGION_GRANULES};
 use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
@@ -43,7 +43,7 @@ pub(crate) struct SharedPool {
     growth_factor: f64,
 }
 
-struct PoolState {
+pub(crate) struct PoolState {
     /// Sorted by address; the table readers see mirrors this. Boxed so that
     /// a region's address, which published tables hold, survives the vector
     /// reallocating or shifting.
@@ -146,7 +146,7 @@ impl SharedPool {
                     return Err(PoolError::ExceedsMaxSize { requested: bytes, max });
                 }
             }
-            let mut state = pool.state.lock();
+            let mut state = pool.state.lock()?;
             pool.add_capacity(&mut state, bytes)?;
             drop(state);
             // The initial mapping is not an expansion.
@@ -173,7 +173,7 @@ impl SharedPool {
         if wanted > MAX_REGION_GRANULES {
             return Err(PoolError::SizeOverflow { size });
         }
-        let mut state = self.state.lock();
+        let mut state = self.state.lock()?;
         let timer = self.start_timer(&self.counters.total_allocations);
         if let Some(block) = self.claim_first_fit(&state, granules, wanted, align) {
             self.stop_timer(timer, &self.counters.alloc_time);
@@ -252,14 +252,14 @@ impl SharedPool {
 
     /// The bytes usable at the live block that starts at `addr`.
     pub(crate) fn block_size(&self, addr: usize) -> Result<usize, PoolError> {
-        let state = self.state.lock();
+        let state = self.state.lock()?;
         let (region, granule) = Self::locate_block(&state, addr)?;
         Ok(state.regions[region].index.block_granules(granule) * GRANULE)
     }
 
     /// Frees the live block at `addr`; returns its size in bytes.
     pub(crate) fn free(&self, addr: usize) -> Result<usize, PoolError> {
-        let state = self.state.lock();
+        let state = self.state.lock()?;
         let timer = self.start_timer(&self.counters.total_frees);
         let (region_index, first) = Self::locate_block(&state, addr)?;
         let region = &state.regions[region_index];
@@ -287,7 +287,7 @@ impl SharedPool {
             return Err(PoolError::ZeroSize);
         }
         let wanted = granules_for(new_size)?;
-        let state = self.state.lock();
+        let state = self.state.lock()?;
         let (region_index, first) = Self::locate_block(&state, addr)?;
         let index = &state.regions[region_index].index;
         let current = index.block_granules(first);
@@ -455,7 +455,7 @@ impl SharedPool {
         }
         let additional =
             crate::align_up(additional, os::page_size()).ok_or(PoolError::SizeOverflow { size: additional })?;
-        let mut state = self.state.lock();
+        let mut state = self.state.lock()?;
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let new_size = old_size.checked_add(additional).ok_or(PoolError::SizeOverflow { size: additional })?;
         if let Some(max) = self.max_size {
@@ -502,7 +502,7 @@ impl SharedPool {
     /// free regions are unmapped, and whole free pages inside free blocks are
     /// purged. Returns the bytes unmapped (by which `size` shrank).
     pub(crate) fn compact(&self) -> Result<usize, PoolError> {
-        let mut state = self.state.lock();
+        let mut state = self.state.lock()?;
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let handle = self.collector.register();
         {
@@ -562,7 +562,7 @@ impl SharedPool {
     /// All or nothing: on error the pool is exactly as before.
     pub(crate) fn resize(&self, new_size: usize) -> Result<(), PoolError> {
         let target = crate::align_up(new_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: new_size })?;
-        let mut state = self.state.lock();
+        let mut state = self.state.lock()?;
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let handle = self.collector.register();
         if target > old_size {
@@ -609,6 +609,11 @@ impl SharedPool {
         Ok(())
     }
 
+    /// Holds the pool's lock across a `fork()`, excluding every thread.
+    pub(crate) fn hold_for_fork(&self) -> ForkHold<'_, PoolState> {
+        self.state.hold_for_fork()
+    }
+
     /// Whether `addr` lies in one of the pool's regions. Lock-free.
     pub(crate) fn contains(&self, addr: usize) -> bool {
         let handle = self.collector.register();
@@ -618,8 +623,9 @@ impl SharedPool {
 
     /// The regions' `(start, length)`, in address order.
     pub(crate) fn regions(&self) -> Vec<(usize, usize)> {
-        let state = self.state.lock();
-        state.regions.iter().map(|region| (region.start(), region.len())).collect()
+        let handle = self.collector.register();
+        let guard = handle.pin();
+        self.with_regions(&guard, |regions| regions.iter().map(|region| (region.start(), region.len())).collect())
     }
 
     /// The pool's size and the bytes in use, read consistently without

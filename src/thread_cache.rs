@@ -32,7 +32,7 @@ use crate::error::PoolError;
 use crate::size_class::{class_size, CLASS_COUNT};
 use crate::slab::{link, Slab, SLAB_SIZE};
 use crate::stats::{bump, TimeSamples};
-use crate::sync::{const_thread_local, lock, Arc, AtomicU64, Mutex, Ordering};
+use crate::sync::{const_thread_local, lock, Arc, AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::PoolInner;
 use std::cell::Cell;
 use std::ptr::{self, NonNull};
@@ -101,7 +101,7 @@ pub(crate) struct CacheRegistry {
     state: Mutex<RegistryState>,
 }
 
-struct RegistryState {
+pub(crate) struct RegistryState {
     alive: bool,
     heaps: Vec<*mut ThreadHeap>,
     /// Counts of heaps whose threads exited.
@@ -124,6 +124,12 @@ impl CacheRegistry {
         let mut state = lock(&self.state);
         state.alive = false;
         state.heaps.clear();
+    }
+
+    /// Holds the registry across a `fork()`, so that no thread is making,
+    /// retiring or counting heaps at the fork.
+    pub(crate) fn hold_for_fork(&self) -> MutexGuard<'_, RegistryState> {
+        lock(&self.state)
     }
 
     /// The counts of every heap, live or retired.
@@ -483,7 +489,8 @@ impl ThreadHeap {
 /// it, fold its counts into the registry, free it.
 fn retire_heap(heap: *mut ThreadHeap) {
     // SAFETY: heaps are created by `ThreadHeaps::heap_for` with Box::into_raw
-    // and retired exactly once, by their own thread.
+    // and retired exactly once: by their own thread, or, in a forked child,
+    // by the thread that survived the fork for one that did not.
     let heap = unsafe { Box::from_raw(heap) };
     let registry = Arc::clone(&heap.registry);
     let mut state = lock(&registry.state);
@@ -496,6 +503,23 @@ fn retire_heap(heap: *mut ThreadHeap) {
     }
     drop(state);
     drop(heap);
+}
+
+/// In a forked child, whose only thread is the one that forked: retires
+/// the heaps that the parent's other threads had for `pool`, as each thread
+/// would at exit. Their batches go to their slabs, their empty slabs back
+/// to the pool, the rest is abandoned for adoption and `compact`. A thread
+/// caught by the fork in the middle of a cache operation may leave the
+/// slab it was changing unreclaimed; it never makes it reachable twice.
+pub(crate) fn retire_heaps_of_vanished_threads(pool: &PoolInner) {
+    let own: [*mut ThreadHeap; HEAPS_PER_THREAD] = THREAD_HEAPS
+        .try_with(|heaps| std::array::from_fn(|slot| heaps.heaps[slot].get()))
+        .unwrap_or([ptr::null_mut(); HEAPS_PER_THREAD]);
+    let vanished: Vec<*mut ThreadHeap> =
+        lock(&pool.caches.state).heaps.iter().copied().filter(|heap| !own.contains(heap)).collect();
+    for heap in vanished {
+        retire_heap(heap);
+    }
 }
 
 /// A thread's table of heaps, most recently used first, keyed by

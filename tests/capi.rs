@@ -153,6 +153,7 @@ fn header_expectations() -> Vec<Expectation> {
         ("LLE_ERROR_INVALID_CONFIG", LleResult::ErrorInvalidConfig),
         ("LLE_ERROR_CORRUPTED", LleResult::ErrorCorrupted),
         ("LLE_ERROR_INTERNAL", LleResult::ErrorInternal),
+        ("LLE_ERROR_REENTERED", LleResult::ErrorReentered),
     ];
     expected.extend(results.into_iter().map(|(name, code)| expect(name, code as i32)));
 

@@ -83,6 +83,9 @@ typedef enum lle_result {
     LLE_ERROR_CORRUPTED = -15,
     /* The library hit an internal error (a bug); the call had no reliable effect. */
     LLE_ERROR_INTERNAL = -16,
+    /* The calling thread was already inside an operation of this pool (a
+     * signal handler or an allocator calling back into it); refused. */
+    LLE_ERROR_REENTERED = -17,
     /* Not a result: forces a 32-bit enum even under -fshort-enums. */
     LLE_RESULT_MAX_ENUM = 0x7FFFFFFF
 } lle_result_t;
