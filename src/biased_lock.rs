@@ -39,8 +39,10 @@
 
 #[cfg(not(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan)))]
 pub(crate) use biased::{BiasedGuard, BiasedMutex, ForkHold};
+#[cfg(all(lle_mempool_tsan, not(any(lle_mempool_loom, feature = "shuttle"))))]
+pub(crate) use plain::ForkHold;
 #[cfg(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan))]
-pub(crate) use plain::{BiasedGuard, BiasedMutex, ForkHold};
+pub(crate) use plain::{BiasedGuard, BiasedMutex};
 
 /// The calling thread already holds the lock: a second guard would be a
 /// second `&mut` to the state.
@@ -271,6 +273,7 @@ mod plain {
         }
 
         /// Holds the lock across a `fork()`.
+        #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
         pub(crate) fn hold_for_fork(&self) -> ForkHold<'_, T> {
             ForkHold(lock(&self.0))
         }
@@ -284,8 +287,10 @@ mod plain {
     }
 
     /// A plain lock held across a `fork()`.
+    #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
     pub(crate) struct ForkHold<'a, T>(MutexGuard<'a, T>);
 
+    #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
     impl<T> ForkHold<'_, T> {
         pub(crate) fn release_in_parent(self) {
             drop(self.0);

@@ -84,10 +84,13 @@ mod handlers {
         serves_global_allocator: bool,
     }
 
+    /// A lock prepare took. The guards are never read, only dropped: that
+    /// is what unlocks them.
+    #[allow(dead_code)]
     enum HeldLock {
-        Listeners(#[allow(dead_code)] MutexGuard<'static, ListenerList>),
-        Caches(#[allow(dead_code)] MutexGuard<'static, RegistryState>),
-        Abandoned(#[allow(dead_code)] MutexGuard<'static, Vec<*mut Slab>>),
+        Listeners(MutexGuard<'static, ListenerList>),
+        Caches(MutexGuard<'static, RegistryState>),
+        Abandoned(MutexGuard<'static, Vec<*mut Slab>>),
         Shared(ForkHold<'static, PoolState>),
     }
 

@@ -14,7 +14,9 @@
 //!
 //! [`MemoryPool::remove_resize_listener`]: crate::MemoryPool::remove_resize_listener
 
-use crate::sync::{const_thread_local, lock, Mutex, MutexGuard};
+#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+use crate::sync::MutexGuard;
+use crate::sync::{const_thread_local, lock, Mutex};
 use std::cell::RefCell;
 
 /// Names a registered resize listener, for removing it.
@@ -108,6 +110,7 @@ impl Listeners {
         list.entries.len() != before
     }
 
+    #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
     /// Holds the list across a `fork()`, so that no thread is changing it
     /// or calling listeners at the fork.
     pub(crate) fn hold_for_fork(&self) -> MutexGuard<'_, ListenerList> {

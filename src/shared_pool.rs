@@ -13,7 +13,7 @@
 //! without `MREMAP_MAYMOVE`), and a new region is mapped when the kernel
 //! can't.
 
-use crate::biased_lock::{BiasedGuard, BiasedMutex, ForkHold};
+use crate::biased_lock::{BiasedGuard, BiasedMutex};
 use crate::error::PoolError;
 use crate::free_index::{GRANULE, MAX_REGION_GRANULES};
 use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
@@ -610,7 +610,8 @@ impl SharedPool {
     }
 
     /// Holds the pool's lock across a `fork()`, excluding every thread.
-    pub(crate) fn hold_for_fork(&self) -> ForkHold<'_, PoolState> {
+    #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+    pub(crate) fn hold_for_fork(&self) -> crate::biased_lock::ForkHold<'_, PoolState> {
         self.state.hold_for_fork()
     }
 

@@ -32,7 +32,9 @@ use crate::error::PoolError;
 use crate::size_class::{class_size, CLASS_COUNT};
 use crate::slab::{link, Slab, SLAB_SIZE};
 use crate::stats::{bump, TimeSamples};
-use crate::sync::{const_thread_local, lock, Arc, AtomicU64, Mutex, MutexGuard, Ordering};
+#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+use crate::sync::MutexGuard;
+use crate::sync::{const_thread_local, lock, Arc, AtomicU64, Mutex, Ordering};
 use crate::PoolInner;
 use std::cell::Cell;
 use std::ptr::{self, NonNull};
@@ -126,6 +128,7 @@ impl CacheRegistry {
         state.heaps.clear();
     }
 
+    #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
     /// Holds the registry across a `fork()`, so that no thread is making,
     /// retiring or counting heaps at the fork.
     pub(crate) fn hold_for_fork(&self) -> MutexGuard<'_, RegistryState> {
@@ -505,6 +508,7 @@ fn retire_heap(heap: *mut ThreadHeap) {
     drop(heap);
 }
 
+#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
 /// In a forked child, whose only thread is the one that forked: retires
 /// the heaps that the parent's other threads had for `pool`, as each thread
 /// would at exit. Their batches go to their slabs, their empty slabs back
