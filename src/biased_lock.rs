@@ -412,4 +412,29 @@ mod tests {
         assert_eq!(lock.revoked.load(Ordering::Relaxed), !biased, "the owner revoked its own bias");
         assert_eq!(*lock.lock().unwrap(), 1);
     }
+
+    #[test]
+    fn the_owner_let_in_by_the_mutex_after_a_fork_locking_again_is_refused() {
+        let lock = Arc::new(BiasedMutex::new(0u64));
+        let other = Arc::clone(&lock);
+        let held = Arc::new(Barrier::new(2));
+        let holder_ready = Arc::clone(&held);
+        let forker = std::thread::spawn(move || {
+            let hold = other.hold_for_fork();
+            holder_ready.wait();
+            // Long enough for the owner to back out to the mutex, nearly
+            // always; either way it must be refused below.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            hold.release_in_parent();
+        });
+        held.wait();
+        // Sees the fork's revocation, waits on the mutex, and once the bias
+        // is back enters through the mutex as its owner.
+        let mut first = lock.lock().unwrap();
+        assert!(lock.lock().is_err(), "a second guard on the owner");
+        *first += 1;
+        drop(first);
+        forker.join().unwrap();
+        assert_eq!(*lock.lock().unwrap(), 1);
+    }
 }
