@@ -436,3 +436,56 @@ unsafe impl GlobalAlloc for GlobalPool {
         moved
     }
 }
+
+#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A child forked while another thread is creating a `GlobalPool`
+    /// (here: this test's thread holds the claim across the fork) finds it
+    /// uninitialised, not forever initialising, and creates its own.
+    #[test]
+    fn a_global_pool_claimed_by_a_thread_gone_in_the_child_is_created_there() {
+        // Registers the fork handlers, as the process's first pool does.
+        let _first = MemoryPool::new(0).unwrap();
+        let global = GlobalPool::new();
+        assert!(fork::claim_initialisation(&global.state, UNINITIALISED, INITIALISING));
+        // SAFETY: the child only asks for the pool and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let created = global.with_pool(|pool| {
+                let block = pool.allocate_fast(64).ok()?;
+                // SAFETY: a live block, freed once.
+                unsafe { pool.free_fast(block) }.ok()?;
+                pool.check().ok()
+            });
+            // SAFETY: ends the child without running the parent's cleanup.
+            unsafe { libc::_exit(if created == Some(Some(())) { 0 } else { 1 }) };
+        }
+        fork::finish_initialisation(&global.state, UNINITIALISED);
+        let started = Instant::now();
+        let mut status = 0;
+        loop {
+            // SAFETY: our child; a valid out-pointer.
+            let waited = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if waited == pid {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                // SAFETY: our child, not yet reaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                panic!("the child hung waiting for a GlobalPool that nobody there creates");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child could not use the pool: {status:#x}"
+        );
+    }
+}

@@ -68,6 +68,13 @@
 //!   filter of owned slabs that lets an owner's free prove ownership from
 //!   thread-local memory, and a radix map from address to slab that rejects
 //!   foreign pointers without touching foreign memory.
+//! - **Fork** (`fork`): every pool registers in a process-wide list, and
+//!   `pthread_atfork` handlers take every pool's locks before a `fork()`
+//!   and release them after it, so the child of a fork taken at any moment
+//!   by any thread can use every pool, a [`GlobalPool`] too. In the child
+//!   the shared pool's lock is biased to the surviving thread, and the
+//!   caches of the threads that did not survive are retired as at thread
+//!   exit, so their slabs become reclaimable.
 //! - **Facades** (`sync`, `os`): every atomic, lock and thread-local comes
 //!   from `sync`, so the same code runs under loom and shuttle; every system
 //!   call goes through `os`, which the models replace with heap memory.
