@@ -209,6 +209,9 @@ static void test_alignment(void) {
         CHECK(lle_pool_free(pool, block) == LLE_SUCCESS);
         lle_destroy_memory_pool(pool);
     }
+
+    /* An alignment no allocation could have is refused at creation. */
+    CHECK(lle_create_memory_pool(1u << 16, (size_t)1 << 31, LLE_POOL_BUFFER) == NULL);
 }
 
 static void test_resizing(void) {
