@@ -90,6 +90,7 @@ mod boxed;
 pub mod capi;
 mod config;
 mod error;
+mod fallible;
 mod free_index;
 mod global;
 mod listeners;
@@ -258,7 +259,7 @@ impl MemoryPool {
                 id: sync::next_pool_id(),
                 config,
                 shared,
-                slabs: SlabMap::new(),
+                slabs: SlabMap::new()?,
                 caches: Arc::new(CacheRegistry::new()),
                 abandoned: Mutex::new(Vec::new()),
                 slab_blocks: AtomicUsize::new(0),

@@ -316,7 +316,12 @@ impl ThreadHeap {
         // and ours alone.
         let slab =
             unsafe { Slab::create(memory, class, self as *const ThreadHeap as *mut ThreadHeap, pool.config.checked) };
-        pool.slabs.register(slab);
+        if let Err(error) = pool.slabs.register(slab) {
+            // Nothing refers to the slab yet: its memory goes straight back.
+            let released = pool.shared.free(memory.as_ptr() as usize);
+            debug_assert!(released.is_ok(), "a fresh slab was not a live block: {released:?}");
+            return Err(error);
+        }
         // SAFETY: just created.
         pool.slab_blocks.fetch_add(unsafe { (*slab).capacity() }, Ordering::Relaxed);
         pool.slab_count.fetch_add(1, Ordering::Relaxed);
