@@ -193,6 +193,7 @@ impl PoolInner {
         let mut abandoned = lock(&self.abandoned);
         // SAFETY: the caller owns the slab; ownership passes to the list.
         unsafe { (*slab).set_owner(std::ptr::null_mut()) };
+        debug_assert!(abandoned.len() < abandoned.capacity(), "new_slab reserves room for every slab");
         abandoned.push(slab);
     }
 
