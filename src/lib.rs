@@ -638,6 +638,13 @@ impl MemoryPool {
     /// exited threads are released first if their blocks have come home, and
     /// blocks this thread freed into other threads' slabs and still holds
     /// in its batch (see [`free_fast`](Self::free_fast)) are handed over.
+    /// A region whose shorter index the heap can't provide keeps its free
+    /// tail.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::OutOfMemory`], with nothing unmapped, when the heap
+    /// refuses the memory for the new table of regions.
     ///
     /// # Examples
     ///
@@ -665,7 +672,9 @@ impl MemoryPool {
     ///
     /// [`PoolError::ShrinkBelowUsed`] below the bytes in use,
     /// [`PoolError::ShrinkBlocked`] when live blocks sit where memory would
-    /// have to go, and the errors of [`expand`](Self::expand) when growing.
+    /// have to go, [`PoolError::OutOfMemory`] when the heap refuses the
+    /// shortened regions' indexes, and the errors of
+    /// [`expand`](Self::expand) when growing.
     ///
     /// # Examples
     ///
@@ -767,7 +776,9 @@ impl MemoryPool {
     ///
     /// # Errors
     ///
-    /// [`PoolError::Corrupted`] naming the broken invariant.
+    /// [`PoolError::Corrupted`] naming the broken invariant, or
+    /// [`PoolError::OutOfMemory`] when the memory for the audit's reference
+    /// copy of an index can't be had.
     ///
     /// # Examples
     ///
