@@ -359,8 +359,8 @@ fn into_c_ptr(block: Result<NonNull<u8>, PoolError>) -> *mut c_void {
 /// Creates a pool of `initial_size` bytes (the pool may round it up, and
 /// grows on demand) whose `lle_pool_allocate` blocks
 /// are aligned to `alignment` (0 means 16; powers of two below 16 are raised
-/// to 16). Returns NULL if `alignment` is not a power of two, `pool_type` is
-/// not an `LLE_POOL_*` value, or the pool cannot be created.
+/// to 16). Returns NULL if `alignment` is not a power of two or above 1 GiB,
+/// `pool_type` is not an `LLE_POOL_*` value, or the pool cannot be created.
 ///
 /// Pools made here always detect double frees on the fast path too: C callers
 /// get an error code instead of silent heap corruption, at a small cost.
@@ -372,6 +372,7 @@ fn into_c_ptr(block: Result<NonNull<u8>, PoolError>) -> *mut c_void {
 /// let pool = lle_create_memory_pool(1 << 20, 0, LLE_POOL_EVENT);
 /// assert!(!pool.is_null());
 /// assert!(lle_create_memory_pool(4096, 3, LLE_POOL_EVENT).is_null());
+/// assert!(lle_create_memory_pool(4096, 1 << 31, LLE_POOL_EVENT).is_null());
 /// unsafe { lle_destroy_memory_pool(pool) };
 /// ```
 ///

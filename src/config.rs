@@ -1,6 +1,7 @@
 //! How a pool is set up.
 
 use crate::error::PoolError;
+use crate::shared_pool::MAX_ALIGNMENT;
 
 /// What a pool is for, as the seed's line editor names its pools.
 ///
@@ -106,15 +107,21 @@ impl PoolConfig {
     }
 
     /// The alignment of blocks from [`MemoryPool::allocate`]: a power of two,
-    /// at least 16.
+    /// at least 16 and at most 1 GiB (the largest alignment an allocation
+    /// can have).
     ///
     /// [`MemoryPool::allocate`]: crate::MemoryPool::allocate
     ///
     /// # Examples
     ///
     /// ```
-    /// let config = lle_mempool::PoolConfig::new(4096).alignment(8);
-    /// assert!(lle_mempool::MemoryPool::with_config(config).is_err());
+    /// use lle_mempool::{MemoryPool, PoolConfig, PoolError};
+    ///
+    /// assert!(MemoryPool::with_config(PoolConfig::new(4096).alignment(8)).is_err());
+    /// assert_eq!(
+    ///     MemoryPool::with_config(PoolConfig::new(4096).alignment(1 << 31)).err(),
+    ///     Some(PoolError::AlignmentTooLarge { align: 1 << 31 }),
+    /// );
     /// ```
     pub fn alignment(mut self, align: usize) -> Self {
         self.alignment = align;
@@ -179,6 +186,10 @@ impl PoolConfig {
         }
         if self.alignment < MIN_DEFAULT_ALIGNMENT {
             return Err(PoolError::InvalidConfig { reason: "alignment must be at least 16" });
+        }
+        // A pool whose every allocation would be refused is no pool.
+        if self.alignment > MAX_ALIGNMENT {
+            return Err(PoolError::AlignmentTooLarge { align: self.alignment });
         }
         if !(self.growth_factor.is_finite() && self.growth_factor >= 1.0) {
             return Err(PoolError::InvalidConfig { reason: "growth factor must be a finite number >= 1.0" });

@@ -78,9 +78,11 @@ pub enum PoolError {
         /// The smallest size reachable without moving a live block.
         reachable: usize,
     },
-    /// The operating system refused memory.
+    /// The operating system refused memory, for blocks or for the
+    /// bookkeeping that comes with them (free-block indexes, region tables).
     OutOfMemory {
-        /// Bytes asked of the OS.
+        /// Bytes of the operation that needed the memory (the growth, or
+        /// the region whose bookkeeping was refused).
         requested: usize,
         /// The `errno` it gave.
         errno: i32,

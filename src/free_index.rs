@@ -35,7 +35,10 @@
 //! ([`sync::read_exclusive`]), which lets the compiler compare sixteen
 //! entries at once; that is why the writer's methods are `unsafe`.
 
+use crate::error::PoolError;
+use crate::fallible::{out_of_memory, try_boxed_slice, try_collect};
 use crate::sync::{self, prefetch, AtomicU32, AtomicU64, Ordering};
+use std::collections::TryReserveError;
 
 /// The unit of allocation: every block starts and ends on a granule.
 pub(crate) const GRANULE: usize = 16;
@@ -253,14 +256,20 @@ struct LeafBits {
 }
 
 impl FreeIndex {
-    /// An index over `granules` granules, all free.
-    pub(crate) fn new(granules: usize) -> FreeIndex {
+    /// An index over `granules` granules, all free. Fails, having changed
+    /// nothing, when the heap refuses the index's memory.
+    pub(crate) fn new(granules: usize) -> Result<FreeIndex, TryReserveError> {
         Self::with_bits(granules, |_| u64::MAX, |_| 0)
     }
 
     /// An index over `granules` granules whose words come from `free_word`
-    /// and `start_word`; bits past the end are cleared here.
-    fn with_bits(granules: usize, free_word: impl Fn(usize) -> u64, start_word: impl Fn(usize) -> u64) -> FreeIndex {
+    /// and `start_word`; bits past the end are cleared here. Every array it
+    /// builds grows with the region, so each is allocated fallibly.
+    fn with_bits(
+        granules: usize,
+        free_word: impl Fn(usize) -> u64,
+        start_word: impl Fn(usize) -> u64,
+    ) -> Result<FreeIndex, TryReserveError> {
         debug_assert!(granules > 0 && granules <= MAX_REGION_GRANULES);
         let leaves = granules.div_ceil(LEAF_GRANULES);
         let tail_bits = granules % LEAF_GRANULES;
@@ -271,24 +280,29 @@ impl FreeIndex {
                 word
             }
         };
-        let bits: Box<[LeafBits]> = (0..leaves)
-            .map(|leaf| LeafBits {
+        let bits: Box<[LeafBits]> = try_boxed_slice(
+            leaves,
+            (0..leaves).map(|leaf| LeafBits {
                 free: AtomicU64::new(in_range(leaf, free_word(leaf))),
                 start: AtomicU64::new(in_range(leaf, start_word(leaf))),
-            })
-            .collect();
+            }),
+        )?;
 
         // Wholly free leaves, then each level from the one below.
-        let mut whole_levels: Vec<Vec<u64>> = Vec::new();
-        let mut below: Vec<bool> = bits.iter().map(|leaf| leaf.free.load(Ordering::Relaxed) == u64::MAX).collect();
-        for words in level_lengths(leaves, WORD_BITS) {
-            let level: Vec<u64> = (0..words)
-                .map(|word| {
+        let whole_lengths = level_lengths(leaves, WORD_BITS);
+        let mut whole_levels: Vec<Box<[AtomicU64]>> = Vec::new();
+        whole_levels.try_reserve_exact(whole_lengths.len())?;
+        let mut below: Vec<bool> =
+            try_collect(leaves, bits.iter().map(|leaf| leaf.free.load(Ordering::Relaxed) == u64::MAX))?;
+        for &words in &whole_lengths {
+            let level = try_boxed_slice(
+                words,
+                (0..words).map(|word| {
                     let members = below.iter().skip(word * WORD_BITS).take(WORD_BITS);
-                    members.enumerate().fold(0u64, |acc, (bit, &set)| acc | (u64::from(set) << bit))
-                })
-                .collect();
-            below = level.iter().map(|&word| word == u64::MAX).collect();
+                    AtomicU64::new(members.enumerate().fold(0u64, |acc, (bit, &set)| acc | (u64::from(set) << bit)))
+                }),
+            )?;
+            below = try_collect(words, level.iter().map(|word| word.load(Ordering::Relaxed) == u64::MAX))?;
             whole_levels.push(level);
         }
 
@@ -301,31 +315,35 @@ impl FreeIndex {
             levels: 0,
             whole: Box::new([]),
         };
-        let mut entries = vec![0u32; leaves];
+        let mut entries: Vec<u32> = try_collect(leaves, std::iter::repeat(0))?;
         index.for_each_free_run(|first, count| {
             let entry = &mut entries[first / LEAF_GRANULES];
             *entry = (*entry).max(count as u32);
         });
-        let mut nodes: Vec<Node> = Vec::new();
         let lengths = level_lengths(leaves, FAN_OUT);
         debug_assert!(lengths.len() <= MAX_LEVELS);
-        for (level, length) in lengths.iter().enumerate() {
-            let level_nodes = (0..*length).map(|node| {
+        let mut nodes: Vec<Node> = Vec::new();
+        nodes.try_reserve_exact(lengths.iter().sum())?;
+        for (level, &length) in lengths.iter().enumerate() {
+            let level_nodes = (0..length).map(|node| {
                 Node::new(std::array::from_fn(|slot| entries.get(node * FAN_OUT + slot).copied().unwrap_or(0)))
             });
             nodes.extend(level_nodes);
             index.level_starts[level + 1] = nodes.len();
-            entries = nodes[index.level_starts[level]..].iter().map(|node| largest(&node.load())).collect();
+            entries = try_collect(length, nodes[index.level_starts[level]..].iter().map(|node| largest(&node.load())))?;
         }
+        debug_assert_eq!(nodes.len(), nodes.capacity(), "the tree outgrew its reservation");
         index.levels = lengths.len();
         index.nodes = nodes.into_boxed_slice();
-        index.whole = whole_levels.into_iter().map(|level| level.into_iter().map(AtomicU64::new).collect()).collect();
-        index
+        debug_assert_eq!(whole_levels.len(), whole_levels.capacity());
+        index.whole = whole_levels.into_boxed_slice();
+        Ok(index)
     }
 
     /// A copy of this index covering `granules` granules: granules beyond the
-    /// old end are free; granules cut off must be free already.
-    pub(crate) fn resized(&self, granules: usize) -> FreeIndex {
+    /// old end are free; granules cut off must be free already. Fails, having
+    /// changed nothing, when the heap refuses the copy's memory.
+    pub(crate) fn resized(&self, granules: usize) -> Result<FreeIndex, TryReserveError> {
         let old_leaves = self.bits.len();
         let old_tail = self.granules % LEAF_GRANULES;
         let grown_part = |leaf: usize| -> u64 {
@@ -894,9 +912,12 @@ impl FreeIndex {
     }
 
     /// Recounts everything from the bitmaps and checks both hierarchies
-    /// above them. Returns `(free granules, free runs, live blocks)`. Safe to
-    /// call from a seqlock reader: it only reads.
-    pub(crate) fn audit(&self) -> Result<(usize, usize, usize), String> {
+    /// above them. Returns `(free granules, free runs, live blocks)`, else
+    /// [`PoolError::Corrupted`] for what is wrong, or
+    /// [`PoolError::OutOfMemory`] when the heap refuses the reference copy.
+    /// Safe to call from a seqlock reader: it only reads.
+    pub(crate) fn audit(&self) -> Result<(usize, usize, usize), PoolError> {
+        let broken = |reason: String| Err(PoolError::Corrupted { reason });
         let leaves = self.bits.len();
         let tail_bits = self.granules % LEAF_GRANULES;
         let mut live_blocks = 0usize;
@@ -904,10 +925,10 @@ impl FreeIndex {
             let free = self.bits[leaf].free.load(Ordering::Relaxed);
             let starts = self.bits[leaf].start.load(Ordering::Relaxed);
             if leaf + 1 == leaves && tail_bits != 0 && (free | starts) & !bits_below(tail_bits) != 0 {
-                return Err(format!("bits set past the end of the region in leaf {leaf}"));
+                return broken(format!("bits set past the end of the region in leaf {leaf}"));
             }
             if free & starts != 0 {
-                return Err(format!("a free granule is marked as a block start in leaf {leaf}"));
+                return broken(format!("a free granule is marked as a block start in leaf {leaf}"));
             }
             live_blocks += starts.count_ones() as usize;
         }
@@ -930,20 +951,21 @@ impl FreeIndex {
             orphan = Some(0);
         }
         if let Some(granule) = orphan {
-            return Err(format!("granule {granule} is in use but belongs to no block"));
+            return broken(format!("granule {granule} is in use but belongs to no block"));
         }
 
         // Both hierarchies as construction derives them from these bitmaps;
         // the incremental updates must have kept ours equal to them.
         let load = |word: &AtomicU64| word.load(Ordering::Relaxed);
         let rebuilt =
-            Self::with_bits(self.granules, |leaf| load(&self.bits[leaf].free), |leaf| load(&self.bits[leaf].start));
+            Self::with_bits(self.granules, |leaf| load(&self.bits[leaf].free), |leaf| load(&self.bits[leaf].start))
+                .map_err(|_| out_of_memory(self.granules * GRANULE))?;
         for (level, (words, expected)) in self.whole.iter().zip(rebuilt.whole.iter()).enumerate() {
             for (position, (word, expected)) in words.iter().zip(expected.iter()).enumerate() {
                 let wrong = load(word) ^ load(expected);
                 if wrong != 0 {
                     let bit = position * WORD_BITS + wrong.trailing_zeros() as usize;
-                    return Err(format!("whole-leaf level {level}, bit {bit} is wrong"));
+                    return broken(format!("whole-leaf level {level}, bit {bit} is wrong"));
                 }
             }
         }
@@ -952,7 +974,7 @@ impl FreeIndex {
                 let (entries, expected) = (entries.load(), expected.load());
                 if let Some(slot) = (0..FAN_OUT).find(|&slot| entries[slot] != expected[slot]) {
                     let (position, value, wanted) = (node * FAN_OUT + slot, entries[slot], expected[slot]);
-                    return Err(format!("longest-run level {level}, entry {position} is {value}, not {wanted}"));
+                    return broken(format!("longest-run level {level}, entry {position} is {value}, not {wanted}"));
                 }
             }
         }
@@ -996,7 +1018,7 @@ mod tests {
 
     impl Checked {
         fn new(granules: usize) -> Checked {
-            Checked { index: FreeIndex::new(granules), reference: vec![true; granules], blocks: Vec::new() }
+            Checked { index: FreeIndex::new(granules).unwrap(), reference: vec![true; granules], blocks: Vec::new() }
         }
 
         fn mark(&mut self, first: usize, count: usize, free: bool) {
@@ -1125,7 +1147,7 @@ mod tests {
         // 1024 leaves: three levels of sixteen, and runs that start in one
         // subtree and end in another.
         let granules = 1024 * LEAF_GRANULES;
-        let index = FreeIndex::new(granules);
+        let index = FreeIndex::new(granules).unwrap();
         unsafe { index.claim(0, granules) };
         assert_eq!((index.longest_free(), unsafe { index.find_first_fit(1) }), (0, None));
         assert_eq!(index.audit().unwrap(), (0, 0, 1));
@@ -1156,7 +1178,7 @@ mod tests {
 
     #[test]
     fn free_runs_and_trailing_free_are_exact() {
-        let index = FreeIndex::new(300);
+        let index = FreeIndex::new(300).unwrap();
         unsafe { index.claim(0, 10) };
         unsafe { index.claim(70, 60) };
         unsafe { index.claim(200, 1) };
@@ -1173,7 +1195,7 @@ mod tests {
 
     #[test]
     fn blocks_extend_into_and_truncate_to_free_granules() {
-        let index = FreeIndex::new(200);
+        let index = FreeIndex::new(200).unwrap();
         unsafe { index.claim(10, 5) };
         unsafe { index.claim(100, 1) };
         assert_eq!(index.free_run_from(15, usize::MAX), 85);
@@ -1191,14 +1213,14 @@ mod tests {
 
     #[test]
     fn resizing_keeps_blocks_and_frees_the_new_part() {
-        let index = FreeIndex::new(100);
+        let index = FreeIndex::new(100).unwrap();
         unsafe { index.claim(0, 100) };
-        let grown = index.resized(1000);
+        let grown = index.resized(1000).unwrap();
         assert_eq!(grown.block_granules(0), 100);
         assert_eq!(unsafe { grown.find_first_fit(900) }, Some(100));
         assert_eq!(grown.trailing_free(), 900);
         grown.audit().unwrap();
-        let shrunk = grown.resized(130);
+        let shrunk = grown.resized(130).unwrap();
         assert_eq!(shrunk.trailing_free(), 30);
         assert_eq!(shrunk.audit().unwrap(), (30, 1, 1));
     }

@@ -97,6 +97,7 @@ mod boxed;
 pub mod capi;
 mod config;
 mod error;
+mod fallible;
 mod fork;
 mod free_index;
 mod global;
@@ -200,6 +201,7 @@ impl PoolInner {
         let mut abandoned = lock(&self.abandoned);
         // SAFETY: the caller owns the slab; ownership passes to the list.
         unsafe { (*slab).set_owner(std::ptr::null_mut()) };
+        debug_assert!(abandoned.len() < abandoned.capacity(), "new_slab reserves room for every slab");
         abandoned.push(slab);
     }
 
@@ -266,7 +268,7 @@ impl MemoryPool {
                 id: sync::next_pool_id(),
                 config,
                 shared,
-                slabs: SlabMap::new(),
+                slabs: SlabMap::new()?,
                 caches: Arc::new(CacheRegistry::new()),
                 abandoned: Mutex::new(Vec::new()),
                 slab_blocks: AtomicUsize::new(0),
@@ -646,6 +648,13 @@ impl MemoryPool {
     /// exited threads are released first if their blocks have come home, and
     /// blocks this thread freed into other threads' slabs and still holds
     /// in its batch (see [`free_fast`](Self::free_fast)) are handed over.
+    /// A region whose shorter index the heap can't provide keeps its free
+    /// tail.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::OutOfMemory`], with nothing unmapped, when the heap
+    /// refuses the memory for the new table of regions.
     ///
     /// # Examples
     ///
@@ -673,7 +682,9 @@ impl MemoryPool {
     ///
     /// [`PoolError::ShrinkBelowUsed`] below the bytes in use,
     /// [`PoolError::ShrinkBlocked`] when live blocks sit where memory would
-    /// have to go, and the errors of [`expand`](Self::expand) when growing.
+    /// have to go, [`PoolError::OutOfMemory`] when the heap refuses the
+    /// shortened regions' indexes, and the errors of
+    /// [`expand`](Self::expand) when growing.
     ///
     /// # Examples
     ///
@@ -775,7 +786,9 @@ impl MemoryPool {
     ///
     /// # Errors
     ///
-    /// [`PoolError::Corrupted`] naming the broken invariant.
+    /// [`PoolError::Corrupted`] naming the broken invariant, or
+    /// [`PoolError::OutOfMemory`] when the memory for the audit's reference
+    /// copy of an index can't be had.
     ///
     /// # Examples
     ///

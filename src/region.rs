@@ -6,9 +6,12 @@
 //! while readers that still hold the old one keep reading it until the epoch
 //! collector frees it (see `shared_pool`).
 
+use crate::error::PoolError;
+use crate::fallible::out_of_memory;
 use crate::free_index::{FreeIndex, GRANULE};
 use crate::os;
 use crate::sync::ReclaimWitness;
+use std::collections::TryReserveError;
 use std::ptr::NonNull;
 
 pub(crate) struct Region {
@@ -28,16 +31,22 @@ unsafe impl Sync for Region {}
 
 impl Region {
     /// Maps a fresh region of `len` bytes (a whole number of pages), all free.
-    pub(crate) fn map(len: usize) -> Result<Region, os::OsError> {
-        let base = os::map(len)?;
-        Ok(Region { base, len, index: FreeIndex::new(len / GRANULE), witness: ReclaimWitness::new() })
+    /// The index is built first, so that the heap refusing it leaves nothing
+    /// to undo.
+    pub(crate) fn map(len: usize) -> Result<Region, PoolError> {
+        let index = FreeIndex::new(len / GRANULE).map_err(|_| out_of_memory(len))?;
+        let base = os::map(len).map_err(|os::OsError(errno)| PoolError::OutOfMemory { requested: len, errno })?;
+        Ok(Region { base, len, index, witness: ReclaimWitness::new() })
     }
 
     /// The same mapping described with a new length, after the caller grew it
-    /// in place or before it trims the tail; the new part is free.
-    pub(crate) fn with_len(&self, len: usize) -> Region {
+    /// in place or before it trims the tail; the new part is free. Fails when
+    /// the heap refuses the new index, and then the mapping is the caller's
+    /// to restore.
+    pub(crate) fn with_len(&self, len: usize) -> Result<Region, TryReserveError> {
         debug_assert!(len > 0 && len % os::page_size() == 0);
-        Region { base: self.base, len, index: self.index.resized(len / GRANULE), witness: ReclaimWitness::new() }
+        let index = self.index.resized(len / GRANULE)?;
+        Ok(Region { base: self.base, len, index, witness: ReclaimWitness::new() })
     }
 
     pub(crate) fn base(&self) -> NonNull<u8> {

@@ -15,6 +15,7 @@
 
 use crate::biased_lock::{BiasedGuard, BiasedMutex};
 use crate::error::PoolError;
+use crate::fallible::out_of_memory;
 use crate::free_index::{GRANULE, MAX_REGION_GRANULES};
 use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
 use crate::os;
@@ -347,38 +348,45 @@ impl SharedPool {
     /// Grows the pool by `additional` bytes (page multiple, within the
     /// maximum), in place if the kernel allows, else with new regions. A
     /// single free run of `additional` bytes results, if it fits one region.
+    /// All or nothing: every allocation it needs is made before the state
+    /// changes, so running out of memory leaves the pool as it was.
     fn add_capacity(&self, state: &mut PoolState, additional: usize) -> Result<(), PoolError> {
         debug_assert!(additional % os::page_size() == 0);
         let handle = self.collector.register();
         let guard = handle.pin();
-        let grown_in_place = self.grow_newest_in_place(state, additional, &guard);
-        if !grown_in_place {
-            let mut remaining = additional;
-            let mut mapped = Vec::new();
-            while remaining > 0 {
-                let len = remaining.min(MAX_REGION_BYTES);
-                match Region::map(len) {
-                    Ok(region) => mapped.push(Box::new(region)),
-                    Err(os::OsError(errno)) => {
-                        for region in mapped {
-                            // SAFETY: mapped just now and never published.
-                            unsafe { os::unmap(region.base(), region.len()) };
-                        }
-                        return Err(PoolError::OutOfMemory { requested: len, errno });
-                    }
-                }
-                remaining -= len;
-            }
-            let _write = self.seqlock.write();
-            for region in mapped {
-                state.newest = Some(region.start());
-                add(&self.counters.free_runs, 1);
-                let at = state.regions.partition_point(|existing| existing.start() < region.start());
-                state.regions.insert(at, region);
-            }
-            self.count_growth(additional);
-            self.publish(state, &guard);
+        if self.grow_newest_in_place(state, additional, &guard)? {
+            return Ok(());
         }
+        let count = additional.div_ceil(MAX_REGION_BYTES);
+        let refused = || out_of_memory(additional);
+        let mut mapped = Vec::new();
+        mapped.try_reserve_exact(count).map_err(|_| refused())?;
+        state.regions.try_reserve(count).map_err(|_| refused())?;
+        let table = Self::reserve_table(state.regions.len() + count)?;
+        let mut remaining = additional;
+        while remaining > 0 {
+            let len = remaining.min(MAX_REGION_BYTES);
+            match Region::map(len) {
+                Ok(region) => mapped.push(Box::new(region)),
+                Err(error) => {
+                    for region in mapped {
+                        // SAFETY: mapped just now and never published.
+                        unsafe { os::unmap(region.base(), region.len()) };
+                    }
+                    return Err(error);
+                }
+            }
+            remaining -= len;
+        }
+        let _write = self.seqlock.write();
+        for region in mapped {
+            state.newest = Some(region.start());
+            add(&self.counters.free_runs, 1);
+            let at = state.regions.partition_point(|existing| existing.start() < region.start());
+            state.regions.insert(at, region);
+        }
+        self.count_growth(additional);
+        self.publish(state, table, &guard);
         Ok(())
     }
 
@@ -390,19 +398,37 @@ impl SharedPool {
         bump(&self.counters.expansions, 1);
     }
 
-    fn grow_newest_in_place(&self, state: &mut PoolState, additional: usize, guard: &Guard) -> bool {
-        let Some(newest) = state.newest else { return false };
-        let Some(position) = state.regions.iter().position(|region| region.start() == newest) else { return false };
+    /// Grows the newest region by `additional` bytes where it stands.
+    /// `Ok(false)` when it can't (too large, or the kernel has no room after
+    /// it), with nothing changed.
+    fn grow_newest_in_place(&self, state: &mut PoolState, additional: usize, guard: &Guard) -> Result<bool, PoolError> {
+        let Some(newest) = state.newest else { return Ok(false) };
+        let Some(position) = state.regions.iter().position(|region| region.start() == newest) else {
+            return Ok(false);
+        };
         let region = &state.regions[position];
         let new_len = region.len() + additional;
         if new_len > MAX_REGION_BYTES {
-            return false;
+            return Ok(false);
         }
+        let table = Self::reserve_table(state.regions.len())?;
         // SAFETY: the region is a live mapping of `region.len()` bytes.
         if !unsafe { os::grow_in_place(region.base(), region.len(), new_len) } {
-            return false;
+            return Ok(false);
         }
-        let grown = Box::new(region.with_len(new_len));
+        // The index is built after growing the mapping, not before: the
+        // kernel refuses most in-place growth (new mappings go just below the
+        // newest), and an index built for nothing would double the cost of
+        // growing. Rolling back costs one unmap in the rare case.
+        let grown = match region.with_len(new_len) {
+            Ok(grown) => Box::new(grown),
+            Err(_) => {
+                // SAFETY: the tail was added just now, is free and was never
+                // published: cutting it off restores the mapping as it was.
+                unsafe { os::unmap(NonNull::new_unchecked(region.base().as_ptr().add(region.len())), additional) };
+                return Err(out_of_memory(additional));
+            }
+        };
         let joins_free_tail = region.index.trailing_free() > 0;
         let _write = self.seqlock.write();
         if !joins_free_tail {
@@ -410,15 +436,26 @@ impl SharedPool {
         }
         self.count_growth(additional);
         let old = std::mem::replace(&mut state.regions[position], grown);
-        self.publish(state, guard);
+        self.publish(state, table, guard);
         self.retire(old, guard);
-        true
+        Ok(true)
     }
 
-    /// Makes readers see `state.regions`. Called inside a write bracket.
-    fn publish(&self, state: &PoolState, guard: &Guard) {
-        let table = RegionTable::new(state.regions.iter().map(|region| &**region as *const Region).collect());
-        let old = self.table.swap(Owned::new(table), Ordering::AcqRel, guard);
+    /// An empty table with room for `regions` regions, reserved before the
+    /// state changes so that publishing it cannot fail halfway.
+    fn reserve_table(regions: usize) -> Result<Vec<*const Region>, PoolError> {
+        let mut table = Vec::new();
+        table.try_reserve_exact(regions).map_err(|_| out_of_memory(regions * std::mem::size_of::<*const Region>()))?;
+        Ok(table)
+    }
+
+    /// Makes readers see `state.regions`, through `table` (empty, from
+    /// [`reserve_table`](Self::reserve_table) with room for them all).
+    /// Called inside a write bracket.
+    fn publish(&self, state: &PoolState, mut table: Vec<*const Region>, guard: &Guard) {
+        debug_assert!(table.is_empty() && table.capacity() >= state.regions.len());
+        table.extend(state.regions.iter().map(|region| &**region as *const Region));
+        let old = self.table.swap(Owned::new(RegionTable::new(table)), Ordering::AcqRel, guard);
         // SAFETY: the old table is unreachable for new readers now, and the
         // collector frees it only after every reader pinned before this point
         // has unpinned.
@@ -469,10 +506,30 @@ impl SharedPool {
         Ok(())
     }
 
-    /// Cuts `bytes` (page multiple, at most its releasable tail) off the end
-    /// of region `position`, removing it if nothing is left. Called inside a
-    /// write bracket.
-    fn trim_region(&self, state: &mut PoolState, position: usize, bytes: usize, guard: &Guard) {
+    /// What is left of `region` once `bytes` (page multiple, at most its
+    /// releasable tail) are cut off its end: `None` for nothing. Built
+    /// before the cut, so that the heap refusing the shorter index changes
+    /// nothing.
+    fn trimmed(region: &Region, bytes: usize) -> Result<Option<Box<Region>>, PoolError> {
+        debug_assert!(bytes > 0 && bytes <= region.releasable_tail());
+        if bytes == region.len() {
+            return Ok(None);
+        }
+        let remainder = region.with_len(region.len() - bytes).map_err(|_| out_of_memory(region.len() - bytes))?;
+        Ok(Some(Box::new(remainder)))
+    }
+
+    /// Cuts `bytes` off the end of region `position`, replacing it with
+    /// `remainder` from [`trimmed`](Self::trimmed). Called inside a write
+    /// bracket.
+    fn trim_region(
+        &self,
+        state: &mut PoolState,
+        position: usize,
+        bytes: usize,
+        remainder: Option<Box<Region>>,
+        guard: &Guard,
+    ) {
         let region = &state.regions[position];
         debug_assert!(bytes > 0 && bytes <= region.releasable_tail());
         let trailing_free = region.index.trailing_free() * GRANULE;
@@ -480,21 +537,25 @@ impl SharedPool {
             subtract(&self.counters.free_runs, 1);
         }
         subtract(&self.counters.size, bytes);
-        if bytes == region.len() {
-            let old = state.regions.remove(position);
-            if state.newest == Some(old.start()) {
-                state.newest = None;
+        match remainder {
+            None => {
+                debug_assert_eq!(bytes, region.len());
+                let old = state.regions.remove(position);
+                if state.newest == Some(old.start()) {
+                    state.newest = None;
+                }
+                self.retire_range(old.base(), old.len(), guard);
+                self.retire(old, guard);
             }
-            self.retire_range(old.base(), old.len(), guard);
-            self.retire(old, guard);
-        } else {
-            let new_len = region.len() - bytes;
-            let trimmed = Box::new(region.with_len(new_len));
-            // SAFETY: new_len < len, so the tail lies inside the mapping.
-            let tail = unsafe { NonNull::new_unchecked(region.base().as_ptr().add(new_len)) };
-            self.retire_range(tail, bytes, guard);
-            let old = std::mem::replace(&mut state.regions[position], trimmed);
-            self.retire(old, guard);
+            Some(trimmed) => {
+                debug_assert_eq!(trimmed.len() + bytes, region.len());
+                // SAFETY: the remainder is shorter, so the tail lies inside
+                // the mapping.
+                let tail = unsafe { NonNull::new_unchecked(region.base().as_ptr().add(trimmed.len())) };
+                self.retire_range(tail, bytes, guard);
+                let old = std::mem::replace(&mut state.regions[position], trimmed);
+                self.retire(old, guard);
+            }
         }
     }
 
@@ -506,21 +567,25 @@ impl SharedPool {
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let handle = self.collector.register();
         {
+            let table = Self::reserve_table(state.regions.len())?;
             let guard = handle.pin();
             let _write = self.seqlock.write();
             let mut position = 0;
             while position < state.regions.len() {
                 let tail = state.regions[position].releasable_tail();
-                let removes_region = tail == state.regions[position].len();
-                if tail > 0 {
-                    self.trim_region(&mut state, position, tail, &guard);
+                // A region whose shorter index the heap refuses keeps its
+                // tail: compaction gives back what it can.
+                let cut = if tail > 0 { Self::trimmed(&state.regions[position], tail).ok() } else { None };
+                let removes_region = matches!(cut, Some(None));
+                if let Some(remainder) = cut {
+                    self.trim_region(&mut state, position, tail, remainder, &guard);
                 }
                 if !removes_region {
                     position += 1;
                 }
             }
             if self.counters.size.load(Ordering::Relaxed) != old_size {
-                self.publish(&state, &guard);
+                self.publish(&state, table, &guard);
                 bump(&self.counters.compactions, 1);
             }
         }
@@ -580,7 +645,9 @@ impl SharedPool {
             // Plan first, from the highest addresses down, so that a refusal
             // changes nothing.
             let mut excess = old_size - target;
+            let refused = || out_of_memory(old_size - target);
             let mut plan = Vec::new();
+            plan.try_reserve_exact(state.regions.len()).map_err(|_| refused())?;
             for (position, region) in state.regions.iter().enumerate().rev() {
                 if excess == 0 {
                     break;
@@ -594,13 +661,20 @@ impl SharedPool {
             if excess > 0 {
                 return Err(PoolError::ShrinkBlocked { requested: new_size, reachable: target + excess });
             }
+            // Everything the cuts allocate, before the first cut.
+            let table = Self::reserve_table(state.regions.len())?;
+            let mut cuts = Vec::new();
+            cuts.try_reserve_exact(plan.len()).map_err(|_| refused())?;
+            for (position, take) in plan {
+                cuts.push((position, take, Self::trimmed(&state.regions[position], take)?));
+            }
             let guard = handle.pin();
             let _write = self.seqlock.write();
             // Highest positions first, so removals don't shift pending ones.
-            for (position, take) in plan {
-                self.trim_region(&mut state, position, take, &guard);
+            for (position, take, remainder) in cuts {
+                self.trim_region(&mut state, position, take, remainder, &guard);
             }
-            self.publish(&state, &guard);
+            self.publish(&state, table, &guard);
             bump(&self.counters.compactions, 1);
         }
         drop(state);
@@ -673,12 +747,16 @@ impl SharedPool {
         // stay alive while `guard` is pinned.
         let table = unsafe { table.deref() };
         table.witness.reading();
-        // SAFETY: as above, for each region the table names.
-        let regions: Vec<&Region> = table.regions.iter().map(|&region| unsafe { &*region }).collect();
-        for region in &regions {
+        // SAFETY: `*const Region` and `&Region` have the same layout; every
+        // pointer in the table is non-null, aligned, and names a region that
+        // stays alive while `guard` is pinned, as above. Viewing them as
+        // references allocates nothing, so readers never need memory.
+        let regions: &[&Region] =
+            unsafe { std::slice::from_raw_parts(table.regions.as_ptr().cast::<&Region>(), table.regions.len()) };
+        for region in regions {
             region.witness.reading();
         }
-        read(&regions)
+        read(regions)
     }
 
     /// Recomputes free space, free blocks and live blocks from the bitmaps
@@ -689,13 +767,14 @@ impl SharedPool {
         let handle = self.collector.register();
         let guard = handle.pin();
         let counters = &self.counters;
-        let verdict = self.seqlock.read(|| -> Result<(), String> {
+        let corrupted = |reason: String| PoolError::Corrupted { reason };
+        self.seqlock.read(|| -> Result<(), PoolError> {
             self.with_regions(&guard, |regions| {
                 let (mut size, mut free, mut runs, mut live) = (0usize, 0usize, 0usize, 0usize);
                 let mut previous_end = 0usize;
                 for region in regions {
                     if region.start() < previous_end {
-                        return Err(format!("region at {:#x} overlaps its predecessor", region.start()));
+                        return Err(corrupted(format!("region at {:#x} overlaps its predecessor", region.start())));
                     }
                     previous_end = region.end();
                     let (region_free, region_runs, region_live) = region.index.audit()?;
@@ -708,7 +787,7 @@ impl SharedPool {
                     if counted == recorded {
                         Ok(())
                     } else {
-                        Err(format!("{what}: the blocks say {counted}, the counters say {recorded}"))
+                        Err(corrupted(format!("{what}: the blocks say {counted}, the counters say {recorded}")))
                     }
                 };
                 expect("size", size, counters.size.load(Ordering::Relaxed))?;
@@ -716,8 +795,7 @@ impl SharedPool {
                 expect("free blocks", runs, counters.free_runs.load(Ordering::Relaxed))?;
                 expect("live blocks", live, counters.live_blocks.load(Ordering::Relaxed))
             })
-        });
-        verdict.map_err(|reason| PoolError::Corrupted { reason })
+        })
     }
 }
 

@@ -16,6 +16,8 @@ pub(crate) use imp::SlabMap;
 #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
 mod imp {
     use super::{Slab, SLAB_SHIFT};
+    use crate::error::PoolError;
+    use crate::fallible::out_of_memory;
     use crate::sync::{AtomicPtr, Ordering};
     use std::alloc::Layout;
     use std::ptr;
@@ -43,13 +45,13 @@ mod imp {
     }
 
     impl SlabMap {
-        pub(crate) fn new() -> Self {
+        pub(crate) fn new() -> Result<Self, PoolError> {
             // SAFETY: non-zero size; all-zero bytes are valid null AtomicPtrs.
             let root = unsafe { std::alloc::alloc_zeroed(root_layout()) }.cast::<AtomicPtr<Leaf>>();
             if root.is_null() {
-                std::alloc::handle_alloc_error(root_layout());
+                return Err(out_of_memory(root_layout().size()));
             }
-            SlabMap { root }
+            Ok(SlabMap { root })
         }
 
         fn root_entry(&self, index: usize) -> &AtomicPtr<Leaf> {
@@ -74,7 +76,9 @@ mod imp {
             unsafe { (*leaf)[index & (LEAF_LEN - 1)].load(Ordering::Acquire) }
         }
 
-        fn slot(&self, addr: usize) -> &AtomicPtr<Slab> {
+        /// The entry for `addr`, installing its leaf if need be; fails when
+        /// the heap refuses the leaf.
+        fn slot(&self, addr: usize) -> Result<&AtomicPtr<Slab>, PoolError> {
             let index = addr >> SLAB_SHIFT;
             assert!(index >> INDEX_BITS == 0, "pool memory above the 48-bit address space");
             let entry = self.root_entry(index >> LEAF_BITS);
@@ -84,7 +88,7 @@ mod imp {
                 // SAFETY: non-zero size; zero bytes are null AtomicPtrs.
                 let fresh = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Leaf>();
                 if fresh.is_null() {
-                    std::alloc::handle_alloc_error(layout);
+                    return Err(out_of_memory(layout.size()));
                 }
                 leaf = match entry.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => fresh,
@@ -96,16 +100,22 @@ mod imp {
                 };
             }
             // SAFETY: leaves live until the map is dropped.
-            unsafe { &(*leaf)[index & (LEAF_LEN - 1)] }
+            Ok(unsafe { &(*leaf)[index & (LEAF_LEN - 1)] })
         }
 
-        pub(crate) fn register(&self, slab: *mut Slab) {
+        pub(crate) fn register(&self, slab: *mut Slab) -> Result<(), PoolError> {
             // Release: the header written before this is visible to lookups.
-            self.slot(slab as usize).store(slab, Ordering::Release);
+            self.slot(slab as usize)?.store(slab, Ordering::Release);
+            Ok(())
         }
 
         pub(crate) fn unregister(&self, slab: *mut Slab) {
-            self.slot(slab as usize).store(ptr::null_mut(), Ordering::Release);
+            // A registered slab's leaf is installed, so this allocates nothing.
+            let slot = self.slot(slab as usize);
+            debug_assert!(slot.is_ok(), "unregistering a slab that was never registered");
+            if let Ok(slot) = slot {
+                slot.store(ptr::null_mut(), Ordering::Release);
+            }
         }
     }
 
@@ -130,6 +140,7 @@ mod imp {
 #[cfg(any(lle_mempool_loom, feature = "shuttle"))]
 mod imp {
     use super::{Slab, SLAB_SHIFT};
+    use crate::error::PoolError;
     use crate::sync::{lock, Mutex};
 
     pub(crate) struct SlabMap {
@@ -137,8 +148,8 @@ mod imp {
     }
 
     impl SlabMap {
-        pub(crate) fn new() -> Self {
-            SlabMap { slabs: Mutex::new(Vec::new()) }
+        pub(crate) fn new() -> Result<Self, PoolError> {
+            Ok(SlabMap { slabs: Mutex::new(Vec::new()) })
         }
 
         pub(crate) fn lookup(&self, addr: usize) -> *mut Slab {
@@ -150,8 +161,9 @@ mod imp {
             }
         }
 
-        pub(crate) fn register(&self, slab: *mut Slab) {
+        pub(crate) fn register(&self, slab: *mut Slab) -> Result<(), PoolError> {
             lock(&self.slabs).push(slab as usize);
+            Ok(())
         }
 
         pub(crate) fn unregister(&self, slab: *mut Slab) {

@@ -29,6 +29,7 @@
 //! a live pool while holding the lock, so the pool cannot be dropped under it.
 
 use crate::error::PoolError;
+use crate::fallible::out_of_memory;
 use crate::size_class::{class_size, CLASS_COUNT};
 use crate::slab::{link, Slab, SLAB_SIZE};
 use crate::stats::{bump, TimeSamples};
@@ -325,10 +326,29 @@ impl ThreadHeap {
         // and ours alone.
         let slab =
             unsafe { Slab::create(memory, class, self as *const ThreadHeap as *mut ThreadHeap, pool.config.checked) };
-        pool.slabs.register(slab);
+        if let Err(error) = pool.slabs.register(slab) {
+            // Nothing refers to the slab yet: its memory goes straight back.
+            let released = pool.shared.free(memory.as_ptr() as usize);
+            debug_assert!(released.is_ok(), "a fresh slab was not a live block: {released:?}");
+            return Err(error);
+        }
         // SAFETY: just created.
         pool.slab_blocks.fetch_add(unsafe { (*slab).capacity() }, Ordering::Relaxed);
         pool.slab_count.fetch_add(1, Ordering::Relaxed);
+        // Room in the abandoned list for every slab there is, reserved while
+        // the caller can still be told: abandoning a slab when its thread
+        // exits must not need memory. The count read here includes this
+        // slab and every slab made before it, so the last slab reserved for
+        // all of them.
+        let reserved = {
+            let mut abandoned = lock(&pool.abandoned);
+            let missing = pool.slab_count.load(Ordering::Relaxed).saturating_sub(abandoned.len());
+            abandoned.try_reserve(missing)
+        };
+        if reserved.is_err() {
+            pool.release_slab(slab);
+            return Err(out_of_memory(SLAB_SIZE));
+        }
         Ok(slab)
     }
 

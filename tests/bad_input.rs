@@ -434,10 +434,13 @@ fn shrinking_past_a_live_block_at_a_region_end_is_refused() {
 
 #[test]
 fn invalid_configurations_are_refused() {
-    let cases: [(PoolConfig, PoolError); 8] = [
+    let cases: [(PoolConfig, PoolError); 10] = [
         (PoolConfig::new(4096).alignment(8), PoolError::InvalidConfig { reason: "alignment must be at least 16" }),
         (PoolConfig::new(4096).alignment(0), PoolError::InvalidAlignment { align: 0 }),
         (PoolConfig::new(4096).alignment(24), PoolError::InvalidAlignment { align: 24 }),
+        // Every allocation of such a pool would be refused.
+        (PoolConfig::new(4096).alignment(1 << 31), PoolError::AlignmentTooLarge { align: 1 << 31 }),
+        (PoolConfig::new(0).alignment(1 << 62), PoolError::AlignmentTooLarge { align: 1 << 62 }),
         (
             PoolConfig::new(4096).growth_factor(0.5),
             PoolError::InvalidConfig { reason: "growth factor must be a finite number >= 1.0" },

@@ -144,8 +144,8 @@ typedef struct lle_pool_statistics {
  * Creates a pool of initial_size bytes (the pool may round it up, and grows
  * on demand). Blocks from lle_pool_allocate are aligned to `alignment`: 0
  * means the default (16), and powers of two below 16 are raised to 16.
- * Returns NULL if alignment is not a power of two, type is not an LLE_POOL_*
- * value, or the pool cannot be created.
+ * Returns NULL if alignment is not a power of two or above 1 GiB, type is not
+ * an LLE_POOL_* value, or the pool cannot be created.
  * Pools created here detect double frees on the fast path as well.
  * Release with lle_destroy_memory_pool.
  */

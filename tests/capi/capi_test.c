@@ -1,7 +1,8 @@
 /*
  * Exercises the C interface of lle-mempool from plain C11: concurrent use
- * from several pthreads on both allocation paths, statistics, resizing, and
- * refusal of bad input with the documented codes.
+ * from several pthreads on both allocation paths, statistics, resizing,
+ * refusal of bad input with the documented codes, and running out of memory
+ * as an error, never an abort.
  *
  * Built and run by tests/capi.rs; prints "N passed, M failed" last and exits
  * non-zero if anything failed.
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "lle/memory_management.h"
 
@@ -209,6 +211,9 @@ static void test_alignment(void) {
         CHECK(lle_pool_free(pool, block) == LLE_SUCCESS);
         lle_destroy_memory_pool(pool);
     }
+
+    /* An alignment no allocation could have is refused at creation. */
+    CHECK(lle_create_memory_pool(1u << 16, (size_t)1 << 31, LLE_POOL_BUFFER) == NULL);
 }
 
 static void test_resizing(void) {
@@ -356,12 +361,76 @@ static void test_size_helpers(void) {
     CHECK(lle_clamp_size(15, 20, 10) == 10);
 }
 
+/* The process's mapped bytes now (VmSize), or 0 if unknown. */
+static size_t mapped_bytes(void) {
+    FILE *status = fopen("/proc/self/status", "r");
+    if (status == NULL) {
+        return 0;
+    }
+    char line[256];
+    size_t kib = 0;
+    while (fgets(line, sizeof line, status) != NULL) {
+        if (strncmp(line, "VmSize:", 7) == 0) {
+            kib = (size_t)strtoull(line + 7, NULL, 10);
+            break;
+        }
+    }
+    fclose(status);
+    return kib * 1024;
+}
+
+/* Under an address-space limit with room for 4 GiB of mapping but not for
+ * the bookkeeping that goes with it, growth fails with NULL or
+ * LLE_ERROR_OUT_OF_MEMORY, and the pool is as it was. */
+static void test_out_of_memory(void) {
+    const size_t gib = (size_t)1 << 30;
+    lle_memory_pool_t *pool = lle_create_memory_pool(1u << 20, 0, LLE_POOL_BUFFER);
+    CHECK(pool != NULL);
+    if (pool == NULL) {
+        return;
+    }
+    unsigned char *block = lle_pool_allocate(pool, 1000);
+    CHECK(block != NULL);
+    if (block == NULL) {
+        lle_destroy_memory_pool(pool);
+        return;
+    }
+    memset(block, 0x5A, 1000);
+    size_t size = lle_get_pool_size(pool);
+    size_t mapped = mapped_bytes();
+    CHECK(mapped > 0);
+
+    struct rlimit unlimited;
+    CHECK(getrlimit(RLIMIT_AS, &unlimited) == 0);
+    struct rlimit limited = unlimited;
+    limited.rlim_cur = (rlim_t)(mapped + 4 * gib + ((size_t)8 << 20));
+    CHECK(setrlimit(RLIMIT_AS, &limited) == 0);
+    CHECK(lle_pool_allocate(pool, 4 * gib) == NULL);
+    CHECK(lle_expand_pool_memory(pool, 4 * gib) == LLE_ERROR_OUT_OF_MEMORY);
+    CHECK(lle_get_pool_size(pool) == size);
+    void *small = lle_pool_allocate(pool, 100);
+    CHECK(small != NULL);
+    CHECK(setrlimit(RLIMIT_AS, &unlimited) == 0);
+
+    size_t intact = 0;
+    while (intact < 1000 && block[intact] == 0x5A) {
+        intact++;
+    }
+    CHECK(intact == 1000);
+    CHECK(lle_pool_free(pool, block) == LLE_SUCCESS);
+    if (small != NULL) {
+        CHECK(lle_pool_free(pool, small) == LLE_SUCCESS);
+    }
+    lle_destroy_memory_pool(pool);
+}
+
 int main(void) {
     test_concurrent_use();
     test_alignment();
     test_resizing();
     test_bad_input();
     test_size_helpers();
+    test_out_of_memory();
     printf("%u passed, %u failed\n", passed, failed);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
