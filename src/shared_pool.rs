@@ -21,6 +21,7 @@ use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
 use crate::os;
 use crate::region::{find_region, Region, RegionTable};
 use crate::seqlock::SeqLock;
+use crate::slab_map::SlabMap;
 use crate::stats::{bump, TimeSamples, TIMING_SAMPLE_PERIOD};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use crossbeam_epoch::{Atomic, Collector, Guard, Owned};
@@ -40,6 +41,9 @@ pub(crate) struct SharedPool {
     collector: Collector,
     pub(crate) counters: SharedCounters,
     pub(crate) listeners: Listeners,
+    /// Which memory is the pool's: every region's pages are marked here
+    /// while the region holds them (see `slab_map`).
+    pub(crate) map: SlabMap,
     max_size: Option<usize>,
     growth_factor: f64,
 }
@@ -136,6 +140,7 @@ impl SharedPool {
                 free_time: TimeSamples::new(),
             },
             listeners: Listeners::new(),
+            map: SlabMap::new()?,
             max_size,
             growth_factor,
         };
@@ -378,6 +383,13 @@ impl SharedPool {
             }
             remaining -= len;
         }
+        if let Err(error) = self.mark_regions(&mapped) {
+            for region in mapped {
+                // SAFETY: mapped just now and never published.
+                unsafe { os::unmap(region.base(), region.len()) };
+            }
+            return Err(error);
+        }
         let _write = self.seqlock.write();
         for region in mapped {
             state.newest = Some(region.start());
@@ -387,6 +399,19 @@ impl SharedPool {
         }
         self.count_growth(additional);
         self.publish(state, table, &guard);
+        Ok(())
+    }
+
+    /// Marks freshly mapped regions as the pool's in the map, all or none.
+    fn mark_regions(&self, regions: &[Box<Region>]) -> Result<(), PoolError> {
+        for (marked, region) in regions.iter().enumerate() {
+            if let Err(error) = self.map.mark_shared(region.start(), region.len()) {
+                for region in &regions[..marked] {
+                    self.map.clear_shared(region.start(), region.len());
+                }
+                return Err(error);
+            }
+        }
         Ok(())
     }
 
@@ -429,6 +454,12 @@ impl SharedPool {
                 return Err(out_of_memory(additional));
             }
         };
+        if let Err(error) = self.map.mark_shared(region.end(), additional) {
+            // SAFETY: as above: the tail was added just now and is unknown
+            // to anyone.
+            unsafe { os::unmap(NonNull::new_unchecked(region.end() as *mut u8), additional) };
+            return Err(error);
+        }
         let joins_free_tail = region.index.trailing_free() > 0;
         let _write = self.seqlock.write();
         if !joins_free_tail {
@@ -537,6 +568,9 @@ impl SharedPool {
             subtract(&self.counters.free_runs, 1);
         }
         subtract(&self.counters.size, bytes);
+        // Before the memory is retired: once unmapped, a foreign mapping may
+        // take its addresses, and they must read as foreign then.
+        self.map.clear_shared(region.end() - bytes, bytes);
         match remainder {
             None => {
                 debug_assert_eq!(bytes, region.len());
@@ -687,13 +721,6 @@ impl SharedPool {
     #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
     pub(crate) fn hold_for_fork(&self) -> crate::biased_lock::ForkHold<'_, PoolState> {
         self.state.hold_for_fork()
-    }
-
-    /// Whether `addr` lies in one of the pool's regions. Lock-free.
-    pub(crate) fn contains(&self, addr: usize) -> bool {
-        let handle = self.collector.register();
-        let guard = handle.pin();
-        self.with_regions(&guard, |regions| find_region(regions, addr).is_some())
     }
 
     /// The regions' `(start, length)`, in address order.
