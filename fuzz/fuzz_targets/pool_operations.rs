@@ -262,7 +262,7 @@ impl<'w> Worker<'w> {
             _ => self.exclusive(|w| w.audit()),
         }
         self.done += 1;
-        if self.done % CHECK_PERIOD == 0 {
+        if self.done.is_multiple_of(CHECK_PERIOD) {
             self.shared(|w| (0..2).for_each(|pool| w.check(pool)));
         }
     }
