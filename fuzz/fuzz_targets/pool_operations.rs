@@ -19,6 +19,8 @@
 //! addresses inside the checked pool, `usable_size`, `contains`, `expand`,
 //! `compact`, `resize`, `stats`, `utilization`, `check`,
 //! `flush_remote_frees`, `PoolBox` values and `allocator_api2` vectors.
+//! Boxes and vectors use the default pool only: stray frees on the checked
+//! pool must know every live block there, and the tables hold them all.
 //!
 //! # What it asserts
 //!
