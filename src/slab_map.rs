@@ -236,6 +236,9 @@ impl SlabMap {
         let mut node = self.root;
         for level in 1..LEVELS {
             let slot = slot_at(node, chunk, level);
+            // Acquire, as in `slot`: the callers order their calls today (the
+            // writer lock, or an allocation under it), but the map does not
+            // rely on that.
             let mut child = slot.load(Ordering::Acquire);
             if child == 0 {
                 let fresh = Node::allocate()?;
