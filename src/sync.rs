@@ -299,7 +299,7 @@ impl ReclaimWitness {
 /// Such a link is plain memory, so a model cannot see it by itself: an
 /// ordering too weak to publish it would pass. Under `--cfg lle_mempool_loom`
 /// every link therefore has a loom `UnsafeCell` beside it (see
-/// [`block_links`]), and each read and write of the link is also a read and
+/// `block_links`), and each read and write of the link is also a read and
 /// write of that cell, which loom checks for causality. shuttle checks no
 /// causality, so there, as with `std`, a link is only the word in the block.
 ///
