@@ -23,7 +23,12 @@
 //!   all its blocks have come home: the remote free then lands in memory the
 //!   shared pool has taken back;
 //! - flushing without collecting a slab's remote frees first: a slab whose
-//!   blocks have all come home is abandoned and outlives its thread.
+//!   blocks have all come home is abandoned and outlives its thread;
+//! - `Release` weakened to `Relaxed` on the compare-and-swap in
+//!   `Slab::push_remote_chain`, or `Acquire` on the swap in
+//!   `Slab::collect_remote`: the refill then reads the freed block's link
+//!   unordered after the other thread wrote it, a causality violation
+//!   (`loom/remote_free.rs` covers batches and non-empty lists).
 
 #[path = "support.rs"]
 mod support;

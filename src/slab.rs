@@ -12,7 +12,10 @@
 
 use crate::error::PoolError;
 use crate::size_class::class_size;
-use crate::sync::{current_thread_token, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{
+    current_thread_token, forget_block_links, read_block_link, write_block_link, AtomicPtr, AtomicU64, AtomicUsize,
+    Ordering,
+};
 use crate::thread_cache::ThreadHeap;
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
@@ -35,6 +38,31 @@ pub(crate) struct FreeBlock {
     next: *mut FreeBlock,
 }
 
+impl FreeBlock {
+    /// The block after `block` on its list.
+    ///
+    /// # Safety
+    /// `block` must be a free block of a slab, on a list the caller reads
+    /// alone, whose link was written when it joined that list.
+    #[inline(always)]
+    unsafe fn next(block: *mut FreeBlock) -> *mut FreeBlock {
+        // SAFETY: the caller guarantees a written link that nobody writes
+        // meanwhile.
+        unsafe { read_block_link(ptr::addr_of!((*block).next)) }
+    }
+
+    /// Links `block` to `next`.
+    ///
+    /// # Safety
+    /// `block` must be a freed block of a slab that the caller alone holds.
+    #[inline(always)]
+    unsafe fn set_next(block: *mut FreeBlock, next: *mut FreeBlock) {
+        // SAFETY: the caller holds the block, which is at least a pointer
+        // wide and aligned (every class is a multiple of 16 bytes).
+        unsafe { write_block_link(ptr::addr_of_mut!((*block).next), next) };
+    }
+}
+
 /// Links the freed block `block` to `next`, to build a chain for
 /// [`Slab::push_remote_chain`].
 ///
@@ -42,9 +70,8 @@ pub(crate) struct FreeBlock {
 /// `block` must be a freed slab block that the caller alone holds.
 #[inline]
 pub(crate) unsafe fn link(block: NonNull<u8>, next: NonNull<u8>) {
-    // SAFETY: the caller holds the block, which is at least a pointer wide
-    // and aligned (every class is a multiple of 16 bytes).
-    unsafe { (*block.as_ptr().cast::<FreeBlock>()).next = next.as_ptr().cast() };
+    // SAFETY: the caller holds the block.
+    unsafe { FreeBlock::set_next(block.as_ptr().cast(), next.as_ptr().cast()) };
 }
 
 /// The header at the start of every slab. `repr(C)` in this order: the
@@ -145,6 +172,9 @@ impl Slab {
         // SAFETY: the caller hands us SLAB_SIZE suitably aligned bytes, and
         // the header is far smaller than that.
         unsafe { ptr::write(slab, header) };
+        // The memory may have held another slab, whose links are not this
+        // one's.
+        forget_block_links(slab as usize, slab as usize + SLAB_SIZE);
         slab
     }
 
@@ -233,7 +263,7 @@ impl Slab {
         let block = if !head.is_null() {
             // SAFETY: blocks on the local list are free blocks of this slab,
             // whose first word the owner wrote when it pushed them.
-            self.local_free.set(unsafe { (*head).next });
+            self.local_free.set(unsafe { FreeBlock::next(head) });
             head.cast::<u8>()
         } else {
             let bump = self.bump.get();
@@ -254,7 +284,7 @@ impl Slab {
     pub(crate) fn push_local(&self, block: NonNull<u8>) -> usize {
         let block = block.as_ptr().cast::<FreeBlock>();
         // SAFETY: the block is ours to reuse: the caller just freed it.
-        unsafe { (*block).next = self.local_free.get() };
+        unsafe { FreeBlock::set_next(block, self.local_free.get()) };
         self.local_free.set(block);
         debug_assert!(self.used.get() > 0);
         let used = self.used.get() - 1;
@@ -281,7 +311,7 @@ impl Slab {
         loop {
             // SAFETY: the caller holds the chain, so nobody else writes its
             // last link; the Release below publishes every link with it.
-            unsafe { (*last).next = head };
+            unsafe { FreeBlock::set_next(last, head) };
             match self.thread_free.compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(current) => head = current,
@@ -305,11 +335,15 @@ impl Slab {
         // SAFETY: every block on the list was pushed by `push_remote`, which
         // wrote its link before publishing it.
         unsafe {
-            while !(*tail).next.is_null() {
-                tail = (*tail).next;
+            loop {
+                let next = FreeBlock::next(tail);
+                if next.is_null() {
+                    break;
+                }
+                tail = next;
                 count += 1;
             }
-            (*tail).next = self.local_free.get();
+            FreeBlock::set_next(tail, self.local_free.get());
         }
         self.local_free.set(head);
         debug_assert!(count <= self.used.get());
