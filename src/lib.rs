@@ -89,6 +89,7 @@ mod boxed;
 #[cfg(feature = "capi")]
 pub mod capi;
 mod config;
+mod epoch_handles;
 mod error;
 mod free_index;
 mod global;
@@ -119,7 +120,7 @@ pub use stats::{FastPathStats, PoolStats};
 
 use shared_pool::{SharedPool, MAX_ALIGNMENT};
 use size_class::{class_of, class_size, MAX_FAST_SIZE};
-use slab::Slab;
+use slab::{Slab, SLAB_SIZE};
 use slab_map::SlabMap;
 use stats::mean_duration;
 use std::fmt;
@@ -160,10 +161,9 @@ pub(crate) struct PoolInner {
     pub(crate) caches: Arc<CacheRegistry>,
     /// Slabs whose threads exited with blocks still out.
     pub(crate) abandoned: Mutex<Vec<*mut Slab>>,
-    /// Blocks in all registered slabs, and the slabs: changed only when a
-    /// slab is made or released.
+    /// Blocks in all registered slabs: changed only when a slab is made or
+    /// released. (The shared pool counts the slabs themselves.)
     pub(crate) slab_blocks: AtomicUsize,
-    pub(crate) slab_count: AtomicUsize,
     /// Cache blocks freed by threads whose table was already gone.
     pub(crate) orphan_frees: AtomicU64,
 }
@@ -182,8 +182,7 @@ impl PoolInner {
         debug_assert_eq!(unsafe { (*slab).used() }, 0, "releasing a slab with live blocks");
         self.slabs.unregister(slab);
         self.slab_blocks.fetch_sub(capacity, Ordering::Relaxed);
-        self.slab_count.fetch_sub(1, Ordering::Relaxed);
-        let released = self.shared.free(slab as usize);
+        let released = self.shared.free_slab(slab as usize);
         debug_assert!(released.is_ok(), "slab was not a live block: {released:?}");
     }
 
@@ -262,7 +261,6 @@ impl MemoryPool {
                 caches: Arc::new(CacheRegistry::new()),
                 abandoned: Mutex::new(Vec::new()),
                 slab_blocks: AtomicUsize::new(0),
-                slab_count: AtomicUsize::new(0),
                 orphan_frees: AtomicU64::new(0),
             }),
         })
@@ -733,14 +731,20 @@ impl MemoryPool {
         let shared = inner.shared.snapshot();
         let fast = inner.caches.totals();
         let frees = fast.frees + inner.orphan_frees.load(Ordering::Relaxed);
+        // Every cache block handed out and not yet freed, wherever its slab
+        // is; a block freed on another thread counts as freed from that
+        // moment, even while it waits in a batch or a thread-free list.
         let live_cache_blocks = fast.allocations.saturating_sub(frees) as usize;
+        // The snapshot counts slabs and live shared blocks in the same
+        // write bracket, so the slabs never exceed them.
+        let live_shared_blocks = shared.live_blocks - shared.slabs;
         PoolStats {
             size: shared.size,
             used: shared.used,
             free: shared.size - shared.used,
             largest_free_block: shared.largest_free_block,
             free_blocks: shared.free_blocks,
-            live_allocations: shared.live_blocks,
+            live_allocations: live_shared_blocks + live_cache_blocks,
             peak_used: shared.peak_used,
             total_allocations: shared.total_allocations,
             total_frees: shared.total_frees,
@@ -754,7 +758,8 @@ impl MemoryPool {
                 frees,
                 remote_frees: fast.remote_frees,
                 cached_blocks: inner.slab_blocks.load(Ordering::Relaxed).saturating_sub(live_cache_blocks),
-                slabs: inner.slab_count.load(Ordering::Relaxed),
+                slabs: shared.slabs,
+                slab_bytes: shared.slabs * SLAB_SIZE,
             },
         }
     }

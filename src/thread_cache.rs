@@ -311,7 +311,7 @@ impl ThreadHeap {
 
     fn new_slab(&self, class: usize) -> Result<*mut Slab, PoolError> {
         let pool = self.pool();
-        let memory = pool.shared.allocate(SLAB_SIZE, SLAB_SIZE)?;
+        let memory = pool.shared.allocate_slab(SLAB_SIZE, SLAB_SIZE)?;
         // SAFETY: a fresh SLAB_SIZE block of the pool, aligned to SLAB_SIZE
         // and ours alone.
         let slab =
@@ -319,7 +319,6 @@ impl ThreadHeap {
         pool.slabs.register(slab);
         // SAFETY: just created.
         pool.slab_blocks.fetch_add(unsafe { (*slab).capacity() }, Ordering::Relaxed);
-        pool.slab_count.fetch_add(1, Ordering::Relaxed);
         Ok(slab)
     }
 
