@@ -51,8 +51,10 @@
 //!   SSE2) finds the leftmost fitting run in O(log n), and a hierarchy of
 //!   "leaf wholly free" bitmaps measures long runs without a scan.
 //! - **Seqlock** (`seqlock`): writers hold the pool's lock and bracket each
-//!   change; `stats`, `utilization` and `check` read without blocking them.
-//!   Every word a reader can see is an atomic.
+//!   change; `stats` and `utilization` read without blocking them. `check`
+//!   does too, and audits under the lock when writes keep overlapping its
+//!   reading, so that it finishes under any write load. Every word a reader
+//!   can see is an atomic.
 //! - **Biased lock** (`biased_lock`): the writers' lock is biased to the
 //!   thread that made the pool, which enters with a plain store and load,
 //!   no read-modify-write (whose store-buffer drain cost about a quarter of a
@@ -766,7 +768,10 @@ impl MemoryPool {
 
     /// Recomputes free space, free blocks and live blocks from the block
     /// records and verifies every invariant of every region's index against
-    /// the counters. Lock-free: it retries while writers change the pool.
+    /// the counters. It reads without blocking writers, retrying when a
+    /// write overlaps it; after a few overlapped attempts it holds the lock
+    /// that writers take for one last audit, so it finishes in bounded time
+    /// however busy the pool is (writers wait for that audit).
     ///
     /// # Errors
     ///

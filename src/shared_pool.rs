@@ -2,12 +2,13 @@
 //!
 //! Writers (allocate, free, expand, compact, resize) are serialised by one
 //! mutex and bracket each change of the free-block indexes and counters with
-//! the seqlock, so `stats` and `check` read a consistent snapshot without
-//! ever blocking them. Readers find the regions through a table published in
-//! an epoch-protected pointer: whatever a writer replaces or shrinks (a
-//! table, a region's index, a region's tail, a whole region) is retired
-//! through the pool's own crossbeam-epoch `Collector` and only freed or
-//! unmapped once no reader can still hold it.
+//! the seqlock, so `stats` reads a consistent snapshot without ever blocking
+//! them, and so does `check` unless writes keep overlapping its long audit,
+//! when it audits under the lock instead. Readers find the regions through a
+//! table published in an epoch-protected pointer: whatever a writer replaces
+//! or shrinks (a table, a region's index, a region's tail, a whole region) is
+//! retired through the pool's own crossbeam-epoch `Collector` and only freed
+//! or unmapped once no reader can still hold it.
 //!
 //! Growth never moves memory: the newest region is grown in place (mremap
 //! without `MREMAP_MAYMOVE`), and a new region is mapped when the kernel
@@ -674,8 +675,8 @@ impl SharedPool {
 
     /// The pool's size and the bytes in use, read consistently without
     /// blocking writers. Cheaper than [`snapshot`](Self::snapshot): it reads
-    /// two counters and no region, so it needs no epoch guard (registering
-    /// one costs more than everything else here).
+    /// two counters and no region, so it needs no epoch guard (pinning one
+    /// costs more than everything else here).
     pub(crate) fn usage(&self) -> (usize, usize) {
         let counters = &self.counters;
         self.seqlock.read(|| (counters.size.load(Ordering::Relaxed), counters.used.load(Ordering::Relaxed)))
