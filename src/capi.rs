@@ -227,16 +227,20 @@ impl From<Result<(), PoolError>> for LleResult {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LleFastPathStatistics {
-    /// Blocks handed out from the caches.
+    /// Blocks handed out from the caches, ever.
     pub allocations: u64,
-    /// Cache blocks given back, on any thread.
+    /// Cache blocks given back, on any thread, ever.
     pub frees: u64,
     /// Of those, the ones freed by a thread other than the block's owner.
     pub remote_frees: u64,
     /// Free blocks sitting in slabs, ready for the caches.
     pub cached_blocks: usize,
-    /// Slabs held by the caches (or left behind by exited threads).
+    /// Slabs held by the caches (or left behind by exited threads): live
+    /// blocks of the shared pool, which are not allocations.
     pub slabs: usize,
+    /// Bytes of the shared pool in those slabs (64 KiB each); part of
+    /// `used`.
+    pub slab_bytes: usize,
 }
 
 /// C `lle_pool_statistics_t`: mirrors [`PoolStats`], with durations as
@@ -259,7 +263,8 @@ pub struct LleFastPathStatistics {
 pub struct LlePoolStatistics {
     /// Bytes mapped, in all regions.
     pub size: usize,
-    /// Bytes in live blocks of the shared pool, cache slabs included.
+    /// Bytes in live blocks of the shared pool: the shared blocks callers
+    /// hold, granule-rounded, plus `fast.slab_bytes`.
     pub used: usize,
     /// Bytes in free blocks: `size - used`.
     pub free: usize,
@@ -267,13 +272,14 @@ pub struct LlePoolStatistics {
     pub largest_free_block: usize,
     /// Free blocks: maximal runs of free memory.
     pub free_blocks: usize,
-    /// Live blocks of the shared pool (each cache slab counts as one).
+    /// Blocks handed to callers and not yet freed, on both paths; the
+    /// caches' slabs do not count, so this is 0 once everything is freed.
     pub live_allocations: usize,
     /// The most bytes ever in use at once.
     pub peak_used: usize,
-    /// Allocations from the shared pool, ever.
+    /// Allocations from the shared pool, ever, cache slabs included.
     pub total_allocations: u64,
-    /// Frees to the shared pool, ever.
+    /// Frees to the shared pool, ever, cache slabs included.
     pub total_frees: u64,
     /// Allocations refused, on either path.
     pub failed_allocations: u64,
@@ -316,6 +322,7 @@ impl From<&PoolStats> for LlePoolStatistics {
                 remote_frees: stats.fast.remote_frees,
                 cached_blocks: stats.fast.cached_blocks,
                 slabs: stats.fast.slabs,
+                slab_bytes: stats.fast.slab_bytes,
             },
         }
     }

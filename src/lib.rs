@@ -51,8 +51,10 @@
 //!   SSE2) finds the leftmost fitting run in O(log n), and a hierarchy of
 //!   "leaf wholly free" bitmaps measures long runs without a scan.
 //! - **Seqlock** (`seqlock`): writers hold the pool's lock and bracket each
-//!   change; `stats`, `utilization` and `check` read without blocking them.
-//!   Every word a reader can see is an atomic.
+//!   change; `stats` and `utilization` read without blocking them. `check`
+//!   does too, and audits under the lock when writes keep overlapping its
+//!   reading, so that it finishes under any write load. Every word a reader
+//!   can see is an atomic.
 //! - **Biased lock** (`biased_lock`): the writers' lock is biased to the
 //!   thread that made the pool, which enters with a plain store and load,
 //!   no read-modify-write (whose store-buffer drain cost about a quarter of a
@@ -96,6 +98,7 @@ mod boxed;
 #[cfg(feature = "capi")]
 pub mod capi;
 mod config;
+mod epoch_handles;
 mod error;
 mod fallible;
 mod fork;
@@ -128,7 +131,7 @@ pub use stats::{FastPathStats, PoolStats};
 
 use shared_pool::{SharedPool, MAX_ALIGNMENT};
 use size_class::{class_of, class_size, MAX_FAST_SIZE};
-use slab::Slab;
+use slab::{Slab, SLAB_SIZE};
 use slab_map::{Owner, SlabMap};
 use stats::mean_duration;
 use std::fmt;
@@ -171,10 +174,9 @@ pub(crate) struct PoolInner {
     pub(crate) caches: Arc<CacheRegistry>,
     /// Slabs whose threads exited with blocks still out.
     pub(crate) abandoned: Mutex<Vec<*mut Slab>>,
-    /// Blocks in all registered slabs, and the slabs: changed only when a
-    /// slab is made or released.
+    /// Blocks in all registered slabs: changed only when a slab is made or
+    /// released. (The shared pool counts the slabs themselves.)
     pub(crate) slab_blocks: AtomicUsize,
-    pub(crate) slab_count: AtomicUsize,
     /// Cache blocks freed by threads whose table was already gone.
     pub(crate) orphan_frees: AtomicU64,
 }
@@ -195,8 +197,7 @@ impl PoolInner {
         // once it is free, which requires it unmarked as a slab.
         self.slabs.unregister(slab);
         self.slab_blocks.fetch_sub(capacity, Ordering::Relaxed);
-        self.slab_count.fetch_sub(1, Ordering::Relaxed);
-        let released = self.shared.free(slab as usize);
+        let released = self.shared.free_slab(slab as usize);
         debug_assert!(released.is_ok(), "slab was not a live block: {released:?}");
     }
 
@@ -286,7 +287,6 @@ impl MemoryPool {
                 caches: Arc::new(CacheRegistry::new()),
                 abandoned: Mutex::new(Vec::new()),
                 slab_blocks: AtomicUsize::new(0),
-                slab_count: AtomicUsize::new(0),
                 orphan_frees: AtomicU64::new(0),
             }),
         };
@@ -778,14 +778,20 @@ impl MemoryPool {
         let shared = inner.shared.snapshot();
         let fast = inner.caches.totals();
         let frees = fast.frees + inner.orphan_frees.load(Ordering::Relaxed);
+        // Every cache block handed out and not yet freed, wherever its slab
+        // is; a block freed on another thread counts as freed from that
+        // moment, even while it waits in a batch or a thread-free list.
         let live_cache_blocks = fast.allocations.saturating_sub(frees) as usize;
+        // The snapshot counts slabs and live shared blocks in the same
+        // write bracket, so the slabs never exceed them.
+        let live_shared_blocks = shared.live_blocks - shared.slabs;
         PoolStats {
             size: shared.size,
             used: shared.used,
             free: shared.size - shared.used,
             largest_free_block: shared.largest_free_block,
             free_blocks: shared.free_blocks,
-            live_allocations: shared.live_blocks,
+            live_allocations: live_shared_blocks + live_cache_blocks,
             peak_used: shared.peak_used,
             total_allocations: shared.total_allocations,
             total_frees: shared.total_frees,
@@ -799,14 +805,18 @@ impl MemoryPool {
                 frees,
                 remote_frees: fast.remote_frees,
                 cached_blocks: inner.slab_blocks.load(Ordering::Relaxed).saturating_sub(live_cache_blocks),
-                slabs: inner.slab_count.load(Ordering::Relaxed),
+                slabs: shared.slabs,
+                slab_bytes: shared.slabs * SLAB_SIZE,
             },
         }
     }
 
     /// Recomputes free space, free blocks and live blocks from the block
     /// records and verifies every invariant of every region's index against
-    /// the counters. Lock-free: it retries while writers change the pool.
+    /// the counters. It reads without blocking writers, retrying when a
+    /// write overlaps it; after a few overlapped attempts it holds the lock
+    /// that writers take for one last audit, so it finishes in bounded time
+    /// however busy the pool is (writers wait for that audit).
     ///
     /// # Errors
     ///

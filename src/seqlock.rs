@@ -41,8 +41,23 @@ impl SeqLock {
     /// returns its result. `read` may see torn values on the attempts that
     /// are thrown away, so it must not trust them for anything but reading:
     /// no indexing that could go out of bounds, no panics.
+    ///
+    /// Unbounded: meant for reads short enough that a write rarely overlaps
+    /// them. A long read under steady writes may never complete; it takes
+    /// [`try_read`](Self::try_read) and a fallback instead.
     pub(crate) fn read<T>(&self, mut read: impl FnMut() -> T) -> T {
-        let mut attempts = 0u32;
+        loop {
+            if let Some(value) = self.try_read(u32::MAX, &mut read) {
+                return value;
+            }
+        }
+    }
+
+    /// As [`read`](Self::read), but gives up after `attempts` attempts
+    /// (at least one) that a write overlapped, and returns `None`.
+    pub(crate) fn try_read<T>(&self, attempts: u32, mut read: impl FnMut() -> T) -> Option<T> {
+        debug_assert!(attempts > 0);
+        let mut failed = 0u32;
         loop {
             let before = self.sequence.load(Ordering::Acquire);
             if before % 2 == 0 {
@@ -51,11 +66,14 @@ impl SeqLock {
                 // write that overlapped them has moved the sequence by then.
                 fence(Ordering::Acquire);
                 if self.sequence.load(Ordering::Relaxed) == before {
-                    return value;
+                    return Some(value);
                 }
             }
-            attempts = attempts.saturating_add(1);
-            if cfg!(any(lle_mempool_loom, feature = "shuttle")) || attempts > 64 {
+            failed += 1;
+            if failed >= attempts {
+                return None;
+            }
+            if cfg!(any(lle_mempool_loom, feature = "shuttle")) || failed > 64 {
                 yield_now();
             } else {
                 spin_loop();
@@ -117,5 +135,33 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
         assert_eq!(shared.lock.sequence() % 2, 0);
+    }
+
+    #[test]
+    fn a_bounded_read_gives_up_while_a_write_is_open() {
+        let lock = SeqLock::new();
+        let value = AtomicU64::new(7);
+        let mut attempts = 0;
+        {
+            let _bracket = lock.write();
+            let read = lock.try_read(3, || {
+                attempts += 1;
+                value.load(Ordering::Relaxed)
+            });
+            assert_eq!(read, None, "a read overlapping an open write was accepted");
+        }
+        assert_eq!(lock.try_read(3, || value.load(Ordering::Relaxed)), Some(7));
+        // A read that sees the sequence odd does not even start.
+        assert_eq!(attempts, 0);
+
+        // A write inside every attempt: each is thrown away, and the read
+        // gives up after exactly the attempts it was given.
+        let mut attempts = 0;
+        let read = lock.try_read(4, || {
+            attempts += 1;
+            drop(lock.write());
+            value.load(Ordering::Relaxed)
+        });
+        assert_eq!((read, attempts), (None, 4));
     }
 }

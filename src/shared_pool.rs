@@ -2,18 +2,20 @@
 //!
 //! Writers (allocate, free, expand, compact, resize) are serialised by one
 //! mutex and bracket each change of the free-block indexes and counters with
-//! the seqlock, so `stats` and `check` read a consistent snapshot without
-//! ever blocking them. Readers find the regions through a table published in
-//! an epoch-protected pointer: whatever a writer replaces or shrinks (a
-//! table, a region's index, a region's tail, a whole region) is retired
-//! through the pool's own crossbeam-epoch `Collector` and only freed or
-//! unmapped once no reader can still hold it.
+//! the seqlock, so `stats` reads a consistent snapshot without ever blocking
+//! them, and so does `check` unless writes keep overlapping its long audit,
+//! when it audits under the lock instead. Readers find the regions through a
+//! table published in an epoch-protected pointer: whatever a writer replaces
+//! or shrinks (a table, a region's index, a region's tail, a whole region) is
+//! retired through the pool's own crossbeam-epoch `Collector` and only freed
+//! or unmapped once no reader can still hold it.
 //!
 //! Growth never moves memory: the newest region is grown in place (mremap
 //! without `MREMAP_MAYMOVE`), and a new region is mapped when the kernel
 //! can't.
 
 use crate::biased_lock::{BiasedGuard, BiasedMutex};
+use crate::epoch_handles::EpochHandles;
 use crate::error::PoolError;
 use crate::fallible::out_of_memory;
 use crate::free_index::{GRANULE, MAX_REGION_GRANULES};
@@ -33,12 +35,21 @@ const MAX_REGION_BYTES: usize = MAX_REGION_GRANULES * GRANULE;
 /// The largest alignment `allocate_aligned` accepts: alignment padding comes
 /// out of a single region.
 pub(crate) const MAX_ALIGNMENT: usize = 1 << 30;
+/// Optimistic audits `check` tries before it audits under the writers'
+/// lock. One audit of a large pool reads every word of its indexes, long
+/// enough for a writer to overlap every attempt; a few attempts let a
+/// quiet moment pass without blocking writers, and the lock bounds the
+/// rest. Under the models one attempt, so that a single overlapping write
+/// reaches the locked audit.
+const CHECK_ATTEMPTS: u32 = if cfg!(any(lle_mempool_loom, feature = "shuttle")) { 1 } else { 3 };
 
 pub(crate) struct SharedPool {
     state: BiasedMutex<PoolState>,
     seqlock: SeqLock,
     table: Atomic<RegionTable>,
     collector: Collector,
+    /// Registered handles of `collector` for the lock-free readers.
+    reader_handles: EpochHandles,
     pub(crate) counters: SharedCounters,
     pub(crate) listeners: Listeners,
     /// Which memory is the pool's: every region's pages are marked here
@@ -62,7 +73,10 @@ pub(crate) struct PoolState {
 pub(crate) struct SharedCounters {
     pub(crate) size: AtomicUsize,
     pub(crate) used: AtomicUsize,
+    /// Live blocks, for callers and for cache slabs alike.
     pub(crate) live_blocks: AtomicUsize,
+    /// Of those, the blocks that back the thread caches' slabs.
+    pub(crate) slabs: AtomicUsize,
     pub(crate) free_runs: AtomicUsize,
     pub(crate) peak_used: AtomicUsize,
     pub(crate) total_allocations: AtomicU64,
@@ -83,6 +97,7 @@ pub(crate) struct SharedSnapshot {
     pub(crate) largest_free_block: usize,
     pub(crate) free_blocks: usize,
     pub(crate) live_blocks: usize,
+    pub(crate) slabs: usize,
     pub(crate) peak_used: usize,
     pub(crate) total_allocations: u64,
     pub(crate) total_frees: u64,
@@ -91,6 +106,14 @@ pub(crate) struct SharedSnapshot {
     pub(crate) compactions: u64,
     pub(crate) alloc_time: (u64, u64),
     pub(crate) free_time: (u64, u64),
+}
+
+/// Whom a shared-pool block is for. The statistics count the blocks handed
+/// to callers apart from the slabs that back the thread caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockUse {
+    Caller,
+    CacheSlab,
 }
 
 fn add(counter: &AtomicUsize, amount: usize) {
@@ -125,10 +148,12 @@ impl SharedPool {
             seqlock: SeqLock::new(),
             table: Atomic::new(RegionTable::new(Vec::new())),
             collector: Collector::new(),
+            reader_handles: EpochHandles::new(),
             counters: SharedCounters {
                 size: AtomicUsize::new(0),
                 used: AtomicUsize::new(0),
                 live_blocks: AtomicUsize::new(0),
+                slabs: AtomicUsize::new(0),
                 free_runs: AtomicUsize::new(0),
                 peak_used: AtomicUsize::new(0),
                 total_allocations: AtomicU64::new(0),
@@ -164,15 +189,25 @@ impl SharedPool {
     /// Allocates `size` bytes (non-zero) aligned to `align` (a power of two,
     /// at most [`MAX_ALIGNMENT`]), growing the pool if no free block fits.
     pub(crate) fn allocate(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
+        self.allocate_for(size, align, BlockUse::Caller)
+    }
+
+    /// As [`allocate`](Self::allocate), for a block that backs a cache slab;
+    /// it goes back with [`free_slab`](Self::free_slab).
+    pub(crate) fn allocate_slab(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
+        self.allocate_for(size, align, BlockUse::CacheSlab)
+    }
+
+    fn allocate_for(&self, size: usize, align: usize, block_use: BlockUse) -> Result<NonNull<u8>, PoolError> {
         debug_assert!(size > 0 && align.is_power_of_two() && align <= MAX_ALIGNMENT);
-        let result = self.allocate_inner(size, align);
+        let result = self.allocate_inner(size, align, block_use);
         if result.is_err() {
             self.counters.failed_allocations.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
 
-    fn allocate_inner(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
+    fn allocate_inner(&self, size: usize, align: usize, block_use: BlockUse) -> Result<NonNull<u8>, PoolError> {
         let granules = granules_for(size)?;
         let padding = align.max(GRANULE) / GRANULE - 1;
         let wanted = granules + padding;
@@ -181,13 +216,13 @@ impl SharedPool {
         }
         let mut state = self.state.lock()?;
         let timer = self.start_timer(&self.counters.total_allocations);
-        if let Some(block) = self.claim_first_fit(&state, granules, wanted, align) {
+        if let Some(block) = self.claim_first_fit(&state, granules, wanted, align, block_use) {
             self.stop_timer(timer, &self.counters.alloc_time);
             return Ok(block);
         }
         let old_size = self.counters.size.load(Ordering::Relaxed);
         self.grow(&mut state, wanted * GRANULE)?;
-        let block = self.claim_first_fit(&state, granules, wanted, align);
+        let block = self.claim_first_fit(&state, granules, wanted, align, block_use);
         let new_size = self.counters.size.load(Ordering::Relaxed);
         drop(state);
         self.listeners.notify(ResizeEvent { old_size, new_size, reason: ResizeReason::AutoExpand });
@@ -214,6 +249,7 @@ impl SharedPool {
         granules: usize,
         wanted: usize,
         align: usize,
+        block_use: BlockUse,
     ) -> Option<NonNull<u8>> {
         for region in &state.regions {
             // SAFETY: `state` is the pool's lock, held: no other thread
@@ -230,6 +266,9 @@ impl SharedPool {
             let bytes = granules * GRANULE;
             add(&self.counters.used, bytes);
             add(&self.counters.live_blocks, 1);
+            if block_use == BlockUse::CacheSlab {
+                add(&self.counters.slabs, 1);
+            }
             bump(&self.counters.total_allocations, 1);
             let used = self.counters.used.load(Ordering::Relaxed);
             if used > self.counters.peak_used.load(Ordering::Relaxed) {
@@ -265,6 +304,15 @@ impl SharedPool {
 
     /// Frees the live block at `addr`; returns its size in bytes.
     pub(crate) fn free(&self, addr: usize) -> Result<usize, PoolError> {
+        self.free_as(addr, BlockUse::Caller)
+    }
+
+    /// Frees a block from [`allocate_slab`](Self::allocate_slab).
+    pub(crate) fn free_slab(&self, addr: usize) -> Result<usize, PoolError> {
+        self.free_as(addr, BlockUse::CacheSlab)
+    }
+
+    fn free_as(&self, addr: usize, block_use: BlockUse) -> Result<usize, PoolError> {
         let state = self.state.lock()?;
         let timer = self.start_timer(&self.counters.total_frees);
         let (region_index, first) = Self::locate_block(&state, addr)?;
@@ -277,6 +325,9 @@ impl SharedPool {
             adjust_runs(&self.counters.free_runs, 1, usize::from(neighbours.before) + usize::from(neighbours.after));
             subtract(&self.counters.used, granules * GRANULE);
             subtract(&self.counters.live_blocks, 1);
+            if block_use == BlockUse::CacheSlab {
+                subtract(&self.counters.slabs, 1);
+            }
             bump(&self.counters.total_frees, 1);
         }
         self.stop_timer(timer, &self.counters.free_time);
@@ -732,8 +783,8 @@ impl SharedPool {
 
     /// The pool's size and the bytes in use, read consistently without
     /// blocking writers. Cheaper than [`snapshot`](Self::snapshot): it reads
-    /// two counters and no region, so it needs no epoch guard (registering
-    /// one costs more than everything else here).
+    /// two counters and no region, so it needs no epoch guard (pinning one
+    /// costs more than everything else here).
     pub(crate) fn usage(&self) -> (usize, usize) {
         let counters = &self.counters;
         self.seqlock.read(|| (counters.size.load(Ordering::Relaxed), counters.used.load(Ordering::Relaxed)))
@@ -741,8 +792,10 @@ impl SharedPool {
 
     /// A consistent snapshot, read without blocking writers.
     pub(crate) fn snapshot(&self) -> SharedSnapshot {
-        let handle = self.collector.register();
-        let guard = handle.pin();
+        self.reader_handles.with_handle(&self.collector, |handle| self.snapshot_pinned(&handle.pin()))
+    }
+
+    fn snapshot_pinned(&self, guard: &Guard) -> SharedSnapshot {
         let counters = &self.counters;
         self.seqlock.read(|| {
             let size = counters.size.load(Ordering::Relaxed);
@@ -750,11 +803,12 @@ impl SharedPool {
             SharedSnapshot {
                 size,
                 used,
-                largest_free_block: self.with_regions(&guard, |regions| {
+                largest_free_block: self.with_regions(guard, |regions| {
                     regions.iter().map(|region| region.index.longest_free() * GRANULE).max().unwrap_or(0)
                 }),
                 free_blocks: counters.free_runs.load(Ordering::Relaxed),
                 live_blocks: counters.live_blocks.load(Ordering::Relaxed),
+                slabs: counters.slabs.load(Ordering::Relaxed),
                 peak_used: counters.peak_used.load(Ordering::Relaxed),
                 total_allocations: counters.total_allocations.load(Ordering::Relaxed),
                 total_frees: counters.total_frees.load(Ordering::Relaxed),
@@ -789,40 +843,61 @@ impl SharedPool {
     /// Recomputes free space, free blocks and live blocks from the bitmaps
     /// and checks them against the counters, and every tree entry and
     /// whole-leaf bit of every index against the bitmaps (the seed's
-    /// `lle_recalculate_free_space`). Lock-free.
+    /// `lle_recalculate_free_space`).
+    ///
+    /// Reads without blocking writers, pinned for one attempt at a time;
+    /// after [`CHECK_ATTEMPTS`] attempts that writes overlapped, audits
+    /// under the writers' lock, so it finishes under any write load.
     pub(crate) fn check(&self) -> Result<(), PoolError> {
-        let handle = self.collector.register();
-        let guard = handle.pin();
+        let optimistic = self.reader_handles.with_handle(&self.collector, |handle| {
+            self.seqlock.try_read(CHECK_ATTEMPTS, || self.with_regions(&handle.pin(), |regions| self.audit(regions)))
+        });
+        if let Some(verdict) = optimistic {
+            return verdict;
+        }
+        let state = self.state.lock()?;
+        // The lock keeps every writer out, so the regions it guards are the
+        // published ones and nothing is retired meanwhile: no epoch guard is
+        // needed.
+        let regions: Vec<&Region> = state.regions.iter().map(|region| &**region).collect();
+        self.audit(&regions)
+    }
+
+    /// The audit behind [`check`](Self::check), over `regions` in address
+    /// order. Inside a seqlock read it may see torn values, and then only
+    /// reports a discrepancy that the read throws away.
+    fn audit(&self, regions: &[&Region]) -> Result<(), PoolError> {
         let counters = &self.counters;
         let corrupted = |reason: String| PoolError::Corrupted { reason };
-        self.seqlock.read(|| -> Result<(), PoolError> {
-            self.with_regions(&guard, |regions| {
-                let (mut size, mut free, mut runs, mut live) = (0usize, 0usize, 0usize, 0usize);
-                let mut previous_end = 0usize;
-                for region in regions {
-                    if region.start() < previous_end {
-                        return Err(corrupted(format!("region at {:#x} overlaps its predecessor", region.start())));
-                    }
-                    previous_end = region.end();
-                    let (region_free, region_runs, region_live) = region.index.audit()?;
-                    size += region.len();
-                    free += region_free * GRANULE;
-                    runs += region_runs;
-                    live += region_live;
-                }
-                let expect = |what: &str, counted: usize, recorded: usize| {
-                    if counted == recorded {
-                        Ok(())
-                    } else {
-                        Err(corrupted(format!("{what}: the blocks say {counted}, the counters say {recorded}")))
-                    }
-                };
-                expect("size", size, counters.size.load(Ordering::Relaxed))?;
-                expect("bytes in use", size - free, counters.used.load(Ordering::Relaxed))?;
-                expect("free blocks", runs, counters.free_runs.load(Ordering::Relaxed))?;
-                expect("live blocks", live, counters.live_blocks.load(Ordering::Relaxed))
-            })
-        })
+        let (mut size, mut free, mut runs, mut live) = (0usize, 0usize, 0usize, 0usize);
+        let mut previous_end = 0usize;
+        for region in regions {
+            if region.start() < previous_end {
+                return Err(corrupted(format!("region at {:#x} overlaps its predecessor", region.start())));
+            }
+            previous_end = region.end();
+            let (region_free, region_runs, region_live) = region.index.audit()?;
+            size += region.len();
+            free += region_free * GRANULE;
+            runs += region_runs;
+            live += region_live;
+        }
+        let expect = |what: &str, counted: usize, recorded: usize| {
+            if counted == recorded {
+                Ok(())
+            } else {
+                Err(corrupted(format!("{what}: the blocks say {counted}, the counters say {recorded}")))
+            }
+        };
+        expect("size", size, counters.size.load(Ordering::Relaxed))?;
+        expect("bytes in use", size - free, counters.used.load(Ordering::Relaxed))?;
+        expect("free blocks", runs, counters.free_runs.load(Ordering::Relaxed))?;
+        expect("live blocks", live, counters.live_blocks.load(Ordering::Relaxed))?;
+        let slabs = counters.slabs.load(Ordering::Relaxed);
+        if slabs > live {
+            return Err(corrupted(format!("{slabs} cache slabs, but only {live} live blocks")));
+        }
+        Ok(())
     }
 }
 

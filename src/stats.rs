@@ -16,26 +16,60 @@ pub(crate) const TIMING_SAMPLE_PERIOD: u64 = 64;
 
 /// A snapshot of a pool's state and history.
 ///
+/// How the figures relate:
+///
+/// - `size == used + free`: every mapped byte is in a live or a free block
+///   of the shared pool.
+/// - `used` is the bytes of the shared pool's live blocks, which are of two
+///   kinds: the blocks callers got from [`allocate`](crate::MemoryPool::allocate)
+///   (and from `allocate_fast` above 1 KiB), each rounded up to 16-byte
+///   granules, and the caches' slabs, [`FastPathStats::slab_bytes`] in all.
+///   So `used - fast.slab_bytes` is the bytes of the shared blocks callers
+///   hold.
+/// - `live_allocations` is the blocks handed to callers and not yet freed,
+///   on both paths: the shared blocks callers hold plus the cache blocks
+///   callers hold (`fast.allocations - fast.frees`). Slabs are not
+///   allocations, and a block freed on any thread counts as freed at once,
+///   even while it waits to return to its slab. Once a program has freed
+///   everything it allocated, `live_allocations` is 0, whatever the caches
+///   still hold.
+/// - The caches hold `fast.slabs` slabs, `fast.slab_bytes` bytes, in which
+///   `fast.cached_blocks` free blocks wait to be handed out.
+///
+/// The shared-pool figures are one consistent snapshot. The cache counters
+/// are summed over threads as each thread last wrote them, so a snapshot
+/// taken while other threads allocate or free may be off by the operations
+/// in flight; taken while they are idle, it is exact.
+///
 /// # Examples
 ///
 /// ```
-/// let pool = lle_mempool::MemoryPool::new(64 * 1024)?;
+/// let pool = lle_mempool::MemoryPool::new(256 * 1024)?;
 /// let block = pool.allocate(100)?;
+/// let event = pool.allocate_fast(48)?;
 /// let stats = pool.stats();
-/// assert_eq!(stats.size, 64 * 1024);
-/// assert_eq!(stats.used, 112); // 100 rounded up to 16-byte granules
-/// assert_eq!(stats.live_allocations, 1);
-/// assert_eq!(stats.free_blocks, 1);
-/// unsafe { pool.free(block)? };
-/// assert_eq!(pool.stats().used, 0);
+/// assert_eq!(stats.size, 256 * 1024);
+/// assert_eq!(stats.live_allocations, 2);
+/// // 100 rounded up to 16-byte granules, and the slab the event came from.
+/// assert_eq!(stats.used, 112 + stats.fast.slab_bytes);
+/// assert_eq!((stats.fast.slabs, stats.fast.slab_bytes), (1, 64 * 1024));
+/// unsafe {
+///     pool.free(block)?;
+///     pool.free_fast(event)?;
+/// }
+/// let stats = pool.stats();
+/// assert_eq!(stats.live_allocations, 0);
+/// // The slab stays in this thread's cache, ready for the next event.
+/// assert_eq!(stats.used, stats.fast.slab_bytes);
 /// # Ok::<(), lle_mempool::PoolError>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PoolStats {
     /// Bytes mapped, in all regions.
     pub size: usize,
-    /// Bytes in live blocks of the shared pool, including the slabs that
-    /// back the per-thread caches.
+    /// Bytes in live blocks of the shared pool: the shared blocks callers
+    /// hold, granule-rounded, plus the caches' slabs
+    /// ([`FastPathStats::slab_bytes`]).
     pub used: usize,
     /// Bytes in free blocks: `size - used`.
     pub free: usize,
@@ -43,13 +77,17 @@ pub struct PoolStats {
     pub largest_free_block: usize,
     /// Free blocks: maximal runs of free memory.
     pub free_blocks: usize,
-    /// Live blocks of the shared pool (each cache slab counts as one).
+    /// Blocks handed to callers and not yet freed, on both paths (shared
+    /// blocks and cache blocks). The caches' slabs do not count: this is 0
+    /// once every block allocated has been freed.
     pub live_allocations: usize,
     /// The most bytes ever in use at once.
     pub peak_used: usize,
-    /// Allocations from the shared pool, ever.
+    /// Allocations from the shared pool, ever, including the slabs taken
+    /// by the caches.
     pub total_allocations: u64,
-    /// Frees to the shared pool, ever.
+    /// Frees to the shared pool, ever, including the slabs the caches gave
+    /// back.
     pub total_frees: u64,
     /// Allocations refused, on either path.
     pub failed_allocations: u64,
@@ -76,20 +114,26 @@ pub struct PoolStats {
 /// let fast = pool.stats().fast;
 /// assert_eq!((fast.allocations, fast.frees), (1, 1));
 /// assert!(fast.cached_blocks > 0);
+/// assert_eq!(fast.slab_bytes, fast.slabs * 64 * 1024);
 /// # Ok::<(), lle_mempool::PoolError>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FastPathStats {
-    /// Blocks handed out by `allocate_fast` from the caches.
+    /// Blocks handed out by `allocate_fast` from the caches, ever.
     pub allocations: u64,
-    /// Cache blocks given back, on any thread.
+    /// Cache blocks given back, on any thread, ever. `allocations - frees`
+    /// blocks are live.
     pub frees: u64,
     /// Of those, the ones freed by a thread other than the slab's owner.
     pub remote_frees: u64,
     /// Free blocks sitting in slabs, ready for the caches.
     pub cached_blocks: usize,
-    /// Slabs held by the caches (or abandoned by exited threads).
+    /// Slabs held by the caches (or abandoned by exited threads): live
+    /// blocks of the shared pool, which are not allocations.
     pub slabs: usize,
+    /// Bytes of the shared pool in those slabs: `slabs` times the slab size
+    /// (64 KiB). Part of [`PoolStats::used`].
+    pub slab_bytes: usize,
 }
 
 /// Adds `amount` to a counter only its writer changes: a load and a store,

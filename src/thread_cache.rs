@@ -321,20 +321,19 @@ impl ThreadHeap {
 
     fn new_slab(&self, class: usize) -> Result<*mut Slab, PoolError> {
         let pool = self.pool();
-        let memory = pool.shared.allocate(SLAB_SIZE, SLAB_SIZE)?;
+        let memory = pool.shared.allocate_slab(SLAB_SIZE, SLAB_SIZE)?;
         // SAFETY: a fresh SLAB_SIZE block of the pool, aligned to SLAB_SIZE
         // and ours alone.
         let slab =
             unsafe { Slab::create(memory, class, self as *const ThreadHeap as *mut ThreadHeap, pool.config.checked) };
         if let Err(error) = pool.slabs.register(slab) {
             // Nothing refers to the slab yet: its memory goes straight back.
-            let released = pool.shared.free(memory.as_ptr() as usize);
+            let released = pool.shared.free_slab(memory.as_ptr() as usize);
             debug_assert!(released.is_ok(), "a fresh slab was not a live block: {released:?}");
             return Err(error);
         }
         // SAFETY: just created.
         pool.slab_blocks.fetch_add(unsafe { (*slab).capacity() }, Ordering::Relaxed);
-        pool.slab_count.fetch_add(1, Ordering::Relaxed);
         // Room in the abandoned list for every slab there is, reserved while
         // the caller can still be told: abandoning a slab when its thread
         // exits must not need memory. The count read here includes this
@@ -342,7 +341,7 @@ impl ThreadHeap {
         // all of them.
         let reserved = {
             let mut abandoned = lock(&pool.abandoned);
-            let missing = pool.slab_count.load(Ordering::Relaxed).saturating_sub(abandoned.len());
+            let missing = pool.shared.counters.slabs.load(Ordering::Relaxed).saturating_sub(abandoned.len());
             abandoned.try_reserve(missing)
         };
         if reserved.is_err() {

@@ -176,7 +176,7 @@ fn header_expectations() -> Vec<Expectation> {
     layout!(
         "lle_fast_path_statistics_t",
         LleFastPathStatistics,
-        [allocations, frees, remote_frees, cached_blocks, slabs]
+        [allocations, frees, remote_frees, cached_blocks, slabs, slab_bytes]
     );
     layout!(
         "lle_pool_statistics_t",

@@ -70,7 +70,8 @@ fn every_size_goes_through_the_fast_path() {
         blocks.push((block, usable, seed as u64));
     }
     // Sizes above the classes come from the shared pool.
-    let shared_blocks = pool.stats().live_allocations - pool.stats().fast.slabs;
+    let stats = pool.stats();
+    let shared_blocks = stats.live_allocations as u64 - (stats.fast.allocations - stats.fast.frees);
     assert_eq!(shared_blocks, 5);
     let mut extents: Vec<(usize, usize)> =
         blocks.iter().map(|&(block, usable, _)| (block.as_ptr() as usize, usable)).collect();
@@ -89,7 +90,8 @@ fn every_size_goes_through_the_fast_path() {
     }
     let stats = pool.stats();
     assert_eq!((stats.fast.allocations, stats.fast.frees, stats.fast.remote_frees), (1024, 1024, 0));
-    assert_eq!(stats.live_allocations, stats.fast.slabs, "only slabs are left");
+    assert_eq!(stats.live_allocations, 0, "everything was freed: {stats:?}");
+    assert_eq!(stats.used, stats.fast.slab_bytes, "only slabs are left: {stats:?}");
     pool.check().unwrap();
 }
 
@@ -111,7 +113,8 @@ fn free_and_free_fast_accept_each_others_blocks() {
     }
     let stats = pool.stats();
     assert_eq!((stats.fast.allocations, stats.fast.frees), (1, 1));
-    assert_eq!(stats.live_allocations, stats.fast.slabs);
+    assert_eq!(stats.live_allocations, 0, "{stats:?}");
+    assert_eq!(stats.used, stats.fast.slab_bytes, "{stats:?}");
     pool.check().unwrap();
 }
 
@@ -126,7 +129,8 @@ fn fast_statistics_follow_what_threads_did() {
     assert_eq!(slab_blocks % stats.fast.slabs, 0, "slabs of one class hold equal numbers of blocks: {stats:?}");
     let per_slab = slab_blocks / stats.fast.slabs;
     assert!((900..=1024).contains(&per_slab), "a 64 KiB slab holds about 1,000 blocks of 64 B: {per_slab}");
-    assert_eq!(stats.live_allocations, stats.fast.slabs, "slabs are shared-pool blocks");
+    assert_eq!(stats.live_allocations, 5000, "the blocks, not the slabs that hold them: {stats:?}");
+    assert_eq!(stats.used, stats.fast.slab_bytes, "slabs are shared-pool blocks: {stats:?}");
 
     let (local, remote) = blocks.split_at(3000);
     for &block in local {
@@ -712,6 +716,7 @@ fn shared_blocks_where_released_slabs_were_free_as_shared_blocks() {
     }
     let stats = pool.stats();
     // What the shared pool still has out is the cache's slabs, nothing else.
-    assert_eq!(stats.live_allocations, stats.fast.slabs, "{stats:?}");
+    assert_eq!(stats.live_allocations, 0, "{stats:?}");
+    assert_eq!(stats.used, stats.fast.slab_bytes, "{stats:?}");
     pool.check().unwrap();
 }

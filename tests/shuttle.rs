@@ -179,15 +179,20 @@ fn assert_consistent(stats: &PoolStats) {
         stats.largest_free_block * stats.free_blocks >= stats.free,
         "free blocks can't hold the free bytes: {stats:?}"
     );
-    assert!(stats.live_allocations * 16 <= stats.used, "more live blocks than used granules: {stats:?}");
-    assert_eq!(stats.used == 0, stats.live_allocations == 0, "used bytes and live blocks disagree: {stats:?}");
     assert!(stats.peak_used >= stats.used, "peak below current use: {stats:?}");
     assert!(stats.total_frees <= stats.total_allocations, "more frees than allocations: {stats:?}");
-    assert_eq!(
-        stats.total_allocations - stats.total_frees,
-        stats.live_allocations as u64,
-        "live blocks and allocations minus frees differ: {stats:?}"
-    );
+    // The shared pool's live blocks are the slabs and the callers' shared
+    // blocks, read in one snapshot; live_allocations adds the cache blocks
+    // callers hold, summed over threads.
+    assert_eq!(stats.fast.slabs == 0, stats.fast.slab_bytes == 0, "slabs and their bytes disagree: {stats:?}");
+    assert!(stats.fast.slab_bytes <= stats.used, "slabs exceed the bytes in use: {stats:?}");
+    let live_slabs = stats.fast.slabs as u64;
+    assert!(stats.total_allocations - stats.total_frees >= live_slabs, "more slabs than live blocks: {stats:?}");
+    let live_shared = (stats.total_allocations - stats.total_frees - live_slabs) as usize;
+    let shared_bytes = stats.used - stats.fast.slab_bytes;
+    assert!(live_shared * 16 <= shared_bytes, "more live shared blocks than their granules: {stats:?}");
+    assert_eq!(shared_bytes == 0, live_shared == 0, "shared bytes and shared blocks disagree: {stats:?}");
+    assert!(stats.live_allocations >= live_shared, "fewer live allocations than shared blocks: {stats:?}");
 }
 
 /// What a registered listener observed. A listener's panic is caught by the

@@ -92,25 +92,34 @@ typedef enum lle_result {
 
 /* The per-thread caches behind lle_pool_allocate_fast, summed over threads. */
 typedef struct lle_fast_path_statistics {
-    /* Blocks handed out from the caches. */
+    /* Blocks handed out from the caches, ever. */
     uint64_t allocations;
-    /* Cache blocks given back, on any thread. */
+    /* Cache blocks given back, on any thread, ever. */
     uint64_t frees;
     /* Of those, the ones freed by a thread other than the block's owner. */
     uint64_t remote_frees;
     /* Free blocks sitting in slabs, ready for the caches. */
     size_t cached_blocks;
-    /* Slabs held by the caches (or left behind by exited threads). */
+    /* Slabs held by the caches (or left behind by exited threads): live
+     * blocks of the shared pool, which are not allocations. */
     size_t slabs;
+    /* Bytes of the shared pool in those slabs (64 KiB each); part of used. */
+    size_t slab_bytes;
 } lle_fast_path_statistics_t;
 
 /* A snapshot of a pool's state and history; see lle_get_pool_statistics.
- * The cache slabs are blocks of the shared pool, so the shared-pool fields
- * count each slab as one block, whatever it holds. */
+ * size == used + free. used is the bytes of the shared blocks callers hold
+ * (rounded up to 16 bytes) plus fast.slab_bytes, the caches' slabs.
+ * live_allocations counts the blocks handed to callers and not yet freed, on
+ * both paths (shared blocks plus fast.allocations - fast.frees); slabs are
+ * not allocations, so it is 0 once everything is freed, whatever the caches
+ * hold. The shared-pool figures are one consistent snapshot; the cache
+ * counters are summed over threads and exact while the threads are idle. */
 typedef struct lle_pool_statistics {
     /* Bytes mapped, in all regions. */
     size_t size;
-    /* Bytes in live blocks of the shared pool, cache slabs included. */
+    /* Bytes in live blocks of the shared pool: the shared blocks callers
+     * hold plus fast.slab_bytes. */
     size_t used;
     /* Bytes in free blocks: size - used. */
     size_t free;
@@ -118,13 +127,14 @@ typedef struct lle_pool_statistics {
     size_t largest_free_block;
     /* Free blocks: maximal runs of free memory. */
     size_t free_blocks;
-    /* Live blocks of the shared pool (each cache slab counts as one). */
+    /* Blocks handed to callers and not yet freed, on both paths; 0 once
+     * everything is freed. */
     size_t live_allocations;
     /* The most bytes ever in use at once. */
     size_t peak_used;
-    /* Allocations from the shared pool, ever. */
+    /* Allocations from the shared pool, ever, cache slabs included. */
     uint64_t total_allocations;
-    /* Frees to the shared pool, ever. */
+    /* Frees to the shared pool, ever, cache slabs included. */
     uint64_t total_frees;
     /* Allocations refused, on either path. */
     uint64_t failed_allocations;
