@@ -9,7 +9,7 @@
 //! when the granules after the block are free (or, shrinking, always).
 
 use crate::free_index::GRANULE;
-use crate::size_class::{class_alignment, class_of, class_size, MAX_FAST_SIZE};
+use crate::size_class::{class_for_layout, class_of, class_size};
 use crate::{MemoryPool, PoolError};
 use allocator_api2::alloc::{AllocError, Allocator, Layout};
 use std::ptr::{self, NonNull};
@@ -41,14 +41,11 @@ impl MemoryPool {
     pub(crate) fn allocate_layout(&self, layout: Layout) -> Result<(NonNull<u8>, usize), PoolError> {
         let size = layout.size();
         debug_assert!(size > 0);
-        if size <= MAX_FAST_SIZE {
-            let class = class_of(size);
-            if layout.align() <= class_alignment(class) {
-                // A cache block holds its class's size; the shared pool's
-                // stand-in (when this thread has no cache) holds at least as
-                // much.
-                return Ok((self.allocate_fast(size)?, class_size(class)));
-            }
+        if let Some(class) = class_for_layout(layout) {
+            // A cache block holds its class's size; the shared pool's
+            // stand-in (when this thread has no cache) holds at least as
+            // much.
+            return Ok((self.allocate_fast(size)?, class_size(class)));
         }
         let block = self.allocate_aligned(size, layout.align())?;
         Ok((block, size.next_multiple_of(GRANULE)))

@@ -20,7 +20,7 @@
 //!   caches, and keeping them out keeps that test exact.
 
 use crate::allocator::stays_in_cache_block;
-use crate::size_class::{class_alignment, class_of, class_size, MAX_FAST_SIZE};
+use crate::size_class::{class_for_layout, class_size};
 use crate::slab::Slab;
 use crate::thread_cache::with_heap;
 use crate::{MemoryPool, PoolConfig};
@@ -227,19 +227,9 @@ impl GlobalPool {
         }
     }
 
-    /// The size class that serves `layout` from the pool, if one does.
-    fn class_for(layout: Layout) -> Option<usize> {
-        let size = layout.size();
-        if size == 0 || size > MAX_FAST_SIZE {
-            return None;
-        }
-        let class = class_of(size);
-        (layout.align() <= class_alignment(class)).then_some(class)
-    }
-
     /// A cache block for `layout`, or `None` for [`System`] to serve it.
     fn allocate_from_pool(&self, layout: Layout) -> Option<NonNull<u8>> {
-        let class = Self::class_for(layout)?;
+        let class = class_for_layout(layout)?;
         let _inside = InsidePool::enter()?;
         let abort_on_unwind = AbortOnUnwind;
         let block =
@@ -364,7 +354,7 @@ impl fmt::Debug for GlobalPool {
 /// }
 /// ```
 // SAFETY: blocks come either from the pool's thread caches (aligned to and
-// at least as large as the layout, by the size class chosen in `class_for`)
+// at least as large as the layout, by the size class chosen in `class_for_layout`)
 // or from `System`; `dealloc` and `realloc` send each block back to the one
 // that served it, decided by the slab map, which holds exactly the pool's
 // live slabs. Nothing unwinds out: pool code runs under `AbortOnUnwind`.
@@ -409,7 +399,7 @@ unsafe impl GlobalAlloc for GlobalPool {
                 }
             }
             None => {
-                if self.ready_pool().is_none() || Self::class_for(new_layout).is_none() {
+                if self.ready_pool().is_none() || class_for_layout(new_layout).is_none() {
                     // System's block stays System's: let it grow in place.
                     // SAFETY: the caller's contract is System's.
                     return unsafe { System.realloc(block, layout, new_size) };
