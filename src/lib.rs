@@ -120,7 +120,7 @@ pub use stats::{FastPathStats, PoolStats};
 use shared_pool::{SharedPool, MAX_ALIGNMENT};
 use size_class::{class_of, class_size, MAX_FAST_SIZE};
 use slab::Slab;
-use slab_map::SlabMap;
+use slab_map::{Owner, SlabMap};
 use stats::mean_duration;
 use std::fmt;
 use std::ops::Range;
@@ -156,6 +156,8 @@ pub(crate) struct PoolInner {
     pub(crate) id: u64,
     pub(crate) config: PoolConfig,
     pub(crate) shared: SharedPool,
+    /// The shared pool's map of the pool's memory, shared with it: the
+    /// shared pool marks regions, slabs register here.
     pub(crate) slabs: SlabMap,
     pub(crate) caches: Arc<CacheRegistry>,
     /// Slabs whose threads exited with blocks still out.
@@ -180,6 +182,8 @@ impl PoolInner {
         // SAFETY: the caller owns the slab and it is mapped.
         let capacity = unsafe { (*slab).capacity() };
         debug_assert_eq!(unsafe { (*slab).used() }, 0, "releasing a slab with live blocks");
+        // Before the block is freed: the shared pool may trim its memory
+        // once it is free, which requires it unmarked as a slab.
         self.slabs.unregister(slab);
         self.slab_blocks.fetch_sub(capacity, Ordering::Relaxed);
         self.slab_count.fetch_sub(1, Ordering::Relaxed);
@@ -209,6 +213,15 @@ impl PoolInner {
                 true
             }
         });
+    }
+
+    /// What `addr` is to this pool: in a registered slab, in a shared
+    /// region, or foreign. The one place that classifies pointers; lock-free,
+    /// allocation-free, and reads nothing at `addr` (see [`Owner`] for what
+    /// a found slab promises).
+    #[inline]
+    pub(crate) fn classify(&self, addr: usize) -> Owner<'_> {
+        self.slabs.classify(addr)
     }
 
     fn failed<T>(&self, error: PoolError) -> Result<T, PoolError> {
@@ -253,12 +266,13 @@ impl MemoryPool {
     pub fn with_config(config: PoolConfig) -> Result<MemoryPool, PoolError> {
         config.validate()?;
         let shared = SharedPool::new(config.initial_size, config.max_size, config.growth_factor)?;
+        let slabs = shared.map.share();
         Ok(MemoryPool {
             inner: Box::new(PoolInner {
                 id: sync::next_pool_id(),
                 config,
                 shared,
-                slabs: SlabMap::new(),
+                slabs,
                 caches: Arc::new(CacheRegistry::new()),
                 abandoned: Mutex::new(Vec::new()),
                 slab_blocks: AtomicUsize::new(0),
@@ -508,12 +522,12 @@ impl MemoryPool {
     #[inline(never)]
     unsafe fn free_fast_slow(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
         let inner = &*self.inner;
-        let slab = inner.slabs.lookup(ptr.as_ptr() as usize);
-        if slab.is_null() {
-            return inner.shared.free(ptr.as_ptr() as usize).map(|_| ());
+        let addr = ptr.as_ptr() as usize;
+        match inner.classify(addr) {
+            Owner::Slab(slab) => inner.free_to_slab(slab, ptr),
+            Owner::Shared => inner.shared.free(addr).map(|_| ()),
+            Owner::Foreign => Err(PoolError::ForeignPointer { addr }),
         }
-        // SAFETY: registered slabs are mapped while the pool lives.
-        inner.free_to_slab(unsafe { &*slab }, ptr)
     }
 
     /// The bytes usable at a live block: its size class for cache blocks,
@@ -534,29 +548,39 @@ impl MemoryPool {
     pub fn usable_size(&self, ptr: NonNull<u8>) -> Result<usize, PoolError> {
         let inner = &*self.inner;
         let addr = ptr.as_ptr() as usize;
-        let slab = inner.slabs.lookup(addr);
-        if slab.is_null() {
-            return inner.shared.block_size(addr);
+        match inner.classify(addr) {
+            Owner::Slab(slab) => {
+                slab.block_index(addr)?;
+                Ok(class_size(slab.class()))
+            }
+            Owner::Shared => inner.shared.block_size(addr),
+            Owner::Foreign => Err(PoolError::ForeignPointer { addr }),
         }
-        // SAFETY: registered slabs are mapped while the pool lives.
-        let slab = unsafe { &*slab };
-        slab.block_index(addr)?;
-        Ok(class_size(slab.class()))
     }
 
-    /// Whether `ptr` lies inside the pool's memory. Lock-free.
+    /// Whether `ptr` lies inside the pool's memory: in one of its regions
+    /// (see [`regions`](Self::regions)), and so in a block of either
+    /// allocation path or in free space. Lock-free, allocation-free, and it
+    /// never reads memory at `ptr`: any pointer may be asked about. Memory
+    /// that [`compact`](Self::compact) or [`resize`](Self::resize) gave back
+    /// is not the pool's any more, even if the OS hands its addresses out
+    /// again.
     ///
     /// # Examples
     ///
     /// ```
     /// let pool = lle_mempool::MemoryPool::new(4096)?;
     /// let block = pool.allocate(16)?;
+    /// let cached = pool.allocate_fast(16)?;
     /// assert!(pool.contains(block.as_ptr()));
+    /// assert!(pool.contains(cached.as_ptr()));
     /// assert!(!pool.contains(&0u8));
+    /// let heap = Box::new(0u8);
+    /// assert!(!pool.contains(&*heap));
     /// # Ok::<(), lle_mempool::PoolError>(())
     /// ```
     pub fn contains(&self, ptr: *const u8) -> bool {
-        self.inner.shared.contains(ptr as usize)
+        !matches!(self.inner.classify(ptr as usize), Owner::Foreign)
     }
 
     /// The address ranges of the pool's regions, in address order.

@@ -20,6 +20,7 @@ use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
 use crate::os;
 use crate::region::{find_region, Region, RegionTable};
 use crate::seqlock::SeqLock;
+use crate::slab_map::SlabMap;
 use crate::stats::{bump, TimeSamples, TIMING_SAMPLE_PERIOD};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use crossbeam_epoch::{Atomic, Collector, Guard, Owned};
@@ -39,6 +40,9 @@ pub(crate) struct SharedPool {
     collector: Collector,
     pub(crate) counters: SharedCounters,
     pub(crate) listeners: Listeners,
+    /// Which memory is the pool's: every region's pages are marked here
+    /// while the region holds them (see `slab_map`).
+    pub(crate) map: SlabMap,
     max_size: Option<usize>,
     growth_factor: f64,
 }
@@ -135,6 +139,7 @@ impl SharedPool {
                 free_time: TimeSamples::new(),
             },
             listeners: Listeners::new(),
+            map: SlabMap::new()?,
             max_size,
             growth_factor,
         };
@@ -369,6 +374,13 @@ impl SharedPool {
                 }
                 remaining -= len;
             }
+            if let Err(error) = self.mark_regions(&mapped) {
+                for region in mapped {
+                    // SAFETY: mapped just now and never published.
+                    unsafe { os::unmap(region.base(), region.len()) };
+                }
+                return Err(error);
+            }
             let _write = self.seqlock.write();
             for region in mapped {
                 state.newest = Some(region.start());
@@ -378,6 +390,19 @@ impl SharedPool {
             }
             self.count_growth(additional);
             self.publish(state, &guard);
+        }
+        Ok(())
+    }
+
+    /// Marks freshly mapped regions as the pool's in the map, all or none.
+    fn mark_regions(&self, regions: &[Box<Region>]) -> Result<(), PoolError> {
+        for (marked, region) in regions.iter().enumerate() {
+            if let Err(error) = self.map.mark_shared(region.start(), region.len()) {
+                for region in &regions[..marked] {
+                    self.map.clear_shared(region.start(), region.len());
+                }
+                return Err(error);
+            }
         }
         Ok(())
     }
@@ -400,6 +425,13 @@ impl SharedPool {
         }
         // SAFETY: the region is a live mapping of `region.len()` bytes.
         if !unsafe { os::grow_in_place(region.base(), region.len(), new_len) } {
+            return false;
+        }
+        if self.map.mark_shared(region.end(), additional).is_err() {
+            // SAFETY: the grown part was mapped just now and is unknown to
+            // anyone; the region is as it was before the call. Mapping a new
+            // region, the caller's next step, reports the error.
+            unsafe { os::unmap(NonNull::new_unchecked(region.end() as *mut u8), additional) };
             return false;
         }
         let grown = Box::new(region.with_len(new_len));
@@ -480,6 +512,9 @@ impl SharedPool {
             subtract(&self.counters.free_runs, 1);
         }
         subtract(&self.counters.size, bytes);
+        // Before the memory is retired: once unmapped, a foreign mapping may
+        // take its addresses, and they must read as foreign then.
+        self.map.clear_shared(region.end() - bytes, bytes);
         if bytes == region.len() {
             let old = state.regions.remove(position);
             if state.newest == Some(old.start()) {
@@ -607,13 +642,6 @@ impl SharedPool {
         Self::collect_garbage(&handle);
         self.listeners.notify(ResizeEvent { old_size, new_size: target, reason: ResizeReason::Resize });
         Ok(())
-    }
-
-    /// Whether `addr` lies in one of the pool's regions. Lock-free.
-    pub(crate) fn contains(&self, addr: usize) -> bool {
-        let handle = self.collector.register();
-        let guard = handle.pin();
-        self.with_regions(&guard, |regions| find_region(regions, addr).is_some())
     }
 
     /// The regions' `(start, length)`, in address order.

@@ -316,7 +316,11 @@ impl ThreadHeap {
         // and ours alone.
         let slab =
             unsafe { Slab::create(memory, class, self as *const ThreadHeap as *mut ThreadHeap, pool.config.checked) };
-        pool.slabs.register(slab);
+        if let Err(error) = pool.slabs.register(slab) {
+            let freed = pool.shared.free(memory.as_ptr() as usize);
+            debug_assert!(freed.is_ok(), "the slab's block was just allocated: {freed:?}");
+            return Err(error);
+        }
         // SAFETY: just created.
         pool.slab_blocks.fetch_add(unsafe { (*slab).capacity() }, Ordering::Relaxed);
         pool.slab_count.fetch_add(1, Ordering::Relaxed);
