@@ -10,6 +10,7 @@
 
 use crate::free_index::GRANULE;
 use crate::size_class::{class_for_layout, class_of, class_size};
+use crate::slab_map::Owner;
 use crate::{MemoryPool, PoolError};
 use allocator_api2::alloc::{AllocError, Allocator, Layout};
 use std::ptr::{self, NonNull};
@@ -51,18 +52,17 @@ impl MemoryPool {
         Ok((block, size.next_multiple_of(GRANULE)))
     }
 
-    /// Resizes the block at `block` to `new_layout` without moving it, if
-    /// the pool can; returns the block and the bytes it now holds.
-    fn resize_layout_in_place(&self, block: NonNull<u8>, new_layout: Layout) -> Option<NonNull<[u8]>> {
+    /// Resizes the live block at `block` to `new_layout` without moving it,
+    /// if the pool can; returns the block and the bytes it now holds. A
+    /// shared block takes the shared pool's lock.
+    pub(crate) fn resize_layout_in_place(&self, block: NonNull<u8>, new_layout: Layout) -> Option<NonNull<[u8]>> {
         let addr = block.as_ptr() as usize;
         if addr % new_layout.align() != 0 {
             return None;
         }
         let inner = &*self.inner;
-        let slab = inner.slabs.lookup(addr);
-        if !slab.is_null() {
-            // SAFETY: registered slabs are mapped while the pool lives.
-            let block_size = class_size(unsafe { &*slab }.class());
+        if let Owner::Slab(slab) = inner.classify(addr) {
+            let block_size = class_size(slab.class());
             return stays_in_cache_block(new_layout.size(), block_size).then(|| block_slice(block, block_size));
         }
         match inner.shared.resize_in_place(addr, new_layout.size()) {

@@ -2,9 +2,9 @@
 //! on several threads at once, with the pool as this test binary's global
 //! allocator. Their documents, tables and automata need blocks of every
 //! size, from a few bytes to several MiB, grown by `realloc` and freed on
-//! other threads than the ones that allocated them. Each workload checks
-//! its own results against data rebuilt from the same seed; afterwards the
-//! pool must pass `check()`. Not under the models: their primitives work
+//! other threads than the ones that allocated them, and all of them served
+//! by the pool. Each workload checks its own results against data rebuilt
+//! from the same seed; afterwards the pool must pass `check()`. Not under the models: their primitives work
 //! only inside a model run, and the harness allocates before any test
 //! starts.
 
@@ -39,6 +39,10 @@ fn start_watchdog() -> mpsc::Sender<()> {
         }
     });
     alive
+}
+
+fn in_global_pool(block: *const u8) -> bool {
+    GLOBAL.with_pool(|pool| pool.contains(block)).expect("the global pool exists")
 }
 
 /// A deterministic stream of numbers (splitmix64): every document can be
@@ -128,6 +132,7 @@ fn json_documents_round_trip_across_threads() {
             .map(|(seed, text)| {
                 scope.spawn(move || {
                     assert!(text.len() > 2 << 20, "document {seed} has only {} bytes", text.len());
+                    assert!(in_global_pool(text.as_ptr()), "document {seed}'s buffer is not the pool's");
                     let expected = orders(seed, ORDERS);
                     let parsed: Vec<Order> = serde_json::from_str(&text).expect("the document parses");
                     assert_same_orders(&parsed, &expected, "parsed document");
@@ -142,6 +147,7 @@ fn json_documents_round_trip_across_threads() {
 
                     let pretty = serde_json::to_string_pretty(&value).expect("a value prints");
                     assert!(pretty.len() > text.len());
+                    assert!(in_global_pool(pretty.as_ptr()), "pretty document {seed}'s buffer is not the pool's");
                     drop(text);
                     let reparsed: Vec<Order> = serde_json::from_str(&pretty).expect("the pretty text parses");
                     assert_same_orders(&reparsed, &expected, "pretty-printed document");
@@ -266,6 +272,8 @@ fn serde_json_hashbrown_and_regex_run_on_the_global_pool() {
             workload.join().expect("a workload failed");
         }
     });
-    let verdict = GLOBAL.with_pool(|pool| pool.check()).expect("the global pool exists");
+    let (verdict, stats) = GLOBAL.with_pool(|pool| (pool.check(), pool.stats())).expect("the global pool exists");
     assert_eq!(verdict, Ok(()));
+    // Documents of several MiB were live at once: the pool held them.
+    assert!(stats.peak_used > 4 << 20, "{stats:?}");
 }
