@@ -9,7 +9,8 @@
 //! when the granules after the block are free (or, shrinking, always).
 
 use crate::free_index::GRANULE;
-use crate::size_class::{class_alignment, class_of, class_size, MAX_FAST_SIZE};
+use crate::size_class::{class_for_layout, class_of, class_size};
+use crate::slab_map::Owner;
 use crate::{MemoryPool, PoolError};
 use allocator_api2::alloc::{AllocError, Allocator, Layout};
 use std::ptr::{self, NonNull};
@@ -41,31 +42,27 @@ impl MemoryPool {
     pub(crate) fn allocate_layout(&self, layout: Layout) -> Result<(NonNull<u8>, usize), PoolError> {
         let size = layout.size();
         debug_assert!(size > 0);
-        if size <= MAX_FAST_SIZE {
-            let class = class_of(size);
-            if layout.align() <= class_alignment(class) {
-                // A cache block holds its class's size; the shared pool's
-                // stand-in (when this thread has no cache) holds at least as
-                // much.
-                return Ok((self.allocate_fast(size)?, class_size(class)));
-            }
+        if let Some(class) = class_for_layout(layout) {
+            // A cache block holds its class's size; the shared pool's
+            // stand-in (when this thread has no cache) holds at least as
+            // much.
+            return Ok((self.allocate_fast(size)?, class_size(class)));
         }
         let block = self.allocate_aligned(size, layout.align())?;
         Ok((block, size.next_multiple_of(GRANULE)))
     }
 
-    /// Resizes the block at `block` to `new_layout` without moving it, if
-    /// the pool can; returns the block and the bytes it now holds.
-    fn resize_layout_in_place(&self, block: NonNull<u8>, new_layout: Layout) -> Option<NonNull<[u8]>> {
+    /// Resizes the live block at `block` to `new_layout` without moving it,
+    /// if the pool can; returns the block and the bytes it now holds. A
+    /// shared block takes the shared pool's lock.
+    pub(crate) fn resize_layout_in_place(&self, block: NonNull<u8>, new_layout: Layout) -> Option<NonNull<[u8]>> {
         let addr = block.as_ptr() as usize;
         if addr % new_layout.align() != 0 {
             return None;
         }
         let inner = &*self.inner;
-        let slab = inner.slabs.lookup(addr);
-        if !slab.is_null() {
-            // SAFETY: registered slabs are mapped while the pool lives.
-            let block_size = class_size(unsafe { &*slab }.class());
+        if let Owner::Slab(slab) = inner.classify(addr) {
+            let block_size = class_size(slab.class());
             return stays_in_cache_block(new_layout.size(), block_size).then(|| block_slice(block, block_size));
         }
         match inner.shared.resize_in_place(addr, new_layout.size()) {

@@ -1,6 +1,6 @@
 //! `GlobalPool`: a pool as the program's `#[global_allocator]`.
 //!
-//! Three things make a pool usable as the global allocator:
+//! Four things make a pool usable as the global allocator:
 //!
 //! - **Lazy creation.** A `static` can't run code, so the pool is created by
 //!   the first allocation: a state machine (uninitialised, initialising,
@@ -11,19 +11,22 @@
 //!   inside a pool operation, a thread-local flag sends its nested
 //!   allocations to [`System`]; otherwise they would re-enter the pool while
 //!   it holds its own locks.
-//! - **Exact routing of frees.** Only cache blocks (at most 1 KiB, aligned
-//!   as their size class guarantees) come from the pool; everything else is
-//!   [`System`]'s. A block is the pool's exactly when the pool's slab map,
-//!   a lock-free radix table that never allocates, finds a slab holding it,
-//!   so `dealloc` can tell the two apart without reading the block or
-//!   taking a lock. Large blocks gain nothing from a pool of small-object
-//!   caches, and keeping them out keeps that test exact.
+//! - **Exact routing of frees.** The pool serves every size: the thread
+//!   caches the layouts a size class covers, the shared pool the rest.
+//!   [`System`] serves only what the pool can't (the allocations above,
+//!   and layouts the pool refuses). The pool's map of its memory, a
+//!   lock-free radix table that never allocates, tells a slab's block, a
+//!   shared block and anyone else's apart, so `dealloc` finds each block's
+//!   home without reading the block or taking a lock.
+//! - **No lock taken twice.** A shared block freed inside a pool operation
+//!   (a nested free, or one in a closure given to
+//!   [`with_pool`](GlobalPool::with_pool)) would take the shared pool's
+//!   lock, which the operation underway may hold. It waits instead on a
+//!   lock-free list, linked through the blocks themselves, until the next
+//!   free of a shared block or the end of the outermost `with_pool`.
 
-use crate::allocator::stays_in_cache_block;
 use crate::fork;
-use crate::size_class::{class_alignment, class_of, class_size, MAX_FAST_SIZE};
-use crate::slab::Slab;
-use crate::thread_cache::with_heap;
+use crate::slab_map::Owner;
 use crate::{MemoryPool, PoolConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, UnsafeCell};
@@ -33,7 +36,7 @@ use std::ptr::{self, NonNull};
 // The state lives in a `static` and needs a const constructor, and a global
 // allocator must not be modelled by loom or shuttle (their own runtimes
 // allocate through it): so these are std's, not `crate::sync`'s.
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 const UNINITIALISED: u8 = 0;
 const INITIALISING: u8 = 1;
@@ -63,6 +66,12 @@ impl InsidePool {
             None
         }
     }
+
+    /// Whether the thread is inside the pool (or exiting, past the point
+    /// where it could tell).
+    fn is_set() -> bool {
+        INSIDE_POOL.try_with(Cell::get).unwrap_or(true)
+    }
 }
 
 impl Drop for InsidePool {
@@ -85,12 +94,19 @@ impl Drop for AbortOnUnwind {
 /// A [`MemoryPool`] usable as the `#[global_allocator]`.
 ///
 /// The pool is created by the first allocation, with
-/// [`PoolConfig::new`]`(initial_size)`. Allocations of at most 1 KiB whose
-/// alignment a size class guarantees (any Rust type up to 1 KiB aligned to
-/// at most 16 bytes) come from the calling thread's cache; larger or
-/// over-aligned ones, allocations made while the pool is being created,
-/// and allocations the pool itself makes internally go to [`System`].
-/// Frees find their way back to whichever served them.
+/// [`PoolConfig::new`]`(initial_size)`, and grows as the program needs.
+/// Allocations of at most 1 KiB whose alignment a size class guarantees
+/// (any Rust type up to 1 KiB aligned to at most 16 bytes) come from the
+/// calling thread's cache, all others from the shared pool, aligned as
+/// asked. [`System`] serves only allocations made while the pool is being
+/// created, those the pool itself makes internally, and any the pool
+/// refuses (an alignment above 1 GiB, or no memory left to map). Frees find
+/// their way back to whichever served them; `realloc` grows and shrinks
+/// shared blocks in place when the memory after them allows.
+///
+/// A shared block freed while its thread is inside the pool (in a closure
+/// given to [`with_pool`](Self::with_pool), say) stays counted as used
+/// until the next free of a shared block, or the end of that `with_pool`.
 ///
 /// The pool is never dropped while the `GlobalPool` lives, and a `static`
 /// lives for the whole program. Use [`with_pool`](Self::with_pool) to
@@ -107,8 +123,10 @@ impl Drop for AbortOnUnwind {
 /// fn main() {
 ///     let words: Vec<String> = (0..100).map(|n| format!("word {n}")).collect();
 ///     assert_eq!(words[42], "word 42");
-///     let served = GLOBAL.with_pool(|pool| pool.stats().fast.allocations).unwrap();
-///     assert!(served >= 100);
+///     let page = vec![0u8; 64 * 1024];
+///     let (served, in_pool) =
+///         GLOBAL.with_pool(|pool| (pool.stats().fast.allocations, pool.contains(page.as_ptr()))).unwrap();
+///     assert!(served >= 100 && in_pool);
 /// }
 /// ```
 pub struct GlobalPool {
@@ -117,6 +135,11 @@ pub struct GlobalPool {
     /// Written once, by the thread that moves `state` from initialising to
     /// ready; read only after seeing ready.
     pool: UnsafeCell<MaybeUninit<MemoryPool>>,
+    /// Shared blocks freed inside a pool operation, waiting for a free
+    /// outside one: a stack linked through each block's first word, pushed
+    /// one at a time and taken whole, so no block is ever popped alone and
+    /// reused while another thread reads its link.
+    waiting_frees: AtomicPtr<u8>,
 }
 
 // SAFETY: `pool` is written once, before `state` becomes READY with Release
@@ -150,7 +173,12 @@ impl GlobalPool {
     /// assert_eq!(GLOBAL.with_pool(|pool| pool.size()), Some(8 << 20));
     /// ```
     pub const fn with_initial_size(initial_size: usize) -> Self {
-        GlobalPool { state: AtomicU8::new(UNINITIALISED), initial_size, pool: UnsafeCell::new(MaybeUninit::uninit()) }
+        GlobalPool {
+            state: AtomicU8::new(UNINITIALISED),
+            initial_size,
+            pool: UnsafeCell::new(MaybeUninit::uninit()),
+            waiting_frees: AtomicPtr::new(ptr::null_mut()),
+        }
     }
 
     /// Runs `use_pool` with the pool, creating it if no allocation has yet,
@@ -159,7 +187,8 @@ impl GlobalPool {
     /// While `use_pool` runs, this thread's allocations through the global
     /// allocator go to [`System`], so it may call any of the pool's methods:
     /// they allocate internally, and would otherwise re-enter the pool while
-    /// it holds its own locks.
+    /// it holds its own locks. Shared blocks it frees are given back when
+    /// the outermost `with_pool` returns.
     ///
     /// # Examples
     ///
@@ -175,7 +204,7 @@ impl GlobalPool {
     /// ```
     pub fn with_pool<R>(&self, use_pool: impl FnOnce(&MemoryPool) -> R) -> Option<R> {
         // Nested in another `with_pool`, the outer mark stays in force.
-        let _inside = InsidePool::enter();
+        let outermost = InsidePool::enter();
         let pool = loop {
             match self.state.load(Ordering::Acquire) {
                 READY => break self.ready_pool()?,
@@ -186,7 +215,15 @@ impl GlobalPool {
                 _ => return None,
             }
         };
-        Some(use_pool(pool))
+        let result = use_pool(pool);
+        if outermost.is_some() {
+            // `use_pool` has returned, so this thread holds none of the
+            // pool's locks.
+            let abort_on_unwind = AbortOnUnwind;
+            self.free_waiting(pool);
+            mem::forget(abort_on_unwind);
+        }
+        Some(result)
     }
 
     fn ready_pool(&self) -> Option<&MemoryPool> {
@@ -233,58 +270,99 @@ impl GlobalPool {
         }
     }
 
-    /// The size class that serves `layout` from the pool, if one does.
-    fn class_for(layout: Layout) -> Option<usize> {
-        let size = layout.size();
-        if size == 0 || size > MAX_FAST_SIZE {
+    /// A block of the pool for `layout`, or `None` for [`System`] to serve
+    /// it: inside a pool operation, before the pool exists, or when the pool
+    /// refuses.
+    fn allocate_from_pool(&self, layout: Layout) -> Option<NonNull<u8>> {
+        if layout.size() == 0 {
             return None;
         }
-        let class = class_of(size);
-        (layout.align() <= class_alignment(class)).then_some(class)
-    }
-
-    /// A cache block for `layout`, or `None` for [`System`] to serve it.
-    fn allocate_from_pool(&self, layout: Layout) -> Option<NonNull<u8>> {
-        let class = Self::class_for(layout)?;
         let _inside = InsidePool::enter()?;
         let abort_on_unwind = AbortOnUnwind;
-        let block =
-            self.pool_or_initialise().and_then(|pool| match with_heap(&pool.inner, |heap| heap.allocate(class)) {
-                Some(Ok(block)) => Some(block),
-                // No heap (thread exit, or a full table of heaps) or no memory:
-                // the shared pool's blocks would defeat the exact routing of
-                // frees, so the system serves this one.
-                _ => None,
-            });
+        let block = self.pool_or_initialise().and_then(|pool| pool.allocate_layout(layout).ok());
         mem::forget(abort_on_unwind);
-        block
+        block.map(|(block, _)| block)
     }
 
-    /// The pool and the slab holding `block`, if the pool served it.
-    fn owning_slab(&self, block: *mut u8) -> Option<(&MemoryPool, &Slab)> {
+    /// The pool and what `block` is to it (a slab's block or a shared
+    /// block), if the pool served it; `None` for [`System`]'s blocks.
+    fn pool_owning(&self, block: *mut u8) -> Option<(&MemoryPool, Owner<'_>)> {
         let pool = self.ready_pool()?;
-        let slab = pool.inner.slabs.lookup(block as usize);
-        // SAFETY: registered slabs are mapped while the pool lives, and the
-        // pool lives as long as `self`.
-        (!slab.is_null()).then(|| (pool, unsafe { &*slab }))
+        match pool.inner.classify(block as usize) {
+            Owner::Foreign => None,
+            owner => Some((pool, owner)),
+        }
     }
 
-    /// Gives a cache block back to its slab.
-    fn free_to_pool(pool: &MemoryPool, slab: &Slab, block: NonNull<u8>) {
+    /// Gives a block back to the pool that served it, where `owner` says.
+    fn free_to_pool(&self, pool: &MemoryPool, owner: Owner<'_>, block: NonNull<u8>) {
+        debug_assert!(!matches!(owner, Owner::Foreign));
         let abort_on_unwind = AbortOnUnwind;
-        match InsidePool::enter() {
-            Some(_inside) => {
+        match (InsidePool::enter(), owner) {
+            (Some(_inside), Owner::Slab(slab)) => {
                 let freed = pool.inner.free_to_slab(slab, block);
                 debug_assert!(freed.is_ok(), "freeing a block the pool did not hand out: {freed:?}");
             }
-            None => {
-                // Nested in a pool operation, which may be using this
-                // thread's heap: the thread-free list needs no heap.
+            (Some(_inside), _) => {
+                self.free_waiting(pool);
+                let freed = pool.inner.shared.free(block.as_ptr() as usize);
+                debug_assert!(freed.is_ok(), "freeing a block the pool did not hand out: {freed:?}");
+            }
+            // Nested in a pool operation, which may be using this thread's
+            // heap: the thread-free list needs no heap.
+            (None, Owner::Slab(slab)) => {
                 slab.push_remote(block);
                 pool.inner.orphan_frees.fetch_add(1, crate::sync::Ordering::Relaxed);
             }
+            // Nested in a pool operation, which may hold the shared lock.
+            (None, _) => self.wait_to_free(block),
         }
         mem::forget(abort_on_unwind);
+    }
+
+    /// Puts a shared block on the list of those waiting to be freed.
+    fn wait_to_free(&self, block: NonNull<u8>) {
+        let link = block.as_ptr().cast::<*mut u8>();
+        let mut head = self.waiting_frees.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the block is the caller's to give up, and a shared
+            // block is at least a 16-byte granule, aligned to one: its first
+            // word is free to hold the link.
+            unsafe { link.write(head) };
+            // Release publishes the link to the thread that takes the list.
+            match self.waiting_frees.compare_exchange_weak(head, block.as_ptr(), Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(current) => head = current,
+            }
+        }
+    }
+
+    /// Frees the shared blocks waiting on the list. Called inside the pool
+    /// by a thread that holds none of its locks.
+    fn free_waiting(&self, pool: &MemoryPool) {
+        if self.waiting_frees.load(Ordering::Relaxed).is_null() {
+            return;
+        }
+        let mut next = self.waiting_frees.swap(ptr::null_mut(), Ordering::Acquire);
+        while let Some(block) = NonNull::new(next) {
+            // SAFETY: the swap took the whole list, so this thread alone
+            // holds its blocks; each link was written before the Release
+            // that pushed its block, which the Acquire above saw.
+            next = unsafe { block.as_ptr().cast::<*mut u8>().read() };
+            let freed = pool.inner.shared.free(block.as_ptr() as usize);
+            debug_assert!(freed.is_ok(), "a waiting free was not a live shared block: {freed:?}");
+        }
+    }
+
+    /// Resizes a block of the pool to `new_layout` without moving it, if
+    /// the pool can; `false` inside a pool operation, which may hold the
+    /// shared lock that resizing a shared block takes.
+    fn resize_in_pool(pool: &MemoryPool, block: NonNull<u8>, new_layout: Layout) -> bool {
+        let Some(_inside) = InsidePool::enter() else { return false };
+        let abort_on_unwind = AbortOnUnwind;
+        let resized = pool.resize_layout_in_place(block, new_layout).is_some();
+        mem::forget(abort_on_unwind);
+        resized
     }
 }
 
@@ -363,17 +441,21 @@ impl fmt::Debug for GlobalPool {
 ///     assert!(global.with_pool(|pool| pool.contains(block)).unwrap());
 ///     // Still fits its 32-byte size class: stays where it is.
 ///     assert_eq!(global.realloc(block, small, 32), block);
-///     // 4 KiB is beyond the caches: moved to the system allocator.
+///     // 4 KiB is beyond the caches: moved to the shared pool.
 ///     let moved = global.realloc(block, Layout::from_size_align(32, 8).unwrap(), 4096);
-///     assert!(!global.with_pool(|pool| pool.contains(moved)).unwrap());
-///     global.dealloc(moved, Layout::from_size_align(4096, 8).unwrap());
+///     assert!(global.with_pool(|pool| pool.contains(moved)).unwrap());
+///     // Shrinking a shared block frees its tail where it is.
+///     let shrunk = global.realloc(moved, Layout::from_size_align(4096, 8).unwrap(), 2048);
+///     assert_eq!(shrunk, moved);
+///     global.dealloc(shrunk, Layout::from_size_align(2048, 8).unwrap());
 /// }
 /// ```
-// SAFETY: blocks come either from the pool's thread caches (aligned to and
-// at least as large as the layout, by the size class chosen in `class_for`)
-// or from `System`; `dealloc` and `realloc` send each block back to the one
-// that served it, decided by the slab map, which holds exactly the pool's
-// live slabs. Nothing unwinds out: pool code runs under `AbortOnUnwind`.
+// SAFETY: blocks come from the pool (aligned to and at least as large as the
+// layout: `allocate_layout` picks a size class only when its blocks are, and
+// asks the shared pool for the layout's alignment otherwise) or from
+// `System`; `dealloc` and `realloc` send each block back to the one that
+// served it, told apart by the pool's map, which marks exactly the pool's
+// memory. Nothing unwinds out: pool code runs under `AbortOnUnwind`.
 unsafe impl GlobalAlloc for GlobalPool {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match self.allocate_from_pool(layout) {
@@ -387,7 +469,7 @@ unsafe impl GlobalAlloc for GlobalPool {
         match self.allocate_from_pool(layout) {
             Some(block) => {
                 // SAFETY: the block holds at least `layout.size()` bytes;
-                // cache blocks are reused, so they must be cleared.
+                // the pool reuses memory, so it must be cleared.
                 unsafe { block.as_ptr().write_bytes(0, layout.size()) };
                 block.as_ptr()
             }
@@ -397,9 +479,9 @@ unsafe impl GlobalAlloc for GlobalPool {
     }
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        match self.owning_slab(block) {
+        match self.pool_owning(block) {
             // SAFETY: non-null, as a block the pool handed out.
-            Some((pool, slab)) => Self::free_to_pool(pool, slab, unsafe { NonNull::new_unchecked(block) }),
+            Some((pool, owner)) => self.free_to_pool(pool, owner, unsafe { NonNull::new_unchecked(block) }),
             // SAFETY: not the pool's, so System's, for this layout.
             None => unsafe { System.dealloc(block, layout) },
         }
@@ -408,21 +490,23 @@ unsafe impl GlobalAlloc for GlobalPool {
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the caller guarantees a valid layout for `new_size`.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        match self.owning_slab(block) {
-            Some((_, slab)) => {
-                if stays_in_cache_block(new_size, class_size(slab.class())) {
+        match self.pool_owning(block) {
+            Some((pool, _)) => {
+                // SAFETY: non-null, as a block the pool handed out.
+                if Self::resize_in_pool(pool, unsafe { NonNull::new_unchecked(block) }, new_layout) {
                     return block;
                 }
             }
             None => {
-                if self.ready_pool().is_none() || Self::class_for(new_layout).is_none() {
-                    // System's block stays System's: let it grow in place.
+                if self.ready_pool().is_none() || InsidePool::is_set() {
+                    // System's block stays System's while the pool can't
+                    // take it: let it grow in place.
                     // SAFETY: the caller's contract is System's.
                     return unsafe { System.realloc(block, layout, new_size) };
                 }
             }
         }
-        // Between the pool and the system, or between size classes.
+        // Out of the system into the pool, or where it can't stay.
         // SAFETY: a valid layout of non-zero size, as the caller guarantees.
         let moved = unsafe { self.alloc(new_layout) };
         if !moved.is_null() {

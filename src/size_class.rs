@@ -9,6 +9,8 @@
 //! `min(16, largest power of two dividing the request)`, the natural
 //! alignment of any Rust type of that size.
 
+use std::alloc::Layout;
+
 /// The largest request the caches serve; larger ones go to the shared pool.
 pub(crate) const MAX_FAST_SIZE: usize = 1024;
 /// How many classes there are.
@@ -42,6 +44,20 @@ pub(crate) const fn class_alignment(class: usize) -> usize {
     } else {
         16
     }
+}
+
+/// The class whose blocks serve `layout`: one whose size holds the layout
+/// and whose blocks are aligned as it asks. `None` for layouts only the
+/// shared pool serves: zero-sized, larger than [`MAX_FAST_SIZE`], or
+/// aligned beyond what the class guarantees.
+#[inline]
+pub(crate) fn class_for_layout(layout: Layout) -> Option<usize> {
+    let size = layout.size();
+    if size == 0 || size > MAX_FAST_SIZE {
+        return None;
+    }
+    let class = class_of(size);
+    (layout.align() <= class_alignment(class)).then_some(class)
 }
 
 const fn compute_class(size: usize) -> usize {
@@ -89,6 +105,26 @@ mod tests {
             }
             let natural = 1usize << size.trailing_zeros();
             assert!(class_alignment(class) >= natural.min(16), "size {size} under-aligned");
+        }
+    }
+
+    #[test]
+    fn layouts_get_a_class_only_when_its_blocks_hold_and_align_them() {
+        let layout = |size, align| Layout::from_size_align(size, align).unwrap();
+        assert_eq!(class_for_layout(layout(24, 8)), Some(class_of(24)));
+        assert_eq!(class_for_layout(layout(MAX_FAST_SIZE, 16)), Some(CLASS_COUNT - 1));
+        assert_eq!(class_for_layout(layout(0, 1)), None, "zero-sized");
+        assert_eq!(class_for_layout(layout(MAX_FAST_SIZE + 1, 1)), None, "beyond the caches");
+        assert_eq!(class_for_layout(layout(64, 32)), None, "classes align to 16 at most");
+        // 48 bytes: a 48-byte class, aligned to 16, not 32.
+        assert_eq!(class_for_layout(layout(48, 16)), Some(class_of(48)));
+        assert_eq!(class_for_layout(layout(48, 32)), None);
+        for size in 1..=MAX_FAST_SIZE {
+            for align in [1, 2, 4, 8, 16, 32] {
+                if let Some(class) = class_for_layout(layout(size, align)) {
+                    assert!(class_size(class) >= size && class_alignment(class) >= align, "size {size} align {align}");
+                }
+            }
         }
     }
 }

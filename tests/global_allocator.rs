@@ -73,21 +73,30 @@ fn threads_build_vectors_strings_and_maps_and_hand_them_over() {
 }
 
 #[test]
-fn small_blocks_come_from_the_pool_and_large_ones_from_the_system() {
+fn blocks_of_every_size_and_alignment_come_from_the_pool() {
     let small = Box::new([7u64; 4]);
     let text = String::from("served by the pool's thread cache");
     let large = vec![1u8; 64 * 1024];
+    let huge = vec![2u64; 1 << 20];
+    #[repr(align(4096))]
+    struct Page([u8; 4096]);
+    let page = Box::new(Page([3; 4096]));
     assert!(in_global_pool(&*small));
     assert!(in_global_pool(text.as_ptr()));
-    assert!(!in_global_pool(large.as_ptr()));
+    assert!(in_global_pool(large.as_ptr()));
+    assert!(in_global_pool(huge.as_ptr()));
+    assert!(in_global_pool(&*page));
+    assert_eq!(&*page as *const Page as usize % 4096, 0);
     assert!(large.iter().all(|&byte| byte == 1) && small.iter().all(|&word| word == 7));
+    assert!(huge.iter().all(|&word| word == 2) && page.0.iter().all(|&byte| byte == 3));
     let stats = GLOBAL.with_pool(|pool| pool.stats()).expect("the global pool exists");
     assert!(stats.fast.allocations > 0 && stats.fast.slabs > 0, "{stats:?}");
+    assert!(stats.used >= 9 << 20, "the large blocks are the pool's: {stats:?}");
     assert_global_pool_is_consistent();
 }
 
 #[test]
-fn vectors_grow_from_the_pool_into_the_system_and_back() {
+fn vectors_grow_and_shrink_inside_the_pool() {
     let mut numbers: Vec<u32> = Vec::new();
     let mut in_pool_at = Vec::new();
     for n in 0..100_000u32 {
@@ -98,11 +107,10 @@ fn vectors_grow_from_the_pool_into_the_system_and_back() {
         }
     }
     assert!(numbers.iter().enumerate().all(|(n, &value)| value == n as u32));
-    // Up to 1 KiB (256 u32) the pool holds the buffer, beyond it the system.
-    assert!(in_pool_at.iter().all(|&(capacity, in_pool)| in_pool == (capacity * 4 <= 1024)), "{in_pool_at:?}");
+    assert!(in_pool_at.iter().all(|&(_, in_pool)| in_pool), "{in_pool_at:?}");
     numbers.truncate(10);
     numbers.shrink_to_fit();
-    assert!(in_global_pool(numbers.as_ptr()), "shrunk back into a cache block");
+    assert!(in_global_pool(numbers.as_ptr()));
     assert_eq!(numbers, (0..10).collect::<Vec<_>>());
 }
 
@@ -161,13 +169,18 @@ fn a_second_global_pool_serves_and_routes_each_call() {
         assert!(local.with_pool(|pool| pool.contains(moved)).unwrap());
         assert!(std::slice::from_raw_parts(moved, 40).iter().all(|&byte| byte == 0xC3));
 
-        let to_system = local.realloc(moved, Layout::from_size_align(600, 8).unwrap(), 5000);
-        assert!(!local.with_pool(|pool| pool.contains(to_system)).unwrap());
-        assert!(std::slice::from_raw_parts(to_system, 40).iter().all(|&byte| byte == 0xC3));
-        let back = local.realloc(to_system, Layout::from_size_align(5000, 8).unwrap(), 64);
-        assert!(local.with_pool(|pool| pool.contains(back)).unwrap());
+        let shared = local.realloc(moved, Layout::from_size_align(600, 8).unwrap(), 5000);
+        assert!(local.with_pool(|pool| pool.contains(shared)).unwrap());
+        assert!(std::slice::from_raw_parts(shared, 40).iter().all(|&byte| byte == 0xC3));
+        let used = || local.with_pool(|pool| pool.stats().used).unwrap();
+        let used_at_5000 = used();
+        // Shrinking a shared block frees its tail where it is.
+        let back = local.realloc(shared, Layout::from_size_align(5000, 8).unwrap(), 64);
+        assert_eq!(back, shared, "shrunk in place");
+        assert_eq!(used(), used_at_5000 - 5008 + 64);
         assert!(std::slice::from_raw_parts(back, 40).iter().all(|&byte| byte == 0xC3));
         local.dealloc(back, Layout::from_size_align(64, 8).unwrap());
+        assert_eq!(used(), used_at_5000 - 5008);
 
         let dirty = local.alloc(small);
         dirty.write_bytes(0xFF, 40);
@@ -180,10 +193,103 @@ fn a_second_global_pool_serves_and_routes_each_call() {
         let over_aligned = Layout::from_size_align(64, 64).unwrap();
         let aligned = local.alloc(over_aligned);
         assert_eq!(aligned as usize % 64, 0);
-        assert!(!local.with_pool(|pool| pool.contains(aligned)).unwrap(), "alignment 64 is the system's");
+        assert!(local.with_pool(|pool| pool.contains(aligned)).unwrap(), "the shared pool aligns as asked");
         local.dealloc(aligned, over_aligned);
+
+        // Beyond what the pool aligns: the system's.
+        let beyond = Layout::from_size_align(64, 2 << 30).unwrap();
+        let far = local.alloc(beyond);
+        if !far.is_null() {
+            assert_eq!(far as usize % (2 << 30), 0);
+            assert!(!local.with_pool(|pool| pool.contains(far)).unwrap());
+            local.dealloc(far, beyond);
+        }
     }
     let stats = local.with_pool(|pool| pool.stats()).unwrap();
-    assert_eq!((stats.fast.allocations, stats.fast.frees), (5, 5), "{stats:?}");
+    assert_eq!((stats.fast.allocations, stats.fast.frees), (4, 4), "{stats:?}");
+    assert_eq!(local.with_pool(|pool| pool.check()), Some(Ok(())));
+}
+
+#[test]
+fn a_shared_block_grows_in_place_while_the_memory_after_it_is_free() {
+    let local = GlobalPool::with_initial_size(256 * 1024);
+    let layout = |size| Layout::from_size_align(size, 8).unwrap();
+    let used = || local.with_pool(|pool| pool.stats().used).unwrap();
+    // SAFETY: each block is used within its layout and given back once, to
+    // the allocator that made it, with its current layout.
+    unsafe {
+        // The pool's first block: all the pool's memory follows it.
+        let first = local.alloc(layout(5000));
+        first.write_bytes(0x5A, 5000);
+        let grown = local.realloc(first, layout(5000), 20_000);
+        assert_eq!(grown, first, "grown in place");
+        assert_eq!(used(), 20_000);
+        let next = local.alloc(layout(3000));
+        assert_eq!(next as usize, first as usize + 20_000, "first fit, right after it");
+        // Now the memory after it is taken: it moves, with its contents.
+        let moved = local.realloc(grown, layout(20_000), 40_000);
+        assert_ne!(moved, first);
+        assert!(local.with_pool(|pool| pool.contains(moved)).unwrap());
+        assert!(std::slice::from_raw_parts(moved, 5000).iter().all(|&byte| byte == 0x5A));
+        assert_eq!(used(), 40_000 + 3008);
+        local.dealloc(moved, layout(40_000));
+        local.dealloc(next, layout(3000));
+    }
+    assert_eq!(local.with_pool(|pool| (pool.stats().used, pool.check())), Some((0, Ok(()))));
+}
+
+#[test]
+fn blocks_freed_inside_with_pool_are_given_back_when_it_returns() {
+    let local = GlobalPool::with_initial_size(256 * 1024);
+    let large = Layout::from_size_align(8192, 8).unwrap();
+    let small = Layout::from_size_align(32, 8).unwrap();
+    // SAFETY: each block is given back once, to the allocator that made it.
+    unsafe {
+        let (shared, cached) = (local.alloc(large), local.alloc(small));
+        assert!(local.with_pool(|pool| pool.contains(shared) && pool.contains(cached)).unwrap());
+        let used_before = local.with_pool(|pool| pool.stats().used).unwrap();
+        let used_inside = local.with_pool(|pool| {
+            // Inside, as in any pool operation, a free must not take the
+            // shared pool's lock: the shared block waits.
+            local.dealloc(shared, large);
+            local.dealloc(cached, small);
+            pool.stats().used
+        });
+        assert_eq!(used_inside, Some(used_before), "the shared block waits while inside");
+        let used_after = local.with_pool(|pool| pool.stats().used).unwrap();
+        assert_eq!(used_after, used_before - 8192, "and is freed when the outermost with_pool returns");
+        // Its memory serves again.
+        let again = local.alloc(large);
+        assert_eq!(again, shared);
+        local.dealloc(again, large);
+    }
+    assert_eq!(local.with_pool(|pool| pool.check()), Some(Ok(())));
+}
+
+#[test]
+fn a_thread_that_frees_a_shared_block_frees_those_waiting_too() {
+    let local = GlobalPool::with_initial_size(256 * 1024);
+    let large = Layout::from_size_align(4096, 16).unwrap();
+    // SAFETY: each block is given back once, to the allocator that made it.
+    unsafe {
+        let blocks: Vec<usize> = (0..3).map(|_| local.alloc(large) as usize).collect();
+        let used = || local.with_pool(|pool| pool.stats().used).unwrap();
+        let used_before = used();
+        // A nested with_pool: the outer one is still running, so the blocks
+        // freed inside wait past the inner one's end.
+        let used_inside = local.with_pool(|_| {
+            local.with_pool(|_| {
+                local.dealloc(blocks[0] as *mut u8, large);
+                local.dealloc(blocks[1] as *mut u8, large);
+            });
+            thread::scope(|scope| {
+                // Another thread, outside any pool operation, frees the
+                // third and with it the two waiting.
+                scope.spawn(|| local.dealloc(blocks[2] as *mut u8, large));
+            });
+            local.with_pool(|pool| pool.stats().used).unwrap()
+        });
+        assert_eq!(used_inside, Some(used_before - 3 * 4096));
+    }
     assert_eq!(local.with_pool(|pool| pool.check()), Some(Ok(())));
 }
