@@ -285,7 +285,7 @@ impl SlabMap {
     }
 
     /// The slab holding `addr`, or null.
-    #[cfg(test)]
+    #[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
     pub(crate) fn lookup(&self, addr: usize) -> *mut Slab {
         match self.classify(addr) {
             Owner::Slab(slab) => slab as *const Slab as *mut Slab,
