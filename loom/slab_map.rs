@@ -1,5 +1,5 @@
 #![cfg(lle_mempool_loom)]
-//! Model 7, the map from addresses to slabs: its publication of new nodes
+//! Model 8, the map from addresses to slabs: its publication of new nodes
 //! and of registered slabs.
 //!
 //! An empty pool's first `allocate_fast` maps a region, which builds the

@@ -15,7 +15,7 @@
 //! largest value below it. The leftmost leaf whose value fits holds the
 //! leftmost fitting run, because runs are ordered by their starts: descending
 //! through the first fitting entry of each node is address-ordered first fit
-//! (DESIGN-NOTES §2) in `log16` steps, each one compare of a whole node.
+//! in `log16` steps, each one compare of a whole node.
 //!
 //! Lengths are attributed to where runs start, rather than summarised per
 //! node as runs touching each edge (as Go's page allocator does), so that one

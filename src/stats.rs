@@ -6,7 +6,7 @@
 //! each thread's cache, written only by that thread, and are summed when
 //! statistics are asked for. Times are sampled: one operation in
 //! [`TIMING_SAMPLE_PERIOD`] reads the clock, because a clock read costs ten
-//! times a cached allocation (DESIGN-NOTES §6).
+//! times a cached allocation.
 
 use crate::sync::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! freeing thread ([`RemoteBatch`]) and go onto the slab's thread-free list
 //! with one compare-and-swap per batch; they return to the owner when the
 //! owner's lists run dry, so producer/consumer pipelines reuse their memory
-//! instead of growing (mimalloc, rpmalloc, snmalloc; DESIGN-NOTES §1).
+//! instead of growing (as mimalloc, rpmalloc and snmalloc do).
 //!
 //! An owner's free finds its slab through the heap's filter of owned slabs
 //! (`ThreadHeap::owned_slabs`), from thread-local memory alone; anything the

@@ -1,4 +1,4 @@
-//! Bad input (issue 2, and the fast path's pointer checks of issue 3): each
+//! Bad input, on the shared pool and in the fast path's pointer checks: each
 //! case is refused with its own `PoolError`, and the refusal leaves the pool
 //! exactly as it was: same statistics (but for the failed-allocation
 //! counter), `check()` passes, live blocks keep their data, and the pool

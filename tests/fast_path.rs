@@ -1,4 +1,4 @@
-//! The fast path (issue 3): size classes, cross-thread frees, thread exit,
+//! The fast path: size classes, cross-thread frees, thread exit,
 //! several pools per thread, dropping a pool while threads that used it
 //! live on, the producer/consumer memory bound, checked mode and the
 //! fast-path statistics. Every block carries a pattern that is checked

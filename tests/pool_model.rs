@@ -1,4 +1,4 @@
-//! The shared pool against a reference model (issue 2).
+//! The shared pool against a reference model.
 //!
 //! Random sequences of allocate, allocate_aligned, free, expand, compact and
 //! resize run against a model that knows every live block (address, size,

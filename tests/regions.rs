@@ -1,4 +1,4 @@
-//! Regions and the OS (issue 2): growth never moves live blocks, even when
+//! Regions and the OS: growth never moves live blocks, even when
 //! another mapping blocks in-place growth; compact gives memory back to the
 //! OS, visibly in the process's resident set; resize listeners hear about
 //! every change of size.

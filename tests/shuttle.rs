@@ -1,8 +1,8 @@
 //! Randomised schedules over the whole public API, under shuttle.
 //!
 //! loom proves that no interleaving of a few small shapes breaks; these tests
-//! say that many interleavings of many large shapes did not break either
-//! (DESIGN-NOTES §5). With the `shuttle` feature the crate's `sync` facade
+//! say that many interleavings of many large shapes did not break
+//! either. With the `shuttle` feature the crate's `sync` facade
 //! hands out shuttle's atomics, locks and thread-locals, so every atomic
 //! access and lock inside the pool is a point where shuttle may switch
 //! threads; the OS layer is heap memory and slabs are 4 KiB, so the pool
