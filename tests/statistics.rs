@@ -8,22 +8,13 @@
 
 mod common;
 
-use common::{assert_intact, fill, granule_round};
+use common::{assert_intact, fill, granule_round, Sent};
 use lle_mempool::{MemoryPool, PoolStats};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Barrier;
 
 const SLAB_BYTES: usize = 64 * 1024;
-
-/// A block sent between threads, with what its contents must be.
-#[derive(Clone, Copy)]
-struct Sent {
-    addr: usize,
-    len: usize,
-    seed: u64,
-}
 
 impl Sent {
     fn new(pool: &MemoryPool, len: usize, seed: u64, fast: bool) -> Sent {
@@ -31,10 +22,6 @@ impl Sent {
         // SAFETY: a fresh block of at least `len` bytes.
         unsafe { fill(block, len, seed) };
         Sent { addr: block.as_ptr() as usize, len, seed }
-    }
-
-    fn pointer(self) -> NonNull<u8> {
-        NonNull::new(self.addr as *mut u8).unwrap()
     }
 
     /// Checks the contents and frees the block, on either path.

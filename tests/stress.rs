@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_intact, fill, granule_round};
+use common::{assert_intact, fill, granule_round, Sent};
 use lle_mempool::{MemoryPool, PoolConfig, PoolStats};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -13,20 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
-
-/// A block crossing threads: a raw pointer is not `Send`, its address is.
-#[derive(Clone, Copy)]
-struct Sent {
-    addr: usize,
-    len: usize,
-    seed: u64,
-}
-
-impl Sent {
-    fn pointer(&self) -> NonNull<u8> {
-        NonNull::new(self.addr as *mut u8).expect("blocks are non-null")
-    }
-}
 
 #[test]
 fn a_million_live_allocations() {

@@ -115,3 +115,19 @@ impl Drop for RaiseOnDrop<'_> {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A block crossing threads: a raw pointer is not `Send`, its address is.
+/// Carries what its contents must be.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    pub addr: usize,
+    pub len: usize,
+    pub seed: u64,
+}
+
+impl Sent {
+    /// The block's pointer.
+    pub fn pointer(self) -> NonNull<u8> {
+        NonNull::new(self.addr as *mut u8).expect("blocks are non-null")
+    }
+}
