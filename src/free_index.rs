@@ -786,6 +786,7 @@ impl FreeIndex {
         FreeNeighbours { before: run_start < first, after: run_end > end }
     }
 
+    #[inline]
     fn set_block_start(&self, granule: usize, start: bool) {
         let (word, bit) = Self::word_and_bit(granule);
         let old = self.bits[word].start.load(Ordering::Relaxed);
@@ -853,6 +854,7 @@ impl FreeIndex {
 
     /// How many granules the live block starting at `first` spans: up to the
     /// next granule that is free or starts another block.
+    #[inline]
     pub(crate) fn block_granules(&self, first: usize) -> usize {
         debug_assert!(self.is_block_start(first));
         let boundary_word =
