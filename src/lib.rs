@@ -62,14 +62,22 @@
 //!   `membarrier(2)`; from then on it is a plain mutex.
 //! - **Epochs**: region tables, grown or trimmed indexes and unmapped ranges
 //!   are retired through a crossbeam-epoch `Collector` owned by the pool, so
-//!   nothing is freed or unmapped while a reader may hold it.
-//! - **Thread caches** (`thread_cache`, `slab`, `size_class`, `slab_map`):
+//!   nothing is freed or unmapped while a reader may hold it. Readers borrow
+//!   one of a few handles the pool keeps registered (`epoch_handles`)
+//!   rather than registering one per call.
+//! - **Ownership map** (`slab_map`): a radix map with one word per 64 KiB
+//!   chunk, either the slab there or a mask of the chunk's 4 KiB pages that
+//!   lie in the pool's regions. `PoolInner::classify` turns any address into
+//!   "a slab's block", "the shared pool's" or "foreign" without a lock, an
+//!   epoch or an allocation, and without reading memory at the address;
+//!   every free path, `contains` and [`GlobalPool`] use it.
+//! - **Thread caches** (`thread_cache`, `slab`, `size_class`):
 //!   36 size classes up to 1 KiB, per-thread rings of 64 KiB slabs taken
 //!   from the shared pool, mimalloc-style thread-free lists for cross-thread
 //!   frees (batched per slab, one compare-and-swap per batch), a per-heap
 //!   filter of owned slabs that lets an owner's free prove ownership from
-//!   thread-local memory, and a radix map from address to slab that rejects
-//!   foreign pointers without touching foreign memory.
+//!   thread-local memory; any other free finds its slab through the
+//!   ownership map.
 //! - **Fork** (`fork`): every pool registers in a process-wide list, and
 //!   `pthread_atfork` handlers take every pool's locks before a `fork()`
 //!   and release them after it, so the child of a fork taken at any moment
