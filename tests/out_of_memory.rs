@@ -199,7 +199,6 @@ fn allocating_beyond_the_limit_is_out_of_memory() {
         expect_out_of_memory("allocate(4 GiB)", pool.allocate(4 * GIB));
         assert_unchanged(&pool, "allocate(4 GiB)", size, &regions, &mut live);
         expect_out_of_memory("allocate_aligned(4 GiB, 4096)", pool.allocate_aligned(4 * GIB, 4096));
-        let (size, regions) = (pool.size(), pool.regions());
         assert_unchanged(&pool, "allocate_aligned(4 GiB, 4096)", size, &regions, &mut live);
         lift_limit();
         live.free_all(&pool);
