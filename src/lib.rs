@@ -140,7 +140,7 @@ pub use stats::{FastPathStats, PoolStats};
 use shared_pool::{SharedPool, MAX_ALIGNMENT};
 use size_class::{class_of, class_size, MAX_FAST_SIZE};
 use slab::{Slab, SLAB_SIZE};
-use slab_map::{Owner, SlabMap};
+use slab_map::Owner;
 use stats::mean_duration;
 use std::fmt;
 use std::ops::Range;
@@ -176,9 +176,6 @@ pub(crate) struct PoolInner {
     pub(crate) id: u64,
     pub(crate) config: PoolConfig,
     pub(crate) shared: SharedPool,
-    /// The shared pool's map of the pool's memory, shared with it: the
-    /// shared pool marks regions, slabs register here.
-    pub(crate) slabs: SlabMap,
     pub(crate) caches: Arc<CacheRegistry>,
     /// Slabs whose threads exited with blocks still out.
     pub(crate) abandoned: Mutex<Vec<*mut Slab>>,
@@ -203,7 +200,7 @@ impl PoolInner {
         debug_assert_eq!(unsafe { (*slab).used() }, 0, "releasing a slab with live blocks");
         // Before the block is freed: the shared pool may trim its memory
         // once it is free, which requires it unmarked as a slab.
-        self.slabs.unregister(slab);
+        self.shared.map.unregister(slab);
         self.slab_blocks.fetch_sub(capacity, Ordering::Relaxed);
         let released = self.shared.free_slab(slab as usize);
         debug_assert!(released.is_ok(), "slab was not a live block: {released:?}");
@@ -240,7 +237,7 @@ impl PoolInner {
     /// a found slab promises).
     #[inline]
     pub(crate) fn classify(&self, addr: usize) -> Owner<'_> {
-        self.slabs.classify(addr)
+        self.shared.map.classify(addr)
     }
 
     fn failed<T>(&self, error: PoolError) -> Result<T, PoolError> {
@@ -285,13 +282,11 @@ impl MemoryPool {
     pub fn with_config(config: PoolConfig) -> Result<MemoryPool, PoolError> {
         config.validate()?;
         let shared = SharedPool::new(config.initial_size, config.max_size, config.growth_factor)?;
-        let slabs = shared.map.share();
         let pool = MemoryPool {
             inner: Box::new(PoolInner {
                 id: sync::next_pool_id(),
                 config,
                 shared,
-                slabs,
                 caches: Arc::new(CacheRegistry::new()),
                 abandoned: Mutex::new(Vec::new()),
                 slab_blocks: AtomicUsize::new(0),

@@ -14,7 +14,7 @@
 //!
 //! That is how a free rejects foreign pointers, and `contains` answers,
 //! without reading memory the pool does not own. Nodes are installed with a
-//! compare-and-swap and live until the last handle to the map is dropped, so
+//! compare-and-swap and live until the map is dropped (with the pool), so
 //! a lookup needs no guard.
 //!
 //! # Who writes an entry
@@ -35,7 +35,7 @@
 
 use crate::error::PoolError;
 use crate::slab::{Slab, SLAB_SHIFT, SLAB_SIZE};
-use crate::sync::{Arc, AtomicUsize, Ordering};
+use crate::sync::{AtomicUsize, Ordering};
 use std::alloc::Layout;
 use std::ptr::{self, NonNull};
 
@@ -165,52 +165,34 @@ impl Node {
 #[inline(always)]
 fn slot_at<'a>(node: NonNull<Node>, chunk: usize, level: u32) -> &'a AtomicUsize {
     let digit = (chunk >> ((LEVELS - level) * LEVEL_BITS)) & (FAN_OUT - 1);
-    // SAFETY: nodes live as long as the tree, which outlives every handle
-    // the returned reference is tied to by the callers.
+    // SAFETY: nodes live as long as the map, to which the callers tie the
+    // returned reference.
     unsafe { &node.as_ref().0[digit] }
 }
 
-/// The nodes, freed when the last handle goes.
-struct Tree {
-    root: NonNull<Node>,
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        // SAFETY: the last handle is gone, so no lookup can be running.
-        unsafe { Node::free(self.root, 1) };
-    }
-}
-
-// SAFETY: the tree is made of atomics, and its raw pointers are owned.
-unsafe impl Send for Tree {}
-// SAFETY: as above.
-unsafe impl Sync for Tree {}
-
-/// A handle to the map. The pool's lookups and the shared pool's region
-/// changes each hold one ([`share`](Self::share)); the root is copied into
-/// every handle so that a lookup starts from it directly.
+/// The map; the shared pool owns it, and the pool's free paths reach it
+/// there.
 pub(crate) struct SlabMap {
     root: NonNull<Node>,
-    tree: Arc<Tree>,
 }
 
-// SAFETY: the tree is Send + Sync, and `root` is its root, alive while
-// `tree` is.
+// SAFETY: the map is made of atomics, and its node pointers are owned.
 unsafe impl Send for SlabMap {}
 // SAFETY: as above.
 unsafe impl Sync for SlabMap {}
+
+impl Drop for SlabMap {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: no lookup can be running.
+        unsafe { Node::free(self.root, 1) };
+    }
+}
 
 impl SlabMap {
     /// An empty map: every address is foreign.
     pub(crate) fn new() -> Result<Self, PoolError> {
         let root = Node::allocate()?;
-        Ok(SlabMap { root, tree: Arc::new(Tree { root }) })
-    }
-
-    /// Another handle to the same map.
-    pub(crate) fn share(&self) -> SlabMap {
-        SlabMap { root: self.root, tree: Arc::clone(&self.tree) }
+        Ok(SlabMap { root })
     }
 
     /// The leaf slot of `chunk`, if its leaf exists.
@@ -501,15 +483,5 @@ mod tests {
         // The last unit below the limit is fine.
         map.mark_shared(beyond - PAGE, PAGE).unwrap();
         is(&map, beyond - 1, "Shared");
-    }
-
-    #[test]
-    fn handles_share_one_map() {
-        let map = SlabMap::new().unwrap();
-        let other = map.share();
-        map.mark_shared(BASE, PAGE).unwrap();
-        is(&other, BASE, "Shared");
-        drop(map);
-        is(&other, BASE, "Shared");
     }
 }

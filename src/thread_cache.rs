@@ -326,7 +326,7 @@ impl ThreadHeap {
         // and ours alone.
         let slab =
             unsafe { Slab::create(memory, class, self as *const ThreadHeap as *mut ThreadHeap, pool.config.checked) };
-        if let Err(error) = pool.slabs.register(slab) {
+        if let Err(error) = pool.shared.map.register(slab) {
             // Nothing refers to the slab yet: its memory goes straight back.
             let released = pool.shared.free_slab(memory.as_ptr() as usize);
             debug_assert!(released.is_ok(), "a fresh slab was not a live block: {released:?}");
