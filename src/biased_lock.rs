@@ -37,11 +37,11 @@
 //! exists that could be inside, and a pre-fork server's single-threaded
 //! children keep the owner's fast path.
 
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan)))]
+#[cfg(not(any(lle_mempool_model, lle_mempool_tsan)))]
 pub(crate) use biased::{BiasedGuard, BiasedMutex, ForkHold};
-#[cfg(all(lle_mempool_tsan, not(any(lle_mempool_loom, feature = "shuttle"))))]
+#[cfg(all(lle_mempool_tsan, not(lle_mempool_model)))]
 pub(crate) use plain::ForkHold;
-#[cfg(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan))]
+#[cfg(any(lle_mempool_model, lle_mempool_tsan))]
 pub(crate) use plain::{BiasedGuard, BiasedMutex};
 
 /// The calling thread already holds the lock: a second guard would be a
@@ -49,11 +49,12 @@ pub(crate) use plain::{BiasedGuard, BiasedMutex};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reentered;
 
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan)))]
+#[cfg(not(any(lle_mempool_model, lle_mempool_tsan)))]
 mod biased {
     use super::Reentered;
+    use crate::identity::current_thread_serial;
     use crate::os;
-    use crate::sync::{current_thread_serial, lock, Mutex, MutexGuard};
+    use crate::sync::{lock, Mutex, MutexGuard};
     use crossbeam_utils::Backoff;
     use std::cell::UnsafeCell;
     use std::ops::{Deref, DerefMut};
@@ -251,7 +252,7 @@ mod biased {
     }
 }
 
-#[cfg(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan))]
+#[cfg(any(lle_mempool_model, lle_mempool_tsan))]
 mod plain {
     use super::Reentered;
     use crate::sync::{lock, Mutex, MutexGuard};
@@ -273,7 +274,7 @@ mod plain {
         }
 
         /// Holds the lock across a `fork()`.
-        #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+        #[cfg(not(lle_mempool_model))]
         pub(crate) fn hold_for_fork(&self) -> ForkHold<'_, T> {
             ForkHold(lock(&self.0))
         }
@@ -287,10 +288,10 @@ mod plain {
     }
 
     /// A plain lock held across a `fork()`.
-    #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+    #[cfg(not(lle_mempool_model))]
     pub(crate) struct ForkHold<'a, T>(MutexGuard<'a, T>);
 
-    #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+    #[cfg(not(lle_mempool_model))]
     impl<T> ForkHold<'_, T> {
         pub(crate) fn release_in_parent(self) {
             drop(self.0);
@@ -303,7 +304,7 @@ mod plain {
     }
 }
 
-#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan))))]
+#[cfg(all(test, not(any(lle_mempool_model, lle_mempool_tsan))))]
 mod tests {
     use super::BiasedMutex;
     use std::sync::atomic::Ordering;

@@ -24,7 +24,7 @@ use std::ptr;
 /// Handles a pool keeps: as many readers as this run at once without
 /// registering. Under the models one slot is enough and keeps the explored
 /// interleavings few, while still letting two readers miss a slot.
-const SLOTS: usize = if cfg!(any(lle_mempool_loom, feature = "shuttle")) { 1 } else { 8 };
+const SLOTS: usize = if cfg!(lle_mempool_model) { 1 } else { 8 };
 
 pub(crate) struct EpochHandles {
     /// Each slot is null or owns a boxed handle of the pool's collector that
@@ -87,7 +87,7 @@ impl EpochHandles {
     }
 
     /// Handles in the slots now. For the unit tests.
-    #[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+    #[cfg(all(test, not(lle_mempool_model)))]
     fn kept(&self) -> usize {
         self.slots.iter().filter(|slot| !slot.load(Ordering::Relaxed).is_null()).count()
     }
@@ -106,7 +106,7 @@ impl Drop for EpochHandles {
     }
 }
 
-#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+#[cfg(all(test, not(lle_mempool_model)))]
 mod tests {
     use super::*;
     use crossbeam_epoch::Owned;

@@ -35,7 +35,7 @@ pub(crate) fn try_boxed_slice<T>(len: usize, items: impl IntoIterator<Item = T>)
     Ok(collected.into_boxed_slice())
 }
 
-#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+#[cfg(all(test, not(lle_mempool_model)))]
 mod tests {
     use super::*;
 

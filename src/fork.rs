@@ -42,12 +42,12 @@
 //! None of this touches the allocation and free paths: a pool registers
 //! once, when it is made.
 
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+#[cfg(not(lle_mempool_model))]
 pub(crate) use handlers::{claim_initialisation, finish_initialisation, register, serves_global_allocator, unregister};
-#[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+#[cfg(lle_mempool_model)]
 pub(crate) use models::{claim_initialisation, finish_initialisation, register, serves_global_allocator, unregister};
 
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+#[cfg(not(lle_mempool_model))]
 mod handlers {
     use crate::biased_lock::ForkHold;
     use crate::error::PoolError;
@@ -249,7 +249,7 @@ mod handlers {
 
 /// The models have no processes: nothing to register, and a plain
 /// compare-and-swap claims a `GlobalPool`'s creation.
-#[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+#[cfg(lle_mempool_model)]
 mod models {
     use crate::error::PoolError;
     use crate::PoolInner;

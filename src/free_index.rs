@@ -32,13 +32,55 @@
 //! seqlock bracket) store `Relaxed`, and lock-free readers (`stats`, `check`)
 //! load `Relaxed` inside a seqlock read, so no read ever races. The writer
 //! alone also reads whole tree nodes as plain memory
-//! ([`sync::read_exclusive`]), which lets the compiler compare sixteen
+//! ([`read_exclusive`]), which lets the compiler compare sixteen
 //! entries at once; that is why the writer's methods are `unsafe`.
 
 use crate::error::PoolError;
 use crate::fallible::{out_of_memory, try_boxed_slice, try_collect};
-use crate::sync::{self, prefetch, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use std::collections::TryReserveError;
+
+/// Reads a whole array of atomics that no other thread stores to while this
+/// runs, as plain memory, so that the compiler can vectorise what the caller
+/// does with it (the free index's writer compares sixteen entries a node at
+/// once). Under the models each element is an atomic load, which they track.
+///
+/// # Safety
+///
+/// No other thread may store to `array` during the call: the caller is the
+/// only writer (it holds the lock that serialises writers), and every store
+/// by earlier writers happens-before the call through that lock. Lock-free
+/// readers may load the array meanwhile: two reads never race.
+#[inline]
+pub(crate) unsafe fn read_exclusive<const N: usize>(array: &[AtomicU32; N]) -> [u32; N] {
+    #[cfg(not(lle_mempool_model))]
+    {
+        // SAFETY: `AtomicU32` has the size, alignment and bit validity of
+        // `u32`; the caller guarantees that no store races with this read.
+        unsafe { std::ptr::read(array.as_ptr().cast::<[u32; N]>()) }
+    }
+    #[cfg(lle_mempool_model)]
+    {
+        std::array::from_fn(|slot| array[slot].load(Ordering::Relaxed))
+    }
+}
+
+/// Starts loading the cache line at `address` ahead of a use that is some
+/// work away, so that its miss overlaps that work. A hint only: it never
+/// faults, reads nothing a program can observe and may be dropped by the
+/// CPU; any address is allowed.
+#[inline(always)]
+pub(crate) fn prefetch<T>(address: *const T) {
+    #[cfg(all(target_arch = "x86_64", not(lle_mempool_model)))]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of the x86-64 baseline, and a prefetch does
+        // not dereference: it neither faults nor has observable effects.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(address.cast()) };
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(lle_mempool_model))))]
+    let _ = address;
+}
 
 /// The unit of allocation: every block starts and ends on a granule.
 pub(crate) const GRANULE: usize = 16;
@@ -76,13 +118,13 @@ impl Node {
     #[inline]
     unsafe fn load_exclusive(&self) -> [u32; FAN_OUT] {
         // SAFETY: forwarded from the caller.
-        unsafe { sync::read_exclusive(&self.0) }
+        unsafe { read_exclusive(&self.0) }
     }
 }
 
 /// The node scans in plain Rust: what other targets use, and what the tests
 /// hold the SSE2 versions to.
-#[cfg(any(not(target_arch = "x86_64"), all(test, not(any(lle_mempool_loom, feature = "shuttle")))))]
+#[cfg(any(not(target_arch = "x86_64"), all(test, not(lle_mempool_model))))]
 mod portable {
     use super::{FAN_OUT, MAX_REGION_GRANULES};
 
@@ -984,7 +1026,7 @@ impl FreeIndex {
     }
 }
 
-#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+#[cfg(all(test, not(lle_mempool_model)))]
 mod tests {
     use super::*;
 

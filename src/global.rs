@@ -521,7 +521,7 @@ unsafe impl GlobalAlloc for GlobalPool {
     }
 }
 
-#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+#[cfg(all(test, not(lle_mempool_model)))]
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};

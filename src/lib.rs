@@ -112,7 +112,9 @@ mod fallible;
 mod fork;
 mod free_index;
 mod global;
+mod identity;
 mod listeners;
+mod model_cells;
 mod os;
 mod region;
 mod seqlock;
@@ -284,7 +286,7 @@ impl MemoryPool {
         let shared = SharedPool::new(config.initial_size, config.max_size, config.growth_factor)?;
         let pool = MemoryPool {
             inner: Box::new(PoolInner {
-                id: sync::next_pool_id(),
+                id: identity::next_pool_id(),
                 config,
                 shared,
                 caches: Arc::new(CacheRegistry::new()),

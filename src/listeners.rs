@@ -14,7 +14,7 @@
 //!
 //! [`MemoryPool::remove_resize_listener`]: crate::MemoryPool::remove_resize_listener
 
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+#[cfg(not(lle_mempool_model))]
 use crate::sync::MutexGuard;
 use crate::sync::{const_thread_local, lock, Mutex};
 use std::cell::RefCell;
@@ -110,7 +110,7 @@ impl Listeners {
         list.entries.len() != before
     }
 
-    #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+    #[cfg(not(lle_mempool_model))]
     /// Holds the list across a `fork()`, so that no thread is changing it
     /// or calling listeners at the fork.
     pub(crate) fn hold_for_fork(&self) -> MutexGuard<'_, ListenerList> {

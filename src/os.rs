@@ -16,14 +16,14 @@ pub(crate) fn page_size() -> usize {
 pub(crate) struct OsError(pub(crate) i32);
 
 /// Only the fork handlers use this; the models have no processes.
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+#[cfg(not(lle_mempool_model))]
 pub(crate) use imp::register_fork_handlers;
 pub(crate) use imp::{grow_in_place, map, purge, unmap};
 /// Only the biased lock uses these, and only outside the models and TSan.
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle", lle_mempool_tsan)))]
+#[cfg(not(any(lle_mempool_model, lle_mempool_tsan)))]
 pub(crate) use imp::{heavy_barrier, heavy_barrier_available};
 
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+#[cfg(not(lle_mempool_model))]
 mod imp {
     use super::OsError;
     use std::ptr::NonNull;
@@ -171,7 +171,7 @@ mod imp {
 /// Heap memory standing in for mappings under the models. Each "mapping"
 /// reserves twice its length so that in-place growth succeeds once and then
 /// fails, exercising both of the pool's growth paths.
-#[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+#[cfg(lle_mempool_model)]
 mod imp {
     use super::OsError;
     use std::alloc::Layout;

@@ -9,8 +9,8 @@
 use crate::error::PoolError;
 use crate::fallible::out_of_memory;
 use crate::free_index::{FreeIndex, GRANULE};
+use crate::model_cells::ReclaimWitness;
 use crate::os;
-use crate::sync::ReclaimWitness;
 use std::collections::TryReserveError;
 use std::ptr::NonNull;
 

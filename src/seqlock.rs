@@ -73,7 +73,7 @@ impl SeqLock {
             if failed >= attempts {
                 return None;
             }
-            if cfg!(any(lle_mempool_loom, feature = "shuttle")) || failed > 64 {
+            if cfg!(lle_mempool_model) || failed > 64 {
                 yield_now();
             } else {
                 spin_loop();
@@ -83,7 +83,7 @@ impl SeqLock {
 
     /// The current sequence; even between writes. For the unit tests, which
     /// are not built under the models.
-    #[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+    #[cfg(all(test, not(lle_mempool_model)))]
     pub(crate) fn sequence(&self) -> u64 {
         self.sequence.load(Ordering::Relaxed)
     }
@@ -99,7 +99,7 @@ impl Drop for SeqWriteGuard<'_> {
     }
 }
 
-#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+#[cfg(all(test, not(lle_mempool_model)))]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;

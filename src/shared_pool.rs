@@ -41,7 +41,7 @@ pub(crate) const MAX_ALIGNMENT: usize = 1 << 30;
 /// quiet moment pass without blocking writers, and the lock bounds the
 /// rest. Under the models one attempt, so that a single overlapping write
 /// reaches the locked audit.
-const CHECK_ATTEMPTS: u32 = if cfg!(any(lle_mempool_loom, feature = "shuttle")) { 1 } else { 3 };
+const CHECK_ATTEMPTS: u32 = if cfg!(lle_mempool_model) { 1 } else { 3 };
 
 pub(crate) struct SharedPool {
     state: BiasedMutex<PoolState>,
@@ -769,7 +769,7 @@ impl SharedPool {
     }
 
     /// Holds the pool's lock across a `fork()`, excluding every thread.
-    #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+    #[cfg(not(lle_mempool_model))]
     pub(crate) fn hold_for_fork(&self) -> crate::biased_lock::ForkHold<'_, PoolState> {
         self.state.hold_for_fork()
     }
@@ -917,7 +917,7 @@ impl Drop for SharedPool {
     }
 }
 
-#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+#[cfg(all(test, not(lle_mempool_model)))]
 mod tests {
     use super::*;
 

@@ -11,20 +11,19 @@
 //! slab costs nothing per block.
 
 use crate::error::PoolError;
+use crate::identity::current_thread_token;
+use crate::model_cells::{forget_block_links, read_block_link, write_block_link};
 use crate::size_class::class_size;
-use crate::sync::{
-    current_thread_token, forget_block_links, read_block_link, write_block_link, AtomicPtr, AtomicU64, AtomicUsize,
-    Ordering,
-};
+use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::thread_cache::ThreadHeap;
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::ptr::{self, NonNull};
 
 /// Bytes per slab. Small under the models, so their regions stay tiny.
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+#[cfg(not(lle_mempool_model))]
 pub(crate) const SLAB_SIZE: usize = 64 * 1024;
-#[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+#[cfg(lle_mempool_model)]
 pub(crate) const SLAB_SIZE: usize = 4096;
 pub(crate) const SLAB_SHIFT: u32 = SLAB_SIZE.trailing_zeros();
 
@@ -385,7 +384,7 @@ impl Slab {
     }
 }
 
-#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+#[cfg(all(test, not(lle_mempool_model)))]
 mod tests {
     use super::*;
     use crate::size_class::CLASS_COUNT;

@@ -48,9 +48,9 @@ const INDEX_BITS: u32 = ADDRESS_BITS - SLAB_SHIFT;
 /// lookup touches, and a lookup is two dependent loads. Under the models,
 /// whose atomics are built one by one and explored one by one, nodes of 64
 /// entries over six levels.
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+#[cfg(not(lle_mempool_model))]
 const LEVEL_BITS: u32 = INDEX_BITS / 2;
-#[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+#[cfg(lle_mempool_model)]
 const LEVEL_BITS: u32 = 6;
 const LEVELS: u32 = INDEX_BITS / LEVEL_BITS;
 const FAN_OUT: usize = 1 << LEVEL_BITS;
@@ -118,16 +118,16 @@ impl Node {
     /// A node of empty slots, or `OutOfMemory`.
     fn allocate() -> Result<NonNull<Node>, PoolError> {
         let layout = Layout::new::<Node>();
-        #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+        #[cfg(not(lle_mempool_model))]
         // SAFETY: non-zero size; all-zero bytes are zero `AtomicUsize`s, and
         // zeroed pages stay unmapped until an entry on them is written.
         let node = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Node>();
-        #[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+        #[cfg(lle_mempool_model)]
         // SAFETY: non-zero size. The model atomics each need constructing
         // (they register with the model), which the loop below does.
         let node = unsafe { std::alloc::alloc(layout) }.cast::<Node>();
         let node = NonNull::new(node).ok_or(no_room(layout.size()))?;
-        #[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+        #[cfg(lle_mempool_model)]
         for slot in 0..FAN_OUT {
             // SAFETY: `slot < FAN_OUT`, inside the fresh allocation, which
             // nobody else can see yet.
@@ -267,7 +267,7 @@ impl SlabMap {
     }
 
     /// The slab holding `addr`, or null.
-    #[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+    #[cfg(all(test, not(lle_mempool_model)))]
     pub(crate) fn lookup(&self, addr: usize) -> *mut Slab {
         match self.classify(addr) {
             Owner::Slab(slab) => slab as *const Slab as *mut Slab,
@@ -369,7 +369,7 @@ fn chunk_units(start: usize, end: usize) -> impl Iterator<Item = (usize, usize)>
     })
 }
 
-#[cfg(all(test, not(any(lle_mempool_loom, feature = "shuttle"))))]
+#[cfg(all(test, not(lle_mempool_model)))]
 mod tests {
     use super::*;
 

@@ -33,7 +33,7 @@ use crate::fallible::out_of_memory;
 use crate::size_class::{class_size, CLASS_COUNT};
 use crate::slab::{link, Slab, SLAB_SIZE};
 use crate::stats::{bump, TimeSamples};
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+#[cfg(not(lle_mempool_model))]
 use crate::sync::MutexGuard;
 use crate::sync::{const_thread_local, lock, Arc, AtomicU64, Mutex, Ordering};
 use crate::PoolInner;
@@ -129,7 +129,7 @@ impl CacheRegistry {
         state.heaps.clear();
     }
 
-    #[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+    #[cfg(not(lle_mempool_model))]
     /// Holds the registry across a `fork()`, so that no thread is making,
     /// retiring or counting heaps at the fork.
     pub(crate) fn hold_for_fork(&self) -> MutexGuard<'_, RegistryState> {
@@ -527,7 +527,7 @@ fn retire_heap(heap: *mut ThreadHeap) {
     drop(heap);
 }
 
-#[cfg(not(any(lle_mempool_loom, feature = "shuttle")))]
+#[cfg(not(lle_mempool_model))]
 /// In a forked child, whose only thread is the one that forked: retires
 /// the heaps that the parent's other threads had for `pool`, as each thread
 /// would at exit. Their batches go to their slabs, their empty slabs back
@@ -663,7 +663,7 @@ impl ThreadHeaps {
 // from one execution to the next, so the table may go before the guard;
 // then the table retires its heaps itself. (Retiring twice is harmless: the
 // first pass empties the table.)
-#[cfg(any(lle_mempool_loom, feature = "shuttle"))]
+#[cfg(lle_mempool_model)]
 impl Drop for ThreadHeaps {
     fn drop(&mut self) {
         self.retire_all();

@@ -5,7 +5,7 @@
 //! Needs a C compiler (`cc`, or `$CC`) and the `staticlib` crate type.
 // Under shuttle or loom the pool's primitives only work inside the model
 // checker's scheduler, which a C program cannot enter.
-#![cfg(all(feature = "capi", not(feature = "shuttle"), not(lle_mempool_loom)))]
+#![cfg(all(feature = "capi", not(lle_mempool_model)))]
 
 use std::ffi::OsString;
 use std::fmt::Write as _;

@@ -6,7 +6,7 @@
 //! exits; a child that deadlocks is killed by the watchdog and fails the
 //! test. (`tests/fork_global.rs` does the same for `GlobalPool`.)
 
-#![cfg(not(any(feature = "shuttle", lle_mempool_loom)))]
+#![cfg(not(lle_mempool_model))]
 
 mod common;
 #[path = "common/forking.rs"]

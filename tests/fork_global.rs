@@ -6,7 +6,7 @@
 //! and the pool, and exits; a child that deadlocks is killed by the
 //! watchdog and fails the test. Its own binary: one global allocator each.
 
-#![cfg(not(any(feature = "shuttle", lle_mempool_loom)))]
+#![cfg(not(lle_mempool_model))]
 
 mod common;
 #[path = "common/forking.rs"]

@@ -3,7 +3,7 @@
 //! allocate through it. Not under the models: their primitives work only
 //! inside a model run, and the harness allocates before any test starts.
 
-#![cfg(not(any(feature = "shuttle", lle_mempool_loom)))]
+#![cfg(not(lle_mempool_model))]
 
 use lle_mempool::GlobalPool;
 use std::alloc::{GlobalAlloc, Layout};

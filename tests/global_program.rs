@@ -8,7 +8,7 @@
 //! only inside a model run, and the harness allocates before any test
 //! starts.
 
-#![cfg(not(any(feature = "shuttle", lle_mempool_loom)))]
+#![cfg(not(lle_mempool_model))]
 
 use hashbrown::HashMap;
 use lle_mempool::GlobalPool;

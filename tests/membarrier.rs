@@ -4,7 +4,7 @@
 //! of letting a second thread in beside the lock's owner. Run in a child
 //! process, whose death by SIGABRT is the expected outcome.
 
-#![cfg(not(any(feature = "shuttle", lle_mempool_loom)))]
+#![cfg(not(lle_mempool_model))]
 
 #[path = "common/forking.rs"]
 mod forking;

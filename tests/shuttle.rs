@@ -2,7 +2,7 @@
 //!
 //! loom proves that no interleaving of a few small shapes breaks; these tests
 //! say that many interleavings of many large shapes did not break
-//! either. With the `shuttle` feature the crate's `sync` facade
+//! either. Under `--cfg lle_mempool_shuttle` the crate's `sync` facade
 //! hands out shuttle's atomics, locks and thread-locals, so every atomic
 //! access and lock inside the pool is a point where shuttle may switch
 //! threads; the OS layer is heap memory and slabs are 4 KiB, so the pool
@@ -21,13 +21,13 @@
 //! before it is freed, so two threads handed overlapping memory, or a block
 //! reused while still live, fail the test by data, not only by error codes.
 //!
-//! Run: `CARGO_TARGET_DIR=target-shuttle cargo test --features shuttle --test shuttle`.
+//! Run: `RUSTFLAGS="--cfg lle_mempool_shuttle" CARGO_TARGET_DIR=target-shuttle cargo test --test shuttle`.
 //! `LLE_MEMPOOL_SHUTTLE_SCHEDULES` sets the schedules per test (default
 //! 1000) and `LLE_MEMPOOL_SHUTTLE_OPS` the operations per thread (default
 //! 250). A failing schedule is printed by shuttle and can be replayed with
 //! `shuttle::replay`.
 
-#![cfg(feature = "shuttle")]
+#![cfg(lle_mempool_shuttle)]
 
 use lle_mempool::{ListenerId, MemoryPool, PoolConfig, PoolError, PoolStats, ResizeEvent, ResizeReason};
 use shuttle::rand::{thread_rng, Rng};
