@@ -26,10 +26,10 @@
 //! - `check()` reading the region table without pinning an epoch guard, so
 //!   nothing holds back the reclamation of what it reads.
 //!
-//! The unmapping of trimmed ranges is deferred as well, but no lock-free
-//! reader touches pool memory (they read tables and indexes only), so under
-//! the model an early unmap is invisible; the region descriptions and tables
-//! are what the epochs must protect here.
+//! The removed region is unmapped through the collector as well, and the
+//! trimmed tail is cut off its mapping at once: no lock-free reader touches
+//! pool memory (they read tables and indexes only), so the region
+//! descriptions and tables are what the epochs must protect here.
 
 #[path = "support.rs"]
 mod support;

@@ -181,10 +181,6 @@ mod biased {
             }
             ForkHold { lock: self, held, was_biased }
         }
-
-        pub(crate) fn get_mut(&mut self) -> &mut T {
-            self.value.get_mut()
-        }
     }
 
     impl<T> Deref for BiasedGuard<'_, T> {
@@ -277,13 +273,6 @@ mod plain {
         #[cfg(not(lle_mempool_model))]
         pub(crate) fn hold_for_fork(&self) -> ForkHold<'_, T> {
             ForkHold(lock(&self.0))
-        }
-
-        pub(crate) fn get_mut(&mut self) -> &mut T {
-            match self.0.get_mut() {
-                Ok(value) => value,
-                Err(poisoned) => poisoned.into_inner(),
-            }
         }
     }
 

@@ -30,7 +30,7 @@
 //! readers (`stats`, `check`, `contains`) at the fork stays pinned in the
 //! child, where it cannot advance its epoch. That cannot deadlock (nothing
 //! waits for the epoch to advance), but whatever the child retires later
-//! (old region tables and indexes, unmapped ranges) is then held back
+//! (old region tables and descriptions, removed regions) is then held back
 //! rather than freed: the child's pool keeps working and only leaks that.
 //!
 //! Limits: a fork racing with the creation of the process's very first

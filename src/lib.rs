@@ -60,9 +60,9 @@
 //!   no read-modify-write (whose store-buffer drain cost about a quarter of a
 //!   shared-pool step). The first other thread revokes the bias once, with
 //!   `membarrier(2)`; from then on it is a plain mutex.
-//! - **Epochs**: region tables, grown or trimmed indexes and unmapped ranges
-//!   are retired through a crossbeam-epoch `Collector` owned by the pool, so
-//!   nothing is freed or unmapped while a reader may hold it. Readers borrow
+//! - **Epochs**: region tables, replaced region descriptions and removed
+//!   regions are retired through a crossbeam-epoch `Collector` owned by the
+//!   pool, so nothing is freed or unmapped while a reader may hold it. Readers borrow
 //!   one of a few handles the pool keeps registered (`epoch_handles`)
 //!   rather than registering one per call.
 //! - **Ownership map** (`slab_map`): a radix map with one word per 64 KiB

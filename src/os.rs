@@ -1,10 +1,15 @@
 //! The operating system's memory calls, and nothing else.
 //!
-//! The pool asks the OS for four things: map fresh zeroed memory, grow a
-//! mapping in place (never moving it: a live allocation never moves), give a
-//! range back, and drop a range's contents while keeping it mapped. Keeping
-//! them behind this module lets the loom and shuttle models swap in heap
-//! memory, which they can reason about, for syscalls, which they can't.
+//! The pool asks the OS for anonymous private memory that it owns as a
+//! [`Mapping`]: mapped zeroed, grown or cut back where it stands (never
+//! moved: a live allocation never moves), its pages' contents dropped while
+//! it stays mapped, and unmapped when the value is dropped. Outside the
+//! models a `Mapping` is a `memmap2::MmapRaw`; what memmap2 does not offer
+//! (the page size, `membarrier`, `pthread_atfork`, a plain `write` before an
+//! abort) is called through libc here, and nowhere else. `docs/DESIGN.md`
+//! says why each call goes where it does. Keeping it all behind this module lets the loom
+//! and shuttle models swap in heap memory, which they can reason about, for
+//! syscalls, which they can't.
 
 /// Bytes per page; every mapping length is a multiple of it.
 pub(crate) fn page_size() -> usize {
@@ -18,7 +23,7 @@ pub(crate) struct OsError(pub(crate) i32);
 /// Only the fork handlers use this; the models have no processes.
 #[cfg(not(lle_mempool_model))]
 pub(crate) use imp::register_fork_handlers;
-pub(crate) use imp::{grow_in_place, map, purge, unmap};
+pub(crate) use imp::Mapping;
 /// Only the biased lock uses these, and only outside the models and TSan.
 #[cfg(not(any(lle_mempool_model, lle_mempool_tsan)))]
 pub(crate) use imp::{heavy_barrier, heavy_barrier_available};
@@ -26,8 +31,10 @@ pub(crate) use imp::{heavy_barrier, heavy_barrier_available};
 #[cfg(not(lle_mempool_model))]
 mod imp {
     use super::OsError;
+    use memmap2::{MmapOptions, MmapRaw, RemapOptions, UncheckedAdvice};
     use std::ptr::NonNull;
 
+    /// memmap2 keeps its page size to itself, so it is asked of libc.
     pub(crate) fn page_size() -> usize {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
@@ -103,68 +110,98 @@ mod imp {
         unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) == 0 }
     }
 
-    fn last_errno() -> i32 {
-        std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOMEM)
-    }
+    /// Anonymous, private, read-write memory that this value owns: dropping
+    /// it unmaps the memory (memmap2's `MmapRaw` does, with the length it
+    /// was last mapped or remapped to), so it cannot be unmapped twice, nor
+    /// forgotten.
+    pub(crate) struct Mapping(MmapRaw);
 
-    /// Maps `len` bytes of private, zeroed, read-write memory.
-    pub(crate) fn map(len: usize) -> Result<NonNull<u8>, OsError> {
-        debug_assert!(len > 0 && len % page_size() == 0);
-        // SAFETY: an anonymous private mapping at an address of the kernel's
-        // choosing aliases nothing the program already owns.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(OsError(last_errno()));
+    impl From<std::io::Error> for OsError {
+        fn from(error: std::io::Error) -> OsError {
+            OsError(error.raw_os_error().unwrap_or(libc::ENOMEM))
         }
-        NonNull::new(address.cast::<u8>()).ok_or(OsError(libc::ENOMEM))
     }
 
-    /// Grows the mapping at `base` from `old_len` to `new_len` bytes without
-    /// moving it. Returns `false` when the kernel can't (the pages after the
-    /// mapping are taken), in which case nothing changed.
-    ///
-    /// # Safety
-    /// `base..base + old_len` must be a mapping made by [`map`] and not yet
-    /// unmapped.
-    pub(crate) unsafe fn grow_in_place(base: NonNull<u8>, old_len: usize, new_len: usize) -> bool {
-        debug_assert!(new_len > old_len && new_len % page_size() == 0);
-        // SAFETY: the caller guarantees the mapping; without MREMAP_MAYMOVE
-        // the kernel either extends it where it stands or fails, so no
-        // pointer into it can dangle.
-        let result = unsafe { libc::mremap(base.as_ptr().cast(), old_len, new_len, 0) };
-        result != libc::MAP_FAILED
-    }
+    impl Mapping {
+        /// Maps `len` bytes of private, zeroed, read-write memory.
+        pub(crate) fn new(len: usize) -> Result<Mapping, OsError> {
+            debug_assert!(len > 0 && len % page_size() == 0);
+            let mapping = Mapping(MmapOptions::new().len(len).map_anon()?.into());
+            // The kernel never places a mapping it chooses at address 0;
+            // checked once here so that `base` can rely on it.
+            if mapping.0.as_ptr().is_null() {
+                return Err(OsError(libc::ENOMEM));
+            }
+            Ok(mapping)
+        }
 
-    /// Gives `addr..addr + len` back to the OS.
-    ///
-    /// # Safety
-    /// The range must be page-aligned, lie inside mappings made by [`map`],
-    /// and nothing may access it afterwards.
-    pub(crate) unsafe fn unmap(addr: NonNull<u8>, len: usize) {
-        // SAFETY: the caller guarantees nobody uses the range any more.
-        let result = unsafe { libc::munmap(addr.as_ptr().cast(), len) };
-        debug_assert_eq!(result, 0, "munmap of a range the pool mapped failed");
-    }
+        /// Where the memory starts. It never changes: nothing here moves it.
+        pub(crate) fn base(&self) -> NonNull<u8> {
+            // SAFETY: `new` refused a null base, and remapping without
+            // `may_move` keeps the base where it is.
+            unsafe { NonNull::new_unchecked(self.0.as_mut_ptr()) }
+        }
 
-    /// Drops the contents of `addr..addr + len`, keeping it mapped: the pages
-    /// stop counting as resident and read back as zeros.
-    ///
-    /// # Safety
-    /// The range must be page-aligned, inside a mapping made by [`map`], and
-    /// hold no data anybody still needs.
-    pub(crate) unsafe fn purge(addr: NonNull<u8>, len: usize) {
-        // SAFETY: the caller guarantees the range holds nothing live, and
-        // MADV_DONTNEED on private anonymous memory only zero-fills it.
-        let _ = unsafe { libc::madvise(addr.as_ptr().cast(), len, libc::MADV_DONTNEED) };
+        /// The bytes this value owns, and unmaps when dropped.
+        pub(crate) fn len(&self) -> usize {
+            self.0.len()
+        }
+
+        /// Grows the mapping to `new_len` bytes without moving it. `false`
+        /// when the kernel can't (the pages after the mapping are taken), in
+        /// which case nothing changed.
+        pub(crate) fn grow_in_place(&mut self, new_len: usize) -> bool {
+            debug_assert!(new_len % page_size() == 0);
+            if new_len <= self.len() {
+                // A tail that `cut_back` could not cut is still ours, and
+                // purged: it serves as fresh memory.
+                return true;
+            }
+            // SAFETY: growing changes no byte the program can already reach,
+            // and an anonymous mapping has no file whose end the new pages
+            // could pass. Without `may_move` the kernel extends the mapping
+            // where it stands or fails, so no pointer into it can dangle.
+            unsafe { self.0.remap(new_len, RemapOptions::new().may_move(false)) }.is_ok()
+        }
+
+        /// Cuts the mapping back to `new_len` bytes (not zero), where it
+        /// stands. If the kernel refuses (cutting would split its record of
+        /// the mapping past `vm.max_map_count`, or it has no memory for the
+        /// split), the bytes past `new_len` stay mapped and owned, unmapped
+        /// with the rest on drop, and their pages are purged.
+        ///
+        /// # Safety
+        /// Nothing may use the bytes past `new_len` any more.
+        pub(crate) unsafe fn cut_back(&mut self, new_len: usize) {
+            let len = self.len();
+            debug_assert!(new_len > 0 && new_len <= len && new_len % page_size() == 0);
+            if new_len == len {
+                return;
+            }
+            // SAFETY: the caller guarantees nobody uses the bytes cut off;
+            // without `may_move` the kernel shrinks the mapping where it
+            // stands, so the bytes kept stay where they are.
+            let cut = unsafe { self.0.remap(new_len, RemapOptions::new().may_move(false)) };
+            if cut.is_err() {
+                // SAFETY: the bytes past `new_len` are still mapped, and
+                // the caller guarantees nobody needs them.
+                unsafe { self.purge(new_len, len - new_len) };
+            }
+        }
+
+        /// Drops the contents of bytes `offset..offset + len` (page-aligned),
+        /// keeping them mapped: the pages stop counting as resident and read
+        /// back as zeros.
+        ///
+        /// # Safety
+        /// The range must lie inside the mapping and hold no data anybody
+        /// still needs.
+        pub(crate) unsafe fn purge(&self, offset: usize, len: usize) {
+            debug_assert!(offset % page_size() == 0 && len % page_size() == 0 && offset + len <= self.len());
+            // SAFETY: the caller guarantees the range holds nothing live, and
+            // MADV_DONTNEED on private anonymous memory only zero-fills it.
+            let _ = unsafe { self.0.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) };
+        }
     }
 }
 
@@ -176,73 +213,91 @@ mod imp {
     use super::OsError;
     use std::alloc::Layout;
     use std::ptr::NonNull;
-    use std::sync::Mutex;
 
     const MODEL_PAGE_SIZE: usize = 4096;
-
-    struct Reservation {
-        base: usize,
-        layout: Layout,
-        /// Carved from this thread's arena (loom) rather than the heap.
-        in_arena: bool,
-    }
-
-    // A plain std mutex: the registry is bookkeeping for the stand-in, not a
-    // part of the pool whose interleavings the models explore, and nothing
-    // yields to the model scheduler while it is held.
-    static RESERVATIONS: Mutex<Vec<Reservation>> = Mutex::new(Vec::new());
-
-    fn reservations() -> std::sync::MutexGuard<'static, Vec<Reservation>> {
-        RESERVATIONS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 
     pub(crate) fn page_size() -> usize {
         MODEL_PAGE_SIZE
     }
 
-    pub(crate) fn map(len: usize) -> Result<NonNull<u8>, OsError> {
-        let layout = Layout::from_size_align(len.checked_mul(2).ok_or(OsError(12))?, MODEL_PAGE_SIZE)
-            .map_err(|_| OsError(12))?;
-        if let Some(base) = arena::take(layout.size()) {
-            reservations().push(Reservation { base: base.as_ptr() as usize, layout, in_arena: true });
-            return Ok(base);
+    /// A heap reservation, of which the first `len` bytes are "mapped".
+    pub(crate) struct Mapping {
+        base: NonNull<u8>,
+        len: usize,
+        reservation: Layout,
+        /// Carved from this thread's arena (loom) rather than the heap.
+        in_arena: bool,
+    }
+
+    // SAFETY: as for the real mapping, which memmap2 makes Send and Sync:
+    // the value owns its memory and hands out raw pointers only.
+    unsafe impl Send for Mapping {}
+    // SAFETY: as above; `&self` methods write through no pointer but
+    // `purge`'s, whose caller guarantees the range is nobody's.
+    unsafe impl Sync for Mapping {}
+
+    impl Mapping {
+        pub(crate) fn new(len: usize) -> Result<Mapping, OsError> {
+            let refused = OsError(libc::ENOMEM);
+            let reservation =
+                Layout::from_size_align(len.checked_mul(2).ok_or(refused)?, MODEL_PAGE_SIZE).map_err(|_| refused)?;
+            if let Some(base) = arena::take(reservation.size()) {
+                return Ok(Mapping { base, len, reservation, in_arena: true });
+            }
+            // SAFETY: the layout has a non-zero size.
+            let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(reservation) }).ok_or(refused)?;
+            Ok(Mapping { base, len, reservation, in_arena: false })
         }
-        // SAFETY: the layout has a non-zero size.
-        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or(OsError(12))?;
-        reservations().push(Reservation { base: base.as_ptr() as usize, layout, in_arena: false });
-        Ok(base)
+
+        pub(crate) fn base(&self) -> NonNull<u8> {
+            self.base
+        }
+
+        pub(crate) fn len(&self) -> usize {
+            self.len
+        }
+
+        /// As the real one: succeeds while the reservation has room. The
+        /// bytes it adds are zero, as `new` and `cut_back` leave them.
+        pub(crate) fn grow_in_place(&mut self, new_len: usize) -> bool {
+            if new_len > self.reservation.size() {
+                return false;
+            }
+            self.len = self.len.max(new_len);
+            true
+        }
+
+        /// # Safety
+        /// As for the real `cut_back`.
+        pub(crate) unsafe fn cut_back(&mut self, new_len: usize) {
+            debug_assert!(new_len > 0 && new_len <= self.len);
+            // Zeroed, as the kernel's fresh pages are when the mapping grows
+            // over them again.
+            // SAFETY: the bytes lie inside the reservation, and the caller
+            // guarantees nobody uses them.
+            unsafe { self.purge(new_len, self.len - new_len) };
+            self.len = new_len;
+        }
+
+        /// # Safety
+        /// As for the real `purge`.
+        pub(crate) unsafe fn purge(&self, offset: usize, len: usize) {
+            debug_assert!(offset + len <= self.len);
+            // SAFETY: the caller guarantees the range is ours and holds
+            // nothing live.
+            unsafe { std::ptr::write_bytes(self.base.as_ptr().add(offset), 0, len) };
+        }
     }
 
-    /// # Safety
-    /// As for the real `grow_in_place`.
-    pub(crate) unsafe fn grow_in_place(base: NonNull<u8>, _old_len: usize, new_len: usize) -> bool {
-        reservations()
-            .iter()
-            .any(|reservation| reservation.base == base.as_ptr() as usize && new_len <= reservation.layout.size())
-    }
-
-    /// # Safety
-    /// As for the real `unmap`.
-    pub(crate) unsafe fn unmap(addr: NonNull<u8>, _len: usize) {
-        let mut reservations = reservations();
-        // Only unmapping from a reservation's base frees it: the pool unmaps
-        // tails first and whole regions from their base.
-        if let Some(index) = reservations.iter().position(|r| r.base == addr.as_ptr() as usize) {
-            let reservation = reservations.swap_remove(index);
-            if reservation.in_arena {
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            if self.in_arena {
                 arena::give_back();
             } else {
-                // SAFETY: allocated above with this very layout.
-                unsafe { std::alloc::dealloc(reservation.base as *mut u8, reservation.layout) };
+                // SAFETY: allocated in `new` with this very layout.
+                unsafe { std::alloc::dealloc(self.base.as_ptr(), self.reservation) };
             }
         }
-    }
-
-    /// # Safety
-    /// As for the real `purge`.
-    pub(crate) unsafe fn purge(addr: NonNull<u8>, len: usize) {
-        // SAFETY: the caller guarantees the range is ours and holds nothing live.
-        unsafe { std::ptr::write_bytes(addr.as_ptr(), 0, len) };
     }
 
     /// Under loom, reservations are carved in address order from an arena

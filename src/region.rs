@@ -1,10 +1,14 @@
 //! A region: one anonymous mapping and the free-block index over it.
 //!
-//! A region's base never changes and its memory never moves. Its length and
-//! index are fixed for the life of a `Region` value: growing or trimming a
-//! region in place builds a new `Region` for the same base and publishes it,
-//! while readers that still hold the old one keep reading it until the epoch
-//! collector frees it (see `shared_pool`).
+//! A region's base never changes and its memory never moves. The pool's
+//! writers hold each region as a [`MappedRegion`]: the mapping, which it
+//! owns and which only writers touch, and a [`Region`], the description that
+//! lock-free readers see. A description's length and index are fixed for
+//! its life: growing or trimming a region in place changes the mapping where
+//! it stands and builds a new description for the same base, which is
+//! published, while readers that still hold the old one keep reading it
+//! until the epoch collector frees it (see `shared_pool`). A region removed
+//! whole is retired with its mapping, which is unmapped only then.
 
 use crate::error::PoolError;
 use crate::fallible::out_of_memory;
@@ -12,6 +16,7 @@ use crate::free_index::{FreeIndex, GRANULE};
 use crate::model_cells::ReclaimWitness;
 use crate::os;
 use std::collections::TryReserveError;
+use std::ops::Deref;
 use std::ptr::NonNull;
 
 pub(crate) struct Region {
@@ -30,27 +35,14 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Maps a fresh region of `len` bytes (a whole number of pages), all free.
-    /// The index is built first, so that the heap refusing it leaves nothing
-    /// to undo.
-    pub(crate) fn map(len: usize) -> Result<Region, PoolError> {
-        let index = FreeIndex::new(len / GRANULE).map_err(|_| out_of_memory(len))?;
-        let base = os::map(len).map_err(|os::OsError(errno)| PoolError::OutOfMemory { requested: len, errno })?;
-        Ok(Region { base, len, index, witness: ReclaimWitness::new() })
-    }
-
     /// The same mapping described with a new length, after the caller grew it
-    /// in place or before it trims the tail; the new part is free. Fails when
+    /// in place or before it cuts the tail; the new part is free. Fails when
     /// the heap refuses the new index, and then the mapping is the caller's
     /// to restore.
     pub(crate) fn with_len(&self, len: usize) -> Result<Region, TryReserveError> {
         debug_assert!(len > 0 && len % os::page_size() == 0);
         let index = self.index.resized(len / GRANULE)?;
         Ok(Region { base: self.base, len, index, witness: ReclaimWitness::new() })
-    }
-
-    pub(crate) fn base(&self) -> NonNull<u8> {
-        self.base
     }
 
     pub(crate) fn start(&self) -> usize {
@@ -86,6 +78,77 @@ impl Region {
         let page = os::page_size();
         let in_use_end = self.len - self.index.trailing_free() * GRANULE;
         self.len - in_use_end.div_ceil(page) * page
+    }
+}
+
+/// A region as the pool's writers hold it: the mapping, and the description
+/// of it that readers see. Dropping it unmaps the memory, so a removed
+/// region is dropped only once no reader can hold its description.
+pub(crate) struct MappedRegion {
+    /// Boxed so that its address, which published tables hold, survives the
+    /// pool's vector of regions reallocating or shifting.
+    description: Box<Region>,
+    /// At least as long as the description says: a tail that the kernel
+    /// refused to cut stays here, purged (see [`os::Mapping::cut_back`]).
+    mapping: os::Mapping,
+}
+
+impl MappedRegion {
+    /// Maps a fresh region of `len` bytes (a whole number of pages), all free.
+    /// The index is built first, so that the heap refusing it maps nothing.
+    pub(crate) fn map(len: usize) -> Result<MappedRegion, PoolError> {
+        let index = FreeIndex::new(len / GRANULE).map_err(|_| out_of_memory(len))?;
+        let mapping =
+            os::Mapping::new(len).map_err(|os::OsError(errno)| PoolError::OutOfMemory { requested: len, errno })?;
+        let description = Box::new(Region { base: mapping.base(), len, index, witness: ReclaimWitness::new() });
+        Ok(MappedRegion { description, mapping })
+    }
+
+    /// Grows the mapping to `new_len` bytes where it stands, for a
+    /// description of that length to be published. `false`, with nothing
+    /// changed, when the kernel has no room after it.
+    pub(crate) fn grow_in_place(&mut self, new_len: usize) -> bool {
+        debug_assert!(new_len > self.len());
+        self.mapping.grow_in_place(new_len)
+    }
+
+    /// Cuts the mapping back to `len` bytes, at once: readers that still
+    /// hold a longer description read its index, never the memory.
+    ///
+    /// # Safety
+    /// The bytes past `len` must be free memory that the current description,
+    /// or the one published next, leaves out, and that the slab map does not
+    /// mark as the pool's.
+    pub(crate) unsafe fn cut_back(&mut self, len: usize) {
+        debug_assert!(len <= self.len());
+        // SAFETY: the caller guarantees nobody uses the bytes cut off.
+        unsafe { self.mapping.cut_back(len) };
+    }
+
+    /// Purges `addr..addr + len`, whole pages inside the region.
+    ///
+    /// # Safety
+    /// The range must hold no data anybody still needs.
+    pub(crate) unsafe fn purge(&self, addr: NonNull<u8>, len: usize) {
+        debug_assert!(self.contains(addr.as_ptr() as usize) && addr.as_ptr() as usize + len <= self.end());
+        // SAFETY: inside the mapping, which is at least as long as the
+        // description; the caller guarantees the rest.
+        unsafe { self.mapping.purge(addr.as_ptr() as usize - self.start(), len) };
+    }
+
+    /// Puts `description` (of this region's mapping, as it stands now) in
+    /// place of the current one, which is returned for retiring.
+    pub(crate) fn replace_description(&mut self, description: Box<Region>) -> Box<Region> {
+        debug_assert!(description.base == self.description.base && description.len <= self.mapping.len());
+        std::mem::replace(&mut self.description, description)
+    }
+}
+
+impl Deref for MappedRegion {
+    type Target = Region;
+
+    fn deref(&self) -> &Region {
+        &self.description
     }
 }
 

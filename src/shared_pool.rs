@@ -6,9 +6,11 @@
 //! them, and so does `check` unless writes keep overlapping its long audit,
 //! when it audits under the lock instead. Readers find the regions through a
 //! table published in an epoch-protected pointer: whatever a writer replaces
-//! or shrinks (a table, a region's index, a region's tail, a whole region) is
-//! retired through the pool's own crossbeam-epoch `Collector` and only freed
-//! or unmapped once no reader can still hold it.
+//! (a table, a region's description, a whole region) is retired through the
+//! pool's own crossbeam-epoch `Collector` and only freed or unmapped once no
+//! reader can still hold it. A trimmed region's free tail is cut off its
+//! mapping at once: readers read descriptions and indexes, never the pool's
+//! memory, and the slab map calls the tail foreign before it is cut.
 //!
 //! Growth never moves memory: the newest region is grown in place (mremap
 //! without `MREMAP_MAYMOVE`), and a new region is mapped when the kernel
@@ -21,7 +23,7 @@ use crate::fallible::out_of_memory;
 use crate::free_index::{GRANULE, MAX_REGION_GRANULES};
 use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
 use crate::os;
-use crate::region::{find_region, Region, RegionTable};
+use crate::region::{find_region, MappedRegion, Region, RegionTable};
 use crate::seqlock::SeqLock;
 use crate::slab_map::SlabMap;
 use crate::stats::{bump, TimeSamples, TIMING_SAMPLE_PERIOD};
@@ -60,11 +62,8 @@ pub(crate) struct SharedPool {
 }
 
 pub(crate) struct PoolState {
-    /// Sorted by address; the table readers see mirrors this. Boxed so that
-    /// a region's address, which published tables hold, survives the vector
-    /// reallocating or shifting.
-    #[allow(clippy::vec_box)]
-    regions: Vec<Box<Region>>,
+    /// Sorted by address; the table readers see mirrors this.
+    regions: Vec<MappedRegion>,
     /// The base of the region mapped last: the one growth tries to extend.
     newest: Option<usize>,
 }
@@ -420,27 +419,14 @@ impl SharedPool {
         state.regions.try_reserve(count).map_err(|_| refused())?;
         let table = Self::reserve_table(state.regions.len() + count)?;
         let mut remaining = additional;
+        // On a refusal, the regions mapped so far are dropped, which unmaps
+        // them: they were never published.
         while remaining > 0 {
             let len = remaining.min(MAX_REGION_BYTES);
-            match Region::map(len) {
-                Ok(region) => mapped.push(Box::new(region)),
-                Err(error) => {
-                    for region in mapped {
-                        // SAFETY: mapped just now and never published.
-                        unsafe { os::unmap(region.base(), region.len()) };
-                    }
-                    return Err(error);
-                }
-            }
+            mapped.push(MappedRegion::map(len)?);
             remaining -= len;
         }
-        if let Err(error) = self.mark_regions(&mapped) {
-            for region in mapped {
-                // SAFETY: mapped just now and never published.
-                unsafe { os::unmap(region.base(), region.len()) };
-            }
-            return Err(error);
-        }
+        self.mark_regions(&mapped)?;
         let _write = self.seqlock.write();
         for region in mapped {
             state.newest = Some(region.start());
@@ -454,7 +440,7 @@ impl SharedPool {
     }
 
     /// Marks freshly mapped regions as the pool's in the map, all or none.
-    fn mark_regions(&self, regions: &[Box<Region>]) -> Result<(), PoolError> {
+    fn mark_regions(&self, regions: &[MappedRegion]) -> Result<(), PoolError> {
         for (marked, region) in regions.iter().enumerate() {
             if let Err(error) = self.map.mark_shared(region.start(), region.len()) {
                 for region in &regions[..marked] {
@@ -482,33 +468,33 @@ impl SharedPool {
         let Some(position) = state.regions.iter().position(|region| region.start() == newest) else {
             return Ok(false);
         };
-        let region = &state.regions[position];
-        let new_len = region.len() + additional;
+        let old_len = state.regions[position].len();
+        let new_len = old_len + additional;
         if new_len > MAX_REGION_BYTES {
             return Ok(false);
         }
         let table = Self::reserve_table(state.regions.len())?;
-        // SAFETY: the region is a live mapping of `region.len()` bytes.
-        if !unsafe { os::grow_in_place(region.base(), region.len(), new_len) } {
+        let region = &mut state.regions[position];
+        if !region.grow_in_place(new_len) {
             return Ok(false);
         }
         // The index is built after growing the mapping, not before: the
         // kernel refuses most in-place growth (new mappings go just below the
         // newest), and an index built for nothing would double the cost of
-        // growing. Rolling back costs one unmap in the rare case.
+        // growing. Rolling back costs one mremap in the rare case.
         let grown = match region.with_len(new_len) {
             Ok(grown) => Box::new(grown),
             Err(_) => {
                 // SAFETY: the tail was added just now, is free and was never
                 // published: cutting it off restores the mapping as it was.
-                unsafe { os::unmap(NonNull::new_unchecked(region.base().as_ptr().add(region.len())), additional) };
+                unsafe { region.cut_back(old_len) };
                 return Err(out_of_memory(additional));
             }
         };
         if let Err(error) = self.map.mark_shared(region.end(), additional) {
             // SAFETY: as above: the tail was added just now and is unknown
             // to anyone.
-            unsafe { os::unmap(NonNull::new_unchecked(region.end() as *mut u8), additional) };
+            unsafe { region.cut_back(old_len) };
             return Err(error);
         }
         let joins_free_tail = region.index.trailing_free() > 0;
@@ -517,7 +503,7 @@ impl SharedPool {
             add(&self.counters.free_runs, 1);
         }
         self.count_growth(additional);
-        let old = std::mem::replace(&mut state.regions[position], grown);
+        let old = region.replace_description(grown);
         self.publish(state, table, guard);
         self.retire(old, guard);
         Ok(true)
@@ -548,23 +534,21 @@ impl SharedPool {
     fn retire(&self, region: Box<Region>, guard: &Guard) {
         // SAFETY: `region` was removed from the state and the published table
         // before this call; readers that loaded the older table are pinned,
-        // and the closure runs only after all of them unpin. Dropping a
-        // Region frees its index only: the mapping is unmapped explicitly.
+        // and the closure runs only after all of them unpin. A description
+        // owns its index only: the mapping stays with the `MappedRegion`.
         unsafe { guard.defer_unchecked(move || drop(region)) };
     }
 
-    /// Unmaps `addr..addr + len` once no reader can hold it. Its contents
-    /// are purged at once, so the resident memory drops now.
-    fn retire_range(&self, addr: NonNull<u8>, len: usize, guard: &Guard) {
-        // SAFETY: the range is free pool memory, no longer part of any
-        // published region; nobody reads free memory.
-        unsafe { os::purge(addr, len) };
-        let (addr, len) = (addr.as_ptr() as usize, len);
-        // SAFETY: as in `retire`; after the grace period nothing can refer to
-        // the range, and it was mapped by the pool.
-        unsafe {
-            guard.defer_unchecked(move || os::unmap(NonNull::new_unchecked(addr as *mut u8), len));
-        }
+    /// Unmaps a removed region, and frees its description, once no reader
+    /// can hold it. Its contents are purged at once, so the resident memory
+    /// drops now.
+    fn retire_region(&self, region: MappedRegion, guard: &Guard) {
+        // SAFETY: the region is free pool memory, no longer part of the
+        // state or of the published table; nobody reads free memory.
+        unsafe { region.purge(region.address_of(0), region.len()) };
+        // SAFETY: as in `retire`: the region's description, which dies with
+        // it, was removed before this call.
+        unsafe { guard.defer_unchecked(move || drop(region)) };
     }
 
     /// Grows the pool by `additional` bytes (rounded up to pages).
@@ -629,16 +613,16 @@ impl SharedPool {
                 if state.newest == Some(old.start()) {
                     state.newest = None;
                 }
-                self.retire_range(old.base(), old.len(), guard);
-                self.retire(old, guard);
+                self.retire_region(old, guard);
             }
             Some(trimmed) => {
                 debug_assert_eq!(trimmed.len() + bytes, region.len());
-                // SAFETY: the remainder is shorter, so the tail lies inside
-                // the mapping.
-                let tail = unsafe { NonNull::new_unchecked(region.base().as_ptr().add(trimmed.len())) };
-                self.retire_range(tail, bytes, guard);
-                let old = std::mem::replace(&mut state.regions[position], trimmed);
+                let region = &mut state.regions[position];
+                // SAFETY: the tail is free (it lies in the releasable tail),
+                // the remainder published next leaves it out, and the slab
+                // map calls it foreign already.
+                unsafe { region.cut_back(trimmed.len()) };
+                let old = region.replace_description(trimmed);
                 self.retire(old, guard);
             }
         }
@@ -694,7 +678,7 @@ impl SharedPool {
                 if page_end > page_start {
                     // SAFETY: the pages lie inside a free run of a live
                     // mapping, and the lock keeps them free meanwhile.
-                    unsafe { os::purge(NonNull::new_unchecked(page_start as *mut u8), page_end - page_start) };
+                    unsafe { region.purge(NonNull::new_unchecked(page_start as *mut u8), page_end - page_start) };
                 }
             });
         }
@@ -903,17 +887,13 @@ impl SharedPool {
 
 impl Drop for SharedPool {
     fn drop(&mut self) {
-        let state = self.state.get_mut();
-        for region in state.regions.drain(..) {
-            // SAFETY: dropping the pool ends every block's life (the caller
-            // owns the pool exclusively), and no reader can be pinned: all
-            // readers borrow the pool.
-            unsafe { os::unmap(region.base(), region.len()) };
-        }
         // SAFETY: no thread can be reading the table: we have `&mut self`.
         drop(unsafe { std::mem::replace(&mut self.table, Atomic::null()).into_owned() });
-        // The collector drops with the pool and runs whatever is still
-        // deferred: old tables, old indexes, tails waiting to be unmapped.
+        // The regions drop with the state, which unmaps them: dropping the
+        // pool ends every block's life (the caller owns the pool
+        // exclusively), and no reader can be pinned: all readers borrow the
+        // pool. The collector drops with the pool and runs whatever is still
+        // deferred: old tables, old descriptions, removed regions.
     }
 }
 

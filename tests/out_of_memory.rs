@@ -5,13 +5,17 @@
 //! C), and the pool is exactly as it was: same size and regions, `check()`
 //! passes, live blocks keep their data, and it still serves allocations.
 //!
+//! The kernel can also refuse to cut a free tail off a region, when the cut
+//! would split a mapping past `vm.max_map_count`: the tail is then purged
+//! and kept, still the pool's, and unmapped with the region.
+//!
 //! Each case runs in a child process (this test binary, re-run for that one
 //! test) so that the limit cannot disturb other tests, and so that an abort
 //! shows up as the child's signal instead of killing the test run.
 
 mod common;
 
-use common::{assert_intact, fill};
+use common::{assert_intact, fill, page_size};
 use lle_mempool::{MemoryPool, PoolError};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
@@ -272,15 +276,8 @@ fn growth_in_place_is_rolled_back_when_the_index_cannot_be_had() {
         let mut live = Live::new();
         live.add(pool.allocate(1 << 20).unwrap(), 1 << 20);
         assert_eq!(pool.compact().unwrap(), GROWTH, "setup: compact cuts the free tail");
-        // The tail is unmapped once no reader can hold it; later calls
-        // nudge the collector.
-        let mut attempts = 0;
-        while mapping_end(pool.regions()[0].start) != pool.regions()[0].end {
-            attempts += 1;
-            assert!(attempts < 100, "setup: the free tail was never unmapped");
-            pool.compact().unwrap();
-        }
         let region = pool.regions()[0].clone();
+        assert_eq!(mapping_end(region.start), region.end, "setup: the free tail is cut off the mapping at once");
         let (size, regions) = (pool.size(), pool.regions());
         let gap = region.end..region.end + GROWTH;
         let blocked = mappings().into_iter().any(|(start, end)| start < gap.end && end > gap.start);
@@ -298,6 +295,128 @@ fn growth_in_place_is_rolled_back_when_the_index_cannot_be_had() {
         assert_unchanged(&pool, "growth after the rollback", pool.size(), &pool.regions(), &mut live);
         live.free_all(&pool);
         pool.check().unwrap();
+    });
+}
+
+/// A mapping the test made itself, unmapped on drop.
+struct TestMapping {
+    addr: usize,
+    len: usize,
+}
+
+impl TestMapping {
+    /// Maps `len` bytes with `protection`, at `addr` exactly (`MAP_FIXED_NOREPLACE`)
+    /// or, for 0, wherever the kernel likes.
+    fn new(addr: usize, len: usize, protection: libc::c_int) -> TestMapping {
+        let placement = if addr == 0 { 0 } else { libc::MAP_FIXED_NOREPLACE };
+        // SAFETY: a new anonymous mapping that replaces nothing.
+        let result = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                protection,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | placement,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(result, libc::MAP_FAILED, "mmap at {addr:#x}: {}", std::io::Error::last_os_error());
+        let mapping = TestMapping { addr: result as usize, len };
+        assert!(addr == 0 || mapping.addr == addr, "setup: the kernel ignored MAP_FIXED_NOREPLACE");
+        mapping
+    }
+}
+
+impl Drop for TestMapping {
+    fn drop(&mut self) {
+        // SAFETY: the test's own mapping, which nothing else uses.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Uses up the process's mappings (`vm.max_map_count`): every other page of
+/// a reservation is made readable, each page then a mapping of its own,
+/// until the kernel refuses to split another. `None` where the limit is too
+/// high to reach in a test.
+fn exhaust_mappings() -> Option<TestMapping> {
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count").expect("read vm.max_map_count");
+    let limit: usize = limit.trim().parse().expect("vm.max_map_count is a number");
+    if limit > 1 << 21 {
+        return None;
+    }
+    let page = page_size();
+    let pages = limit + 64;
+    let filler = TestMapping::new(0, pages * page, libc::PROT_NONE);
+    let protect = |index: usize| {
+        // SAFETY: a page of the test's own reservation, which holds nothing.
+        unsafe { libc::mprotect((filler.addr + index * page) as *mut libc::c_void, page, libc::PROT_READ) == 0 }
+    };
+    let mut index = 1;
+    while protect(index) {
+        index += 2;
+        assert!(index < pages - 2, "setup: vm.max_map_count was never reached");
+    }
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENOMEM), "setup: mprotect");
+    // A refused mprotect may have made one of its two splits; the last page,
+    // which takes one split, fills the count if it did not.
+    let _ = protect(pages - 1);
+    Some(filler)
+}
+
+#[test]
+fn a_tail_the_kernel_will_not_cut_is_purged_and_kept() {
+    in_child("a_tail_the_kernel_will_not_cut_is_purged_and_kept", || {
+        const REGION: usize = 2 << 20;
+        const KEPT: usize = 64 * 1024;
+        let pool = MemoryPool::new(REGION).unwrap();
+        let region = pool.regions()[0].clone();
+        assert_eq!(region.len(), REGION);
+        let mut live = Live::new();
+        live.add(pool.allocate(KEPT).unwrap(), KEPT);
+        // A block in what becomes the tail, stamped, then freed: a tail that
+        // is neither cut nor purged would still hold its pattern.
+        let stamped = pool.allocate(REGION / 2).unwrap();
+        // SAFETY: a fresh block of that size.
+        unsafe { fill(stamped, REGION / 2, 99) };
+        // SAFETY: a live block, freed once.
+        unsafe { pool.free(stamped).unwrap() };
+        // A read-write neighbour right after the region: the kernel merges
+        // the two into one mapping, so cutting the region's tail would split it.
+        let neighbour = TestMapping::new(region.end, page_size(), libc::PROT_READ | libc::PROT_WRITE);
+        assert_eq!(mapping_end(region.start), neighbour.addr + neighbour.len, "setup: the neighbour merged");
+
+        let Some(filler) = exhaust_mappings() else {
+            eprintln!("vm.max_map_count is too high to reach here; nothing checked");
+            return;
+        };
+        let released = pool.compact();
+        drop(filler);
+        assert_eq!(released, Ok(REGION - KEPT), "compact gives the tail back all the same");
+        let trimmed = region.start..region.start + KEPT;
+        assert_eq!(pool.regions(), std::slice::from_ref(&trimmed), "the region is trimmed");
+        assert_eq!(mapping_end(region.start), neighbour.addr + neighbour.len, "the kernel did not cut the tail");
+        // SAFETY: the tail is still mapped, as just checked.
+        let tail = unsafe { std::slice::from_raw_parts(stamped.as_ptr(), REGION / 2) };
+        assert!(tail.iter().all(|&byte| byte == 0), "the kept tail was purged");
+        pool.check().unwrap();
+        live.assert_intact();
+
+        // The kept tail serves growth in place as fresh memory.
+        pool.expand(REGION - KEPT).unwrap();
+        assert_eq!(pool.regions(), std::slice::from_ref(&region), "grown in place over the kept tail");
+        live.add(pool.allocate(REGION - KEPT).unwrap(), REGION - KEPT);
+        live.assert_intact();
+        pool.check().unwrap();
+        live.free_all(&pool);
+
+        // Dropping the pool unmaps the region, kept tail and all, and not
+        // a byte of the neighbour.
+        drop(pool);
+        let held = |addr: usize| mappings().into_iter().any(|(start, end)| (start..end).contains(&addr));
+        assert!(!held(region.start) && !held(region.end - 1), "the region was unmapped");
+        assert_eq!(mapping_end(neighbour.addr), neighbour.addr + neighbour.len, "the neighbour is intact");
+        // SAFETY: the neighbour is the test's own, still mapped.
+        unsafe { (neighbour.addr as *mut u8).write(7) };
     });
 }
 
