@@ -22,7 +22,7 @@ use crate::free_index::{GRANULE, MAX_REGION_GRANULES};
 use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
 use crate::os;
 use crate::region::{find_region, Region, RegionTable};
-use crate::seqlock::SeqLock;
+use crate::seqlock::{SeqLock, WriterToken};
 use crate::slab_map::SlabMap;
 use crate::stats::{bump, TimeSamples, TIMING_SAMPLE_PERIOD};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
@@ -67,6 +67,9 @@ pub(crate) struct PoolState {
     regions: Vec<Box<Region>>,
     /// The base of the region mapped last: the one growth tries to extend.
     newest: Option<usize>,
+    /// The seqlock's write token: kept here, behind the writers' lock, so
+    /// that opening a write bracket takes holding that lock.
+    writer: WriterToken,
 }
 
 /// Counters written under the pool's lock and read inside a seqlock read.
@@ -143,9 +146,10 @@ fn granules_for(size: usize) -> Result<usize, PoolError> {
 
 impl SharedPool {
     pub(crate) fn new(initial_size: usize, max_size: Option<usize>, growth_factor: f64) -> Result<Self, PoolError> {
+        let (seqlock, writer) = SeqLock::new();
         let pool = SharedPool {
-            state: BiasedMutex::new(PoolState { regions: Vec::new(), newest: None }),
-            seqlock: SeqLock::new(),
+            state: BiasedMutex::new(PoolState { regions: Vec::new(), newest: None, writer }),
+            seqlock,
             table: Atomic::new(RegionTable::new(Vec::new())),
             collector: Collector::new(),
             reader_handles: EpochHandles::new(),
@@ -259,7 +263,7 @@ impl SharedPool {
             let aligned = run_address.next_multiple_of(align.max(GRANULE));
             let first = region.granule_of(aligned);
             debug_assert!(first + granules <= run_start + wanted);
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             // SAFETY: as above, the lock is held.
             let neighbours = unsafe { region.index.claim(first, granules) };
             adjust_runs(&self.counters.free_runs, usize::from(neighbours.before) + usize::from(neighbours.after), 1);
@@ -319,7 +323,7 @@ impl SharedPool {
         let region = &state.regions[region_index];
         let granules = region.index.block_granules(first);
         {
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             // SAFETY: `state` is the pool's lock, held.
             let neighbours = unsafe { region.index.release(first, granules) };
             adjust_runs(&self.counters.free_runs, 1, usize::from(neighbours.before) + usize::from(neighbours.after));
@@ -354,7 +358,7 @@ impl SharedPool {
             if index.free_run_from(end, extra) < extra {
                 return Ok(None);
             }
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             // SAFETY: `state` is the pool's lock, held.
             let neighbours = unsafe { index.extend_block(end, extra) };
             // The free run the block grew into is used up unless some of
@@ -369,7 +373,7 @@ impl SharedPool {
             }
         } else if wanted < current {
             let released = current - wanted;
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             // SAFETY: `state` is the pool's lock, held.
             let neighbours = unsafe { index.truncate_block(end, released) };
             // The freed tail is a new free run unless it joined the one
@@ -441,7 +445,7 @@ impl SharedPool {
             }
             return Err(error);
         }
-        let _write = self.seqlock.write();
+        let _write = self.seqlock.write(&state.writer);
         for region in mapped {
             state.newest = Some(region.start());
             add(&self.counters.free_runs, 1);
@@ -512,7 +516,7 @@ impl SharedPool {
             return Err(error);
         }
         let joins_free_tail = region.index.trailing_free() > 0;
-        let _write = self.seqlock.write();
+        let _write = self.seqlock.write(&state.writer);
         if !joins_free_tail {
             add(&self.counters.free_runs, 1);
         }
@@ -654,7 +658,7 @@ impl SharedPool {
         {
             let table = Self::reserve_table(state.regions.len())?;
             let guard = handle.pin();
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             let mut position = 0;
             while position < state.regions.len() {
                 let tail = state.regions[position].releasable_tail();
@@ -754,7 +758,7 @@ impl SharedPool {
                 cuts.push((position, take, Self::trimmed(&state.regions[position], take)?));
             }
             let guard = handle.pin();
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             // Highest positions first, so removals don't shift pending ones.
             for (position, take, remainder) in cuts {
                 self.trim_region(&mut state, position, take, remainder, &guard);
