@@ -14,6 +14,7 @@
 //! without `MREMAP_MAYMOVE`), and a new region is mapped when the kernel
 //! can't.
 
+use crate::align::align_up;
 use crate::biased_lock::{BiasedGuard, BiasedMutex};
 use crate::epoch_handles::EpochHandles;
 use crate::error::PoolError;
@@ -175,7 +176,7 @@ impl SharedPool {
         };
         if initial_size > 0 {
             let bytes =
-                crate::align_up(initial_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: initial_size })?;
+                align_up(initial_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: initial_size })?;
             if let Some(max) = max_size {
                 if bytes > max {
                     return Err(PoolError::ExceedsMaxSize { requested: bytes, max });
@@ -293,7 +294,7 @@ impl SharedPool {
         if addr % GRANULE == 0 && region.index.is_block_start(granule) {
             Ok((index, granule))
         } else if region.index.is_free(granule) {
-            Err(PoolError::DoubleFree { addr })
+            Err(PoolError::NotAllocated { addr })
         } else {
             Err(PoolError::InteriorPointer { addr })
         }
@@ -392,9 +393,9 @@ impl SharedPool {
         let page = os::page_size();
         let size = self.counters.size.load(Ordering::Relaxed);
         let overflow = PoolError::SizeOverflow { size: needed };
-        let needed = crate::align_up(needed, page).ok_or(overflow.clone())?;
+        let needed = align_up(needed, page).ok_or(overflow.clone())?;
         let by_factor = (size as f64 * (self.growth_factor - 1.0)).min(MAX_REGION_BYTES as f64) as usize;
-        let mut additional = crate::align_up(needed.max(by_factor), page).ok_or(overflow.clone())?;
+        let mut additional = align_up(needed.max(by_factor), page).ok_or(overflow.clone())?;
         if let Some(max) = self.max_size {
             let room = max.saturating_sub(size) / page * page;
             if needed > room {
@@ -576,8 +577,7 @@ impl SharedPool {
         if additional == 0 {
             return Ok(());
         }
-        let additional =
-            crate::align_up(additional, os::page_size()).ok_or(PoolError::SizeOverflow { size: additional })?;
+        let additional = align_up(additional, os::page_size()).ok_or(PoolError::SizeOverflow { size: additional })?;
         let mut state = self.state.lock()?;
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let new_size = old_size.checked_add(additional).ok_or(PoolError::SizeOverflow { size: additional })?;
@@ -715,7 +715,7 @@ impl SharedPool {
     /// Grows or shrinks the pool to `new_size` bytes, rounded up to pages.
     /// All or nothing: on error the pool is exactly as before.
     pub(crate) fn resize(&self, new_size: usize) -> Result<(), PoolError> {
-        let target = crate::align_up(new_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: new_size })?;
+        let target = align_up(new_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: new_size })?;
         let mut state = self.state.lock()?;
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let handle = self.collector.register();
@@ -987,11 +987,11 @@ mod tests {
         let addr = block.as_ptr() as usize;
         assert_eq!(pool.resize_in_place(addr, 0), Err(PoolError::ZeroSize));
         assert_eq!(pool.resize_in_place(addr + 16, 32), Err(PoolError::InteriorPointer { addr: addr + 16 }));
-        assert_eq!(pool.resize_in_place(addr + 64, 32), Err(PoolError::DoubleFree { addr: addr + 64 }));
+        assert_eq!(pool.resize_in_place(addr + 64, 32), Err(PoolError::NotAllocated { addr: addr + 64 }));
         let outside = &8usize as *const usize as usize;
         assert_eq!(pool.resize_in_place(outside, 8), Err(PoolError::ForeignPointer { addr: outside }));
         pool.free(addr).unwrap();
-        assert_eq!(pool.resize_in_place(addr, 32), Err(PoolError::DoubleFree { addr }));
+        assert_eq!(pool.resize_in_place(addr, 32), Err(PoolError::NotAllocated { addr }));
         pool.check().unwrap();
     }
 }
