@@ -70,7 +70,7 @@ fn a_new_slab_is_published_with_its_header() {
                         refused,
                         Err(PoolError::ForeignPointer { .. }
                             | PoolError::InteriorPointer { .. }
-                            | PoolError::DoubleFree { .. })
+                            | PoolError::NotAllocated { .. })
                     ),
                     "a free of a block never handed out: {refused:?}"
                 );
@@ -89,7 +89,7 @@ fn a_new_slab_is_published_with_its_header() {
         assert!(pool.contains(never_handed_out as *const u8));
         // SAFETY: refused, as above.
         let again = unsafe { pool.free(support::block(never_handed_out)) };
-        assert!(matches!(again, Err(PoolError::DoubleFree { .. })), "{again:?}");
+        assert!(matches!(again, Err(PoolError::NotAllocated { .. })), "{again:?}");
         // SAFETY: the live block, no longer used.
         unsafe { pool.free_fast(support::block(block)).expect("free the block") };
         let stats = pool.stats();

@@ -153,7 +153,7 @@ fn flush_races_a_remote_free() {
             match pool.usable_size(slab) {
                 // Released: a free block of the shared pool, or memory the
                 // compaction below gave back.
-                Err(PoolError::DoubleFree { .. } | PoolError::ForeignPointer { .. }) => break,
+                Err(PoolError::NotAllocated { .. } | PoolError::ForeignPointer { .. }) => break,
                 // Still a slab (owned, or abandoned), or half released.
                 Err(PoolError::InteriorPointer { .. }) | Ok(_) => {}
                 other => panic!("the slab's memory is neither a slab nor pool memory: {other:?}"),

@@ -15,7 +15,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::time::Duration;
 
-use crate::{align_up, clamp_size, MemoryPool, PoolConfig, PoolError, PoolKind, PoolStats};
+use crate::align::align_up;
+use crate::{MemoryPool, PoolConfig, PoolError, PoolKind, PoolStats};
 
 /// C `LLE_POOL_BUFFER`: maps to [`PoolKind::Buffer`].
 ///
@@ -153,7 +154,9 @@ pub enum LleResult {
     ErrorForeignPointer = -7,
     /// `LLE_ERROR_INTERIOR_POINTER`: [`PoolError::InteriorPointer`].
     ErrorInteriorPointer = -8,
-    /// `LLE_ERROR_DOUBLE_FREE`: [`PoolError::DoubleFree`].
+    /// `LLE_ERROR_DOUBLE_FREE`: [`PoolError::NotAllocated`], a double free
+    /// or an address the pool never handed out. The C API's specification
+    /// names the code, so it keeps its name for both.
     ErrorDoubleFree = -9,
     /// `LLE_ERROR_EXCEEDS_MAX_SIZE`: [`PoolError::ExceedsMaxSize`].
     ErrorExceedsMaxSize = -10,
@@ -186,7 +189,7 @@ impl From<&PoolError> for LleResult {
             PoolError::AlignmentTooLarge { .. } => LleResult::ErrorAlignmentTooLarge,
             PoolError::ForeignPointer { .. } => LleResult::ErrorForeignPointer,
             PoolError::InteriorPointer { .. } => LleResult::ErrorInteriorPointer,
-            PoolError::DoubleFree { .. } => LleResult::ErrorDoubleFree,
+            PoolError::NotAllocated { .. } => LleResult::ErrorDoubleFree,
             PoolError::ExceedsMaxSize { .. } => LleResult::ErrorExceedsMaxSize,
             PoolError::ShrinkBelowUsed { .. } => LleResult::ErrorShrinkBelowUsed,
             PoolError::ShrinkBlocked { .. } => LleResult::ErrorShrinkBlocked,
@@ -843,7 +846,8 @@ pub extern "C" fn lle_align_memory_size(size: usize, alignment: usize) -> usize 
 }
 
 /// Limits `size` to `min_size..=max_size`. If `min_size > max_size`,
-/// `max_size` wins, as with `MIN(MAX(size, min_size), max_size)`.
+/// `max_size` wins, as with `MIN(MAX(size, min_size), max_size)`: a
+/// caller's upper bound is the one that protects memory.
 ///
 /// # Examples
 ///
@@ -851,6 +855,9 @@ pub extern "C" fn lle_align_memory_size(size: usize, alignment: usize) -> usize 
 /// use lle_mempool::capi::*;
 /// assert_eq!(lle_clamp_size(5, 16, 64), 16);
 /// assert_eq!(lle_clamp_size(100, 16, 64), 64);
+/// assert_eq!(lle_clamp_size(32, 16, 64), 32);
+/// assert_eq!(lle_clamp_size(32, 64, 16), 16);
+/// assert_eq!(lle_clamp_size(usize::MAX, 1, 10), 10);
 /// ```
 ///
 /// # Safety
@@ -858,11 +865,7 @@ pub extern "C" fn lle_align_memory_size(size: usize, alignment: usize) -> usize 
 /// None: any argument values are accepted.
 #[unsafe(no_mangle)]
 pub extern "C" fn lle_clamp_size(size: usize, min_size: usize, max_size: usize) -> usize {
-    if min_size > max_size {
-        // Handled here rather than passed on: an inverted range is a caller
-        // bug that Rust's `clamp` answers with a panic, and C has no way to
-        // hear about it.
-        return max_size;
-    }
-    guard(max_size, || clamp_size(size, min_size, max_size))
+    // `max` then `min`, not Rust's `clamp`: `clamp` panics on an inverted
+    // range, a caller bug that C has no way to hear about.
+    guard(max_size, || size.max(min_size).min(max_size))
 }

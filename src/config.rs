@@ -19,6 +19,7 @@ use crate::shared_pool::MAX_ALIGNMENT;
 /// # Ok::<(), lle_mempool::PoolError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum PoolKind {
     /// Text buffers.
     Buffer,
@@ -171,7 +172,7 @@ impl PoolConfig {
     /// let block = pool.allocate_fast(64)?;
     /// unsafe {
     ///     pool.free_fast(block)?;
-    ///     assert!(matches!(pool.free_fast(block), Err(PoolError::DoubleFree { .. })));
+    ///     assert!(matches!(pool.free_fast(block), Err(PoolError::NotAllocated { .. })));
     /// }
     /// # Ok::<(), PoolError>(())
     /// ```

@@ -17,6 +17,15 @@ use std::fmt;
 /// let pool = MemoryPool::new(64 * 1024)?;
 /// assert_eq!(pool.allocate(0), Err(PoolError::ZeroSize));
 /// assert!(matches!(pool.allocate_aligned(64, 3), Err(PoolError::InvalidAlignment { align: 3 })));
+///
+/// // A second free and an address the pool never handed out look the same.
+/// let block = pool.allocate(64)?;
+/// let never_handed_out = unsafe { block.add(4096) };
+/// unsafe { pool.free(block)? };
+/// let addr = block.as_ptr() as usize;
+/// assert_eq!(unsafe { pool.free(block) }, Err(PoolError::NotAllocated { addr }));
+/// let addr = never_handed_out.as_ptr() as usize;
+/// assert_eq!(unsafe { pool.free(never_handed_out) }, Err(PoolError::NotAllocated { addr }));
 /// # Ok::<(), PoolError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,9 +59,12 @@ pub enum PoolError {
         /// The pointer's address.
         addr: usize,
     },
-    /// The pointer lies in the pool but no live block starts there: it was
-    /// freed already, or never handed out.
-    DoubleFree {
+    /// The pointer lies in the pool but no live block starts there: a double
+    /// free, or an address the pool never handed out. The pool cannot tell
+    /// the two apart: freed space merges with the free space around it, so
+    /// once a block is freed nothing records that a block ever started at
+    /// its address.
+    NotAllocated {
         /// The pointer's address.
         addr: usize,
     },
@@ -124,8 +136,8 @@ impl fmt::Display for PoolError {
             PoolError::InteriorPointer { addr } => {
                 write!(f, "pointer {addr:#x} points inside a block, not at its start")
             }
-            PoolError::DoubleFree { addr } => {
-                write!(f, "pointer {addr:#x} is not a live block (double free?)")
+            PoolError::NotAllocated { addr } => {
+                write!(f, "pointer {addr:#x} is not a live block: freed already, or never handed out")
             }
             PoolError::ExceedsMaxSize { requested, max } => {
                 write!(f, "growing to {requested} bytes would exceed the pool's maximum of {max} bytes")

@@ -131,7 +131,6 @@ mod thread_cache;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use align::{align_up, clamp_size};
 pub use boxed::PoolBox;
 pub use config::{PoolConfig, PoolKind};
 pub use error::PoolError;
@@ -402,7 +401,7 @@ impl MemoryPool {
     ///
     /// [`PoolError::ForeignPointer`] for a pointer outside the pool,
     /// [`PoolError::InteriorPointer`] for one inside a block but not at its
-    /// start, and [`PoolError::DoubleFree`] for a free block of the shared
+    /// start, and [`PoolError::NotAllocated`] for free space of the shared
     /// pool (cache blocks are checked for double frees only with
     /// [`PoolConfig::checked`]). The pool is unchanged by a refused free.
     ///
@@ -421,7 +420,7 @@ impl MemoryPool {
     /// let block = pool.allocate(64)?;
     /// unsafe {
     ///     pool.free(block)?;
-    ///     assert!(matches!(pool.free(block), Err(PoolError::DoubleFree { .. })));
+    ///     assert!(matches!(pool.free(block), Err(PoolError::NotAllocated { .. })));
     /// }
     /// let mut on_stack = 0u8;
     /// let foreign = std::ptr::NonNull::from(&mut on_stack);

@@ -35,6 +35,7 @@ pub struct ListenerId(u64);
 
 /// Why a pool changed size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ResizeReason {
     /// [`MemoryPool::expand`](crate::MemoryPool::expand) was called.
     Expand,

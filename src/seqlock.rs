@@ -1,12 +1,14 @@
 //! A sequence lock whose readers never block writers and never race.
 //!
 //! Writers are serialised by the pool's mutex and bracket every change with
-//! [`SeqLock::write`]; readers run a closure over the protected words and
-//! retry if a write overlapped. The words themselves are atomics, read and
-//! written `Relaxed`: a plain read racing a write would be undefined
-//! behaviour even if its value were thrown away (Boehm, "Can seqlocks get
-//! along with programming language memory models?"). The fences follow that
-//! paper's recipe, which loom checks in `loom/seqlock.rs`.
+//! [`SeqLock::write`], which takes the seqlock's [`WriterToken`] as proof
+//! that the caller holds that mutex; readers run a closure over the
+//! protected words and retry if a write overlapped. The words themselves
+//! are atomics, read and written `Relaxed`: a plain read racing a write
+//! would be undefined behaviour even if its value were thrown away (Boehm,
+//! "Can seqlocks get along with programming language memory models?"). The
+//! fences follow that paper's recipe, which loom checks in
+//! `loom/seqlock.rs`.
 
 use crate::sync::{fence, spin_loop, yield_now, AtomicU64, Ordering};
 
@@ -15,19 +17,36 @@ pub(crate) struct SeqLock {
     sequence: AtomicU64,
 }
 
+/// The right to write behind one seqlock, made with it and never copied:
+/// [`SeqLock::write`] takes it, so a write bracket cannot be opened without
+/// reaching the token. Its owner keeps it in the data of the lock that
+/// serialises writers (the pool keeps it in the state its lock guards), so
+/// reaching it proves that lock is held, as crossbeam-epoch's `Guard`
+/// proves a thread is pinned. Nothing but where it is kept ties a token to
+/// its seqlock: each pool keeps its own beside its own seqlock.
+pub(crate) struct WriterToken {
+    _private: (),
+}
+
 /// An open write bracket; closing it (on drop) publishes the write.
 pub(crate) struct SeqWriteGuard<'a> {
     lock: &'a SeqLock,
 }
 
 impl SeqLock {
-    pub(crate) fn new() -> Self {
-        SeqLock { sequence: AtomicU64::new(0) }
+    /// A seqlock and the one token that writes behind it.
+    pub(crate) fn new() -> (Self, WriterToken) {
+        (SeqLock { sequence: AtomicU64::new(0) }, WriterToken { _private: () })
     }
 
-    /// Opens a write bracket. The caller must hold the lock that serialises
-    /// writers: two open brackets would leave the sequence even mid-write.
-    pub(crate) fn write(&self) -> SeqWriteGuard<'_> {
+    /// Opens a write bracket. `_writer` is this seqlock's token, which only
+    /// the holder of the lock that serialises writers can reach: two open
+    /// brackets would leave the sequence even mid-write. The bracket
+    /// borrows the seqlock alone, not the token, so that the writer keeps
+    /// changing the state that holds the token while the bracket is open;
+    /// it closes before that lock is let go, since every bracket is a local
+    /// of a function that holds the lock's guard.
+    pub(crate) fn write(&self, _writer: &WriterToken) -> SeqWriteGuard<'_> {
         let sequence = self.sequence.load(Ordering::Relaxed);
         debug_assert!(sequence % 2 == 0, "nested seqlock write");
         self.sequence.store(sequence.wrapping_add(1), Ordering::Relaxed);
@@ -112,16 +131,18 @@ mod tests {
             low: AtomicU64,
             high: AtomicU64,
         }
-        let shared = Arc::new(Shared { lock: SeqLock::new(), low: AtomicU64::new(0), high: AtomicU64::new(0) });
+        let (lock, token) = SeqLock::new();
+        let shared = Arc::new(Shared { lock, low: AtomicU64::new(0), high: AtomicU64::new(0) });
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
             let shared = Arc::clone(&shared);
             let stop = Arc::clone(&stop);
+            // The writer thread owns the token: no other thread can write.
             std::thread::spawn(move || {
                 let mut value = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     value += 1;
-                    let _bracket = shared.lock.write();
+                    let _bracket = shared.lock.write(&token);
                     shared.low.store(value, Ordering::Relaxed);
                     shared.high.store(value * 3, Ordering::Relaxed);
                 }
@@ -139,11 +160,11 @@ mod tests {
 
     #[test]
     fn a_bounded_read_gives_up_while_a_write_is_open() {
-        let lock = SeqLock::new();
+        let (lock, token) = SeqLock::new();
         let value = AtomicU64::new(7);
         let mut attempts = 0;
         {
-            let _bracket = lock.write();
+            let _bracket = lock.write(&token);
             let read = lock.try_read(3, || {
                 attempts += 1;
                 value.load(Ordering::Relaxed)
@@ -159,7 +180,7 @@ mod tests {
         let mut attempts = 0;
         let read = lock.try_read(4, || {
             attempts += 1;
-            drop(lock.write());
+            drop(lock.write(&token));
             value.load(Ordering::Relaxed)
         });
         assert_eq!((read, attempts), (None, 4));

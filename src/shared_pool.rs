@@ -16,6 +16,7 @@
 //! without `MREMAP_MAYMOVE`), and a new region is mapped when the kernel
 //! can't.
 
+use crate::align::align_up;
 use crate::biased_lock::{BiasedGuard, BiasedMutex};
 use crate::epoch_handles::EpochHandles;
 use crate::error::PoolError;
@@ -24,7 +25,7 @@ use crate::free_index::{GRANULE, MAX_REGION_GRANULES};
 use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
 use crate::os;
 use crate::region::{find_region, MappedRegion, Region, RegionTable};
-use crate::seqlock::SeqLock;
+use crate::seqlock::{SeqLock, WriterToken};
 use crate::slab_map::SlabMap;
 use crate::stats::{bump, TimeSamples, TIMING_SAMPLE_PERIOD};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
@@ -66,6 +67,9 @@ pub(crate) struct PoolState {
     regions: Vec<MappedRegion>,
     /// The base of the region mapped last: the one growth tries to extend.
     newest: Option<usize>,
+    /// The seqlock's write token: kept here, behind the writers' lock, so
+    /// that opening a write bracket takes holding that lock.
+    writer: WriterToken,
 }
 
 /// Counters written under the pool's lock and read inside a seqlock read.
@@ -142,9 +146,10 @@ fn granules_for(size: usize) -> Result<usize, PoolError> {
 
 impl SharedPool {
     pub(crate) fn new(initial_size: usize, max_size: Option<usize>, growth_factor: f64) -> Result<Self, PoolError> {
+        let (seqlock, writer) = SeqLock::new();
         let pool = SharedPool {
-            state: BiasedMutex::new(PoolState { regions: Vec::new(), newest: None }),
-            seqlock: SeqLock::new(),
+            state: BiasedMutex::new(PoolState { regions: Vec::new(), newest: None, writer }),
+            seqlock,
             table: Atomic::new(RegionTable::new(Vec::new())),
             collector: Collector::new(),
             reader_handles: EpochHandles::new(),
@@ -170,7 +175,7 @@ impl SharedPool {
         };
         if initial_size > 0 {
             let bytes =
-                crate::align_up(initial_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: initial_size })?;
+                align_up(initial_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: initial_size })?;
             if let Some(max) = max_size {
                 if bytes > max {
                     return Err(PoolError::ExceedsMaxSize { requested: bytes, max });
@@ -258,7 +263,7 @@ impl SharedPool {
             let aligned = run_address.next_multiple_of(align.max(GRANULE));
             let first = region.granule_of(aligned);
             debug_assert!(first + granules <= run_start + wanted);
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             // SAFETY: as above, the lock is held.
             let neighbours = unsafe { region.index.claim(first, granules) };
             adjust_runs(&self.counters.free_runs, usize::from(neighbours.before) + usize::from(neighbours.after), 1);
@@ -288,7 +293,7 @@ impl SharedPool {
         if addr % GRANULE == 0 && region.index.is_block_start(granule) {
             Ok((index, granule))
         } else if region.index.is_free(granule) {
-            Err(PoolError::DoubleFree { addr })
+            Err(PoolError::NotAllocated { addr })
         } else {
             Err(PoolError::InteriorPointer { addr })
         }
@@ -318,7 +323,7 @@ impl SharedPool {
         let region = &state.regions[region_index];
         let granules = region.index.block_granules(first);
         {
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             // SAFETY: `state` is the pool's lock, held.
             let neighbours = unsafe { region.index.release(first, granules) };
             adjust_runs(&self.counters.free_runs, 1, usize::from(neighbours.before) + usize::from(neighbours.after));
@@ -353,7 +358,7 @@ impl SharedPool {
             if index.free_run_from(end, extra) < extra {
                 return Ok(None);
             }
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             // SAFETY: `state` is the pool's lock, held.
             let neighbours = unsafe { index.extend_block(end, extra) };
             // The free run the block grew into is used up unless some of
@@ -368,7 +373,7 @@ impl SharedPool {
             }
         } else if wanted < current {
             let released = current - wanted;
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             // SAFETY: `state` is the pool's lock, held.
             let neighbours = unsafe { index.truncate_block(end, released) };
             // The freed tail is a new free run unless it joined the one
@@ -387,9 +392,9 @@ impl SharedPool {
         let page = os::page_size();
         let size = self.counters.size.load(Ordering::Relaxed);
         let overflow = PoolError::SizeOverflow { size: needed };
-        let needed = crate::align_up(needed, page).ok_or(overflow.clone())?;
+        let needed = align_up(needed, page).ok_or(overflow.clone())?;
         let by_factor = (size as f64 * (self.growth_factor - 1.0)).min(MAX_REGION_BYTES as f64) as usize;
-        let mut additional = crate::align_up(needed.max(by_factor), page).ok_or(overflow.clone())?;
+        let mut additional = align_up(needed.max(by_factor), page).ok_or(overflow.clone())?;
         if let Some(max) = self.max_size {
             let room = max.saturating_sub(size) / page * page;
             if needed > room {
@@ -427,7 +432,7 @@ impl SharedPool {
             remaining -= len;
         }
         self.mark_regions(&mapped)?;
-        let _write = self.seqlock.write();
+        let _write = self.seqlock.write(&state.writer);
         for region in mapped {
             state.newest = Some(region.start());
             add(&self.counters.free_runs, 1);
@@ -498,7 +503,7 @@ impl SharedPool {
             return Err(error);
         }
         let joins_free_tail = region.index.trailing_free() > 0;
-        let _write = self.seqlock.write();
+        let _write = self.seqlock.write(&state.writer);
         if !joins_free_tail {
             add(&self.counters.free_runs, 1);
         }
@@ -556,8 +561,7 @@ impl SharedPool {
         if additional == 0 {
             return Ok(());
         }
-        let additional =
-            crate::align_up(additional, os::page_size()).ok_or(PoolError::SizeOverflow { size: additional })?;
+        let additional = align_up(additional, os::page_size()).ok_or(PoolError::SizeOverflow { size: additional })?;
         let mut state = self.state.lock()?;
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let new_size = old_size.checked_add(additional).ok_or(PoolError::SizeOverflow { size: additional })?;
@@ -638,7 +642,7 @@ impl SharedPool {
         {
             let table = Self::reserve_table(state.regions.len())?;
             let guard = handle.pin();
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             let mut position = 0;
             while position < state.regions.len() {
                 let tail = state.regions[position].releasable_tail();
@@ -695,7 +699,7 @@ impl SharedPool {
     /// Grows or shrinks the pool to `new_size` bytes, rounded up to pages.
     /// All or nothing: on error the pool is exactly as before.
     pub(crate) fn resize(&self, new_size: usize) -> Result<(), PoolError> {
-        let target = crate::align_up(new_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: new_size })?;
+        let target = align_up(new_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: new_size })?;
         let mut state = self.state.lock()?;
         let old_size = self.counters.size.load(Ordering::Relaxed);
         let handle = self.collector.register();
@@ -738,7 +742,7 @@ impl SharedPool {
                 cuts.push((position, take, Self::trimmed(&state.regions[position], take)?));
             }
             let guard = handle.pin();
-            let _write = self.seqlock.write();
+            let _write = self.seqlock.write(&state.writer);
             // Highest positions first, so removals don't shift pending ones.
             for (position, take, remainder) in cuts {
                 self.trim_region(&mut state, position, take, remainder, &guard);
@@ -963,11 +967,11 @@ mod tests {
         let addr = block.as_ptr() as usize;
         assert_eq!(pool.resize_in_place(addr, 0), Err(PoolError::ZeroSize));
         assert_eq!(pool.resize_in_place(addr + 16, 32), Err(PoolError::InteriorPointer { addr: addr + 16 }));
-        assert_eq!(pool.resize_in_place(addr + 64, 32), Err(PoolError::DoubleFree { addr: addr + 64 }));
+        assert_eq!(pool.resize_in_place(addr + 64, 32), Err(PoolError::NotAllocated { addr: addr + 64 }));
         let outside = &8usize as *const usize as usize;
         assert_eq!(pool.resize_in_place(outside, 8), Err(PoolError::ForeignPointer { addr: outside }));
         pool.free(addr).unwrap();
-        assert_eq!(pool.resize_in_place(addr, 32), Err(PoolError::DoubleFree { addr }));
+        assert_eq!(pool.resize_in_place(addr, 32), Err(PoolError::NotAllocated { addr }));
         pool.check().unwrap();
     }
 }

@@ -64,6 +64,7 @@ pub(crate) const TIMING_SAMPLE_PERIOD: u64 = 64;
 /// # Ok::<(), lle_mempool::PoolError>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct PoolStats {
     /// Bytes mapped, in all regions.
     pub size: usize,
@@ -118,6 +119,7 @@ pub struct PoolStats {
 /// # Ok::<(), lle_mempool::PoolError>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FastPathStats {
     /// Blocks handed out by `allocate_fast` from the caches, ever.
     pub allocations: u64,

@@ -782,7 +782,7 @@ fn try_free_owned(heaps: &ThreadHeaps, pool: &PoolInner, block: NonNull<u8>) -> 
 pub(crate) fn free_to_slab(pool: &PoolInner, slab: &Slab, block: NonNull<u8>) -> Result<(), PoolError> {
     let index = slab.block_index(block.as_ptr() as usize)?;
     if slab.is_checked() && !slab.mark_freed(index) {
-        return Err(PoolError::DoubleFree { addr: block.as_ptr() as usize });
+        return Err(PoolError::NotAllocated { addr: block.as_ptr() as usize });
     }
     if slab.is_owned_by_current_thread() {
         // SAFETY: the owner's heap lives as long as its thread owns the slab,

@@ -273,12 +273,13 @@ fn double_frees_of_shared_blocks_are_refused() {
     let addr = block.as_ptr() as usize;
     // SAFETY: a live block, freed once; the second free is refused.
     unsafe { fixture.pool.free(block).unwrap() };
-    fixture.refuses("second free", PoolError::DoubleFree { addr }, false, |pool| unsafe { pool.free(block) });
-    fixture.refuses("second free_fast", PoolError::DoubleFree { addr }, false, |pool| unsafe { pool.free_fast(block) });
+    fixture.refuses("second free", PoolError::NotAllocated { addr }, false, |pool| unsafe { pool.free(block) });
+    fixture
+        .refuses("second free_fast", PoolError::NotAllocated { addr }, false, |pool| unsafe { pool.free_fast(block) });
     // Never handed out: the free space right after the fixture's shared
     // blocks (never page aligned, so no slab starts there).
     let free_space = fixture.block(3).as_ptr() as usize + 784;
-    fixture.refuses("free of free space", PoolError::DoubleFree { addr: free_space }, false, |pool| unsafe {
+    fixture.refuses("free of free space", PoolError::NotAllocated { addr: free_space }, false, |pool| unsafe {
         pool.free(at(free_space))
     });
 }
@@ -294,10 +295,13 @@ fn double_frees_of_fast_blocks_are_refused_when_checked() {
             fill(block, size, 7);
             fixture.pool.free_fast(block).unwrap();
         }
-        fixture.refuses(&format!("second free_fast of {size}"), PoolError::DoubleFree { addr }, false, |pool| unsafe {
-            pool.free_fast(block)
-        });
-        fixture.refuses(&format!("second free of {size}"), PoolError::DoubleFree { addr }, false, |pool| unsafe {
+        fixture.refuses(
+            &format!("second free_fast of {size}"),
+            PoolError::NotAllocated { addr },
+            false,
+            |pool| unsafe { pool.free_fast(block) },
+        );
+        fixture.refuses(&format!("second free of {size}"), PoolError::NotAllocated { addr }, false, |pool| unsafe {
             pool.free(block)
         });
     }
@@ -320,14 +324,14 @@ fn double_frees_of_fast_blocks_are_refused_when_checked() {
             .join()
             .unwrap();
     });
-    fixture.refuses("free_fast after another thread's free", PoolError::DoubleFree { addr }, false, |pool| unsafe {
+    fixture.refuses("free_fast after another thread's free", PoolError::NotAllocated { addr }, false, |pool| unsafe {
         pool.free_fast(at(addr))
     });
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
                 // SAFETY: refused without touching the block.
-                assert_eq!(unsafe { pool.free_fast(at(addr)) }, Err(PoolError::DoubleFree { addr }));
+                assert_eq!(unsafe { pool.free_fast(at(addr)) }, Err(PoolError::NotAllocated { addr }));
             })
             .join()
             .unwrap();

@@ -456,7 +456,7 @@ fn checked_mode_works_across_threads_and_catches_double_frees() {
                     release(&pool, block);
                     // SAFETY: refused without touching the block.
                     let again = unsafe { pool.free_fast(block.pointer()) };
-                    assert_eq!(again, Err(PoolError::DoubleFree { addr: block.addr }));
+                    assert_eq!(again, Err(PoolError::NotAllocated { addr: block.addr }));
                 }
             })
             .join()
@@ -465,12 +465,12 @@ fn checked_mode_works_across_threads_and_catches_double_frees() {
     for &block in here {
         release(&pool, block);
         // SAFETY: refused without touching the block.
-        assert_eq!(unsafe { pool.free(block.pointer()) }, Err(PoolError::DoubleFree { addr: block.addr }));
+        assert_eq!(unsafe { pool.free(block.pointer()) }, Err(PoolError::NotAllocated { addr: block.addr }));
     }
     // Blocks freed on the other thread can't be freed again here either.
     for &block in there.iter().step_by(97) {
         // SAFETY: refused without touching the block.
-        assert_eq!(unsafe { pool.free_fast(block.pointer()) }, Err(PoolError::DoubleFree { addr: block.addr }));
+        assert_eq!(unsafe { pool.free_fast(block.pointer()) }, Err(PoolError::NotAllocated { addr: block.addr }));
     }
     let stats = pool.stats();
     assert_eq!((stats.fast.allocations, stats.fast.frees, stats.fast.remote_frees), (4000, 4000, 2000));

@@ -239,7 +239,7 @@ impl Model {
         // SAFETY: a live block of this pool, not used afterwards.
         assert_eq!(unsafe { pool.free(pointer) }, Ok(()));
         // SAFETY: refused without touching the block: it is free now.
-        assert_eq!(unsafe { pool.free(pointer) }, Err(PoolError::DoubleFree { addr }));
+        assert_eq!(unsafe { pool.free(pointer) }, Err(PoolError::NotAllocated { addr }));
         self.used -= usable;
         self.total_frees += 1;
     }

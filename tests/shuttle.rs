@@ -213,6 +213,9 @@ impl ListenerProbe {
             ResizeReason::Expand | ResizeReason::AutoExpand => event.new_size > event.old_size,
             ResizeReason::Compact => event.new_size < event.old_size,
             ResizeReason::Resize => event.new_size != event.old_size,
+            // A reason this probe does not know: a violation until it learns
+            // which way that reason moves the size.
+            _ => false,
         };
         if !direction_ok || event.old_size % PAGE != 0 || event.new_size % PAGE != 0 {
             self.violations.fetch_add(1, Ordering::SeqCst);

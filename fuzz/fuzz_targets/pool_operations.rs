@@ -25,7 +25,7 @@
 //! # What it asserts
 //!
 //! Every bad pointer gets its own error (`ForeignPointer`,
-//! `InteriorPointer`, `DoubleFree`), every refused request the error its
+//! `InteriorPointer`, `NotAllocated`), every refused request the error its
 //! arguments call for, and a refused resize or expansion leaves the size as
 //! it was. Every block is filled with a pattern of its own, which is
 //! verified before the block is freed and at the end, and `check()` passes
@@ -432,12 +432,12 @@ impl<'w> Worker<'w> {
         block.assert_intact();
         self.free_block(&block, plain).unwrap_or_else(|error| panic!("freeing live {block:?}: {error:?}"));
         let again = self.free_block(&block, !plain);
-        assert_eq!(again, Err(PoolError::DoubleFree { addr: block.addr }), "second free of {block:?}");
+        assert_eq!(again, Err(PoolError::NotAllocated { addr: block.addr }), "second free of {block:?}");
     }
 
     /// Frees an address in the checked pool that no table holds as a live
     /// block: near a live block, or anywhere in a region. The pool must
-    /// refuse it, as a double free or an interior pointer.
+    /// refuse it, as not allocated or as an interior pointer.
     fn stray_free(&mut self, slot: usize, size: u8, parameter: u8) {
         let pool = &self.world.pools[1];
         let live: Vec<Block> = self
@@ -469,7 +469,7 @@ impl<'w> Worker<'w> {
                 assert_eq!(reported, addr);
                 assert_eq!(pool.usable_size(probe.ptr()), Err(PoolError::InteriorPointer { addr }));
             }
-            Err(PoolError::DoubleFree { addr: reported }) => assert_eq!(reported, addr),
+            Err(PoolError::NotAllocated { addr: reported }) => assert_eq!(reported, addr),
             other => panic!("stray free of {addr:#x} in the checked pool: {other:?}"),
         }
         for block in &live {

@@ -67,7 +67,8 @@ typedef enum lle_result {
     LLE_ERROR_FOREIGN_POINTER = -7,
     /* The pointer lies inside the pool but not at the start of a block. */
     LLE_ERROR_INTERIOR_POINTER = -8,
-    /* The block was already freed. */
+    /* No live block starts there: it was already freed, or never handed out
+     * (the pool cannot tell which). */
     LLE_ERROR_DOUBLE_FREE = -9,
     /* Growing would pass the pool's maximum size. */
     LLE_ERROR_EXCEEDS_MAX_SIZE = -10,
@@ -189,7 +190,7 @@ void *lle_pool_allocate_fast(lle_memory_pool_t *pool, size_t size);
  * LLE_SUCCESS. A pointer the pool cannot free is refused and nothing is
  * freed: LLE_ERROR_FOREIGN_POINTER (not from this pool),
  * LLE_ERROR_INTERIOR_POINTER (not the start of a block),
- * LLE_ERROR_DOUBLE_FREE (already freed).
+ * LLE_ERROR_DOUBLE_FREE (already freed, or never handed out).
  */
 lle_result_t lle_pool_free(lle_memory_pool_t *pool, void *ptr);
 
