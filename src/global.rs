@@ -312,7 +312,7 @@ impl GlobalPool {
             // heap: the thread-free list needs no heap.
             (None, Owner::Slab(slab)) => {
                 slab.push_remote(block);
-                pool.inner.orphan_frees.fetch_add(1, crate::sync::Ordering::Relaxed);
+                pool.inner.orphan_frees.add_concurrent(1);
             }
             // Nested in a pool operation, which may hold the shared lock.
             (None, _) => self.wait_to_free(block),

@@ -143,11 +143,11 @@ use shared_pool::{SharedPool, MAX_ALIGNMENT};
 use size_class::{class_of, class_size, MAX_FAST_SIZE};
 use slab::{Slab, SLAB_SIZE};
 use slab_map::Owner;
-use stats::mean_duration;
+use stats::{mean_duration, Counter};
 use std::fmt;
 use std::ops::Range;
 use std::ptr::NonNull;
-use sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+use sync::{lock, Arc, Mutex};
 use thread_cache::{with_heap, CacheRegistry};
 
 /// A concurrent memory pool over anonymous mappings.
@@ -183,9 +183,9 @@ pub(crate) struct PoolInner {
     pub(crate) abandoned: Mutex<Vec<*mut Slab>>,
     /// Blocks in all registered slabs: changed only when a slab is made or
     /// released. (The shared pool counts the slabs themselves.)
-    pub(crate) slab_blocks: AtomicUsize,
+    pub(crate) slab_blocks: Counter<usize>,
     /// Cache blocks freed by threads whose table was already gone.
-    pub(crate) orphan_frees: AtomicU64,
+    pub(crate) orphan_frees: Counter<u64>,
 }
 
 // SAFETY: the raw slab pointers in `abandoned` are only dereferenced under
@@ -203,7 +203,7 @@ impl PoolInner {
         // Before the block is freed: the shared pool may trim its memory
         // once it is free, which requires it unmarked as a slab.
         self.shared.map.unregister(slab);
-        self.slab_blocks.fetch_sub(capacity, Ordering::Relaxed);
+        self.slab_blocks.subtract_concurrent(capacity);
         let released = self.shared.free_slab(slab as usize);
         debug_assert!(released.is_ok(), "slab was not a live block: {released:?}");
     }
@@ -243,7 +243,7 @@ impl PoolInner {
     }
 
     fn failed<T>(&self, error: PoolError) -> Result<T, PoolError> {
-        self.shared.counters.failed_allocations.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.failed_allocations.add_concurrent(1);
         Err(error)
     }
 
@@ -291,8 +291,8 @@ impl MemoryPool {
                 shared,
                 caches: Arc::new(CacheRegistry::new()),
                 abandoned: Mutex::new(Vec::new()),
-                slab_blocks: AtomicUsize::new(0),
-                orphan_frees: AtomicU64::new(0),
+                slab_blocks: Counter::new(0),
+                orphan_frees: Counter::new(0),
             }),
         };
         fork::register(&pool.inner)?;
@@ -782,7 +782,7 @@ impl MemoryPool {
         let inner = &*self.inner;
         let shared = inner.shared.snapshot();
         let fast = inner.caches.totals();
-        let frees = fast.frees + inner.orphan_frees.load(Ordering::Relaxed);
+        let frees = fast.frees + inner.orphan_frees.get();
         // Every cache block handed out and not yet freed, wherever its slab
         // is; a block freed on another thread counts as freed from that
         // moment, even while it waits in a batch or a thread-free list.
@@ -809,7 +809,7 @@ impl MemoryPool {
                 allocations: fast.allocations,
                 frees,
                 remote_frees: fast.remote_frees,
-                cached_blocks: inner.slab_blocks.load(Ordering::Relaxed).saturating_sub(live_cache_blocks),
+                cached_blocks: inner.slab_blocks.get().saturating_sub(live_cache_blocks),
                 slabs: shared.slabs,
                 slab_bytes: shared.slabs * SLAB_SIZE,
             },

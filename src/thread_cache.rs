@@ -32,21 +32,18 @@ use crate::error::PoolError;
 use crate::fallible::out_of_memory;
 use crate::size_class::{class_size, CLASS_COUNT};
 use crate::slab::{link, Slab, SLAB_SIZE};
-use crate::stats::{bump, TimeSamples};
+use crate::stats::{Counter, SampledTimer, FAST_TIMING_PERIOD};
 #[cfg(not(lle_mempool_model))]
 use crate::sync::MutexGuard;
-use crate::sync::{const_thread_local, lock, Arc, AtomicU64, Mutex, Ordering};
+use crate::sync::{const_thread_local, lock, Arc, Mutex};
 use crate::PoolInner;
 use std::cell::Cell;
 use std::ptr::{self, NonNull};
-use std::time::Instant;
 
 /// Non-current slabs looked at for a free block before taking a new slab.
 const RING_SCAN_LIMIT: usize = 32;
 /// Pools one thread keeps caches for at once; more evicts the least recent.
 const HEAPS_PER_THREAD: usize = 8;
-/// One fast operation in this many is timed (per thread).
-const FAST_TIMING_PERIOD: u64 = 1024;
 /// Blocks a thread collects for one other thread's slab before handing them
 /// over with a single compare-and-swap.
 const REMOTE_BATCH_LIMIT: u32 = 64;
@@ -79,22 +76,23 @@ impl FastCounts {
     }
 }
 
+/// A heap's counters: written by its thread alone, read by `stats`.
+#[derive(Default)]
 struct HeapCounters {
-    allocations: AtomicU64,
-    frees: AtomicU64,
-    remote_frees: AtomicU64,
-    alloc_time: TimeSamples,
-    free_time: TimeSamples,
+    allocations: SampledTimer<FAST_TIMING_PERIOD>,
+    frees: SampledTimer<FAST_TIMING_PERIOD>,
+    /// Of the frees, those into slabs of other threads.
+    remote_frees: Counter<u64>,
 }
 
 impl HeapCounters {
     fn read(&self) -> FastCounts {
         FastCounts {
-            allocations: self.allocations.load(Ordering::Relaxed),
-            frees: self.frees.load(Ordering::Relaxed),
-            remote_frees: self.remote_frees.load(Ordering::Relaxed),
-            alloc_time: self.alloc_time.read(),
-            free_time: self.free_time.read(),
+            allocations: self.allocations.operations(),
+            frees: self.frees.operations(),
+            remote_frees: self.remote_frees.get(),
+            alloc_time: self.allocations.time(),
+            free_time: self.frees.time(),
         }
     }
 }
@@ -230,8 +228,7 @@ impl ThreadHeap {
     /// Takes a block of class `class`.
     #[inline]
     pub(crate) fn allocate(&self, class: usize) -> Result<NonNull<u8>, PoolError> {
-        let allocations = self.counters.allocations.load(Ordering::Relaxed);
-        let started = (allocations % FAST_TIMING_PERIOD == 0).then(Instant::now);
+        let timing = self.counters.allocations.start();
         let slab = self.classes[class].current.get();
         // SAFETY: current slabs are owned by this heap and mapped while the
         // pool lives.
@@ -246,10 +243,7 @@ impl ThreadHeap {
             let slab = unsafe { &*slab };
             slab.mark_allocated(slab.index_of(block));
         }
-        self.counters.allocations.store(allocations + 1, Ordering::Relaxed);
-        if let Some(started) = started {
-            self.counters.alloc_time.record(started.elapsed());
-        }
+        self.counters.allocations.finish(timing);
         Ok(block)
     }
 
@@ -333,7 +327,7 @@ impl ThreadHeap {
             return Err(error);
         }
         // SAFETY: just created.
-        pool.slab_blocks.fetch_add(unsafe { (*slab).capacity() }, Ordering::Relaxed);
+        pool.slab_blocks.add_concurrent(unsafe { (*slab).capacity() });
         // Room in the abandoned list for every slab there is, reserved while
         // the caller can still be told: abandoning a slab when its thread
         // exits must not need memory. The count read here includes this
@@ -341,7 +335,7 @@ impl ThreadHeap {
         // all of them.
         let reserved = {
             let mut abandoned = lock(&pool.abandoned);
-            let missing = pool.shared.counters.slabs.load(Ordering::Relaxed).saturating_sub(abandoned.len());
+            let missing = pool.shared.counters.slabs.get().saturating_sub(abandoned.len());
             abandoned.try_reserve(missing)
         };
         if reserved.is_err() {
@@ -392,29 +386,21 @@ impl ThreadHeap {
     /// Frees a block of a slab this heap owns.
     #[inline]
     pub(crate) fn free_local(&self, slab: &Slab, block: NonNull<u8>) {
-        let frees = self.counters.frees.load(Ordering::Relaxed);
-        let started = (frees % FAST_TIMING_PERIOD == 0).then(Instant::now);
+        let timing = self.counters.frees.start();
         let used = slab.push_local(block);
         if used == 0 && !slab.is_current() {
             self.retire_empty(slab);
         }
-        self.counters.frees.store(frees + 1, Ordering::Relaxed);
-        if let Some(started) = started {
-            self.counters.free_time.record(started.elapsed());
-        }
+        self.counters.frees.finish(timing);
     }
 
     /// Gives a block back to a slab another thread owns (or an abandoned
     /// one), counting and sampling it as this thread's free.
     pub(crate) fn free_remote(&self, slab: &Slab, block: NonNull<u8>) {
-        let frees = self.counters.frees.load(Ordering::Relaxed);
-        let started = (frees % FAST_TIMING_PERIOD == 0).then(Instant::now);
+        let timing = self.counters.frees.start();
         self.batch_remote(slab, block);
-        self.counters.frees.store(frees + 1, Ordering::Relaxed);
-        bump(&self.counters.remote_frees, 1);
-        if let Some(started) = started {
-            self.counters.free_time.record(started.elapsed());
-        }
+        self.counters.remote_frees.add(1);
+        self.counters.frees.finish(timing);
     }
 
     /// Adds `block`, just freed into `slab`, to the remote batch.
@@ -595,13 +581,7 @@ impl ThreadHeaps {
                         current: Cell::new(ptr::null_mut()),
                         spare: Cell::new(ptr::null_mut()),
                     }),
-                    counters: HeapCounters {
-                        allocations: AtomicU64::new(0),
-                        frees: AtomicU64::new(0),
-                        remote_frees: AtomicU64::new(0),
-                        alloc_time: TimeSamples::new(),
-                        free_time: TimeSamples::new(),
-                    },
+                    counters: HeapCounters::default(),
                     remote_batch: RemoteBatch {
                         slab: Cell::new(ptr::null()),
                         first: Cell::new(ptr::null_mut()),
@@ -716,10 +696,8 @@ pub(crate) fn try_allocate_cached(pool: &PoolInner, class: usize) -> Option<NonN
             // SAFETY: the front entry is this thread's live heap for `pool`.
             let heap = unsafe { &*heaps.heaps[0].get() };
             debug_assert!(!heap.checked);
-            let allocations = heap.counters.allocations.load(Ordering::Relaxed);
-            if allocations % FAST_TIMING_PERIOD == 0 {
-                return None;
-            }
+            // The timed allocations take the full path.
+            let number = heap.counters.allocations.next_untimed()?;
             debug_assert!(class < CLASS_COUNT);
             // SAFETY: callers pass `class_of` of a size the fast path serves,
             // which is below CLASS_COUNT.
@@ -729,7 +707,7 @@ pub(crate) fn try_allocate_cached(pool: &PoolInner, class: usize) -> Option<NonN
             }
             // SAFETY: current slabs are owned by this heap and mapped.
             let block = unsafe { (*slab).pop() }?;
-            heap.counters.allocations.store(allocations + 1, Ordering::Relaxed);
+            heap.counters.allocations.count_untimed(number);
             Some(block)
         })
         .ok()
@@ -764,14 +742,12 @@ fn try_free_owned(heaps: &ThreadHeaps, pool: &PoolInner, block: NonNull<u8>) -> 
     if !slab.is_block_start(address) {
         return false;
     }
-    let frees = heap.counters.frees.load(Ordering::Relaxed);
-    if frees % FAST_TIMING_PERIOD == 0 {
-        return false;
-    }
+    // The timed frees take the full path.
+    let Some(number) = heap.counters.frees.next_untimed() else { return false };
     if slab.push_local(block) == 0 && !slab.is_current() {
         heap.retire_empty(slab);
     }
-    heap.counters.frees.store(frees + 1, Ordering::Relaxed);
+    heap.counters.frees.count_untimed(number);
     true
 }
 
@@ -792,7 +768,7 @@ pub(crate) fn free_to_slab(pool: &PoolInner, slab: &Slab, block: NonNull<u8>) ->
     }
     if with_heap(pool, |heap| heap.free_remote(slab, block)).is_none() {
         slab.push_remote(block);
-        pool.orphan_frees.fetch_add(1, Ordering::Relaxed);
+        pool.orphan_frees.add_concurrent(1);
     }
     Ok(())
 }
