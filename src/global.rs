@@ -27,6 +27,7 @@
 
 use crate::fork;
 use crate::slab_map::Owner;
+use crate::thread_cache;
 use crate::{MemoryPool, PoolConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, UnsafeCell};
@@ -299,21 +300,16 @@ impl GlobalPool {
         debug_assert!(!matches!(owner, Owner::Foreign));
         let abort_on_unwind = AbortOnUnwind;
         match (InsidePool::enter(), owner) {
-            (Some(_inside), Owner::Slab(slab)) => {
-                let freed = pool.inner.free_to_slab(slab, block);
-                debug_assert!(freed.is_ok(), "freeing a block the pool did not hand out: {freed:?}");
-            }
-            (Some(_inside), _) => {
-                self.free_waiting(pool);
-                let freed = pool.inner.shared.free(block.as_ptr() as usize);
+            (Some(_inside), owner) => {
+                if matches!(owner, Owner::Shared) {
+                    self.free_waiting(pool);
+                }
+                let freed = pool.inner.free_classified(block, owner);
                 debug_assert!(freed.is_ok(), "freeing a block the pool did not hand out: {freed:?}");
             }
             // Nested in a pool operation, which may be using this thread's
-            // heap: the thread-free list needs no heap.
-            (None, Owner::Slab(slab)) => {
-                slab.push_remote(block);
-                pool.inner.orphan_frees.add_concurrent(1);
-            }
+            // heap.
+            (None, Owner::Slab(slab)) => thread_cache::free_without_heap(&pool.inner, slab, block),
             // Nested in a pool operation, which may hold the shared lock.
             (None, _) => self.wait_to_free(block),
         }
@@ -349,7 +345,7 @@ impl GlobalPool {
             // holds its blocks; each link was written before the Release
             // that pushed its block, which the Acquire above saw.
             next = unsafe { block.as_ptr().cast::<*mut u8>().read() };
-            let freed = pool.inner.shared.free(block.as_ptr() as usize);
+            let freed = pool.inner.free_classified(block, Owner::Shared);
             debug_assert!(freed.is_ok(), "a waiting free was not a live shared block: {freed:?}");
         }
     }

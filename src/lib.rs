@@ -242,15 +242,30 @@ impl PoolInner {
         self.shared.map.classify(addr)
     }
 
+    /// Frees `block`, whatever it is: the free behind every free path that
+    /// has not classified the pointer yet.
+    #[inline]
+    pub(crate) fn free(&self, block: NonNull<u8>) -> Result<(), PoolError> {
+        self.free_classified(block, self.classify(block.as_ptr() as usize))
+    }
+
+    /// Frees `block`, which [`classify`](Self::classify) found to be
+    /// `owner`: the one place that decides where a freed pointer goes. A
+    /// slab's block goes back to its slab (see `thread_cache`), a shared
+    /// block to the shared pool, which checks that it is a live block;
+    /// anything else is refused.
+    #[inline]
+    pub(crate) fn free_classified(&self, block: NonNull<u8>, owner: Owner<'_>) -> Result<(), PoolError> {
+        match owner {
+            Owner::Slab(slab) => thread_cache::free_to_slab(self, slab, block),
+            Owner::Shared => self.shared.free(block.as_ptr() as usize).map(|_| ()),
+            Owner::Foreign => Err(PoolError::ForeignPointer { addr: block.as_ptr() as usize }),
+        }
+    }
+
     fn failed<T>(&self, error: PoolError) -> Result<T, PoolError> {
         self.shared.counters.failed_allocations.add_concurrent(1);
         Err(error)
-    }
-
-    /// Frees a block of `slab`, from any thread.
-    #[inline]
-    pub(crate) fn free_to_slab(&self, slab: &Slab, block: NonNull<u8>) -> Result<(), PoolError> {
-        thread_cache::free_to_slab(self, slab, block)
     }
 }
 
@@ -394,9 +409,12 @@ impl MemoryPool {
 
     /// Frees a block from any of this pool's allocation methods.
     ///
-    /// Equivalent to [`free_fast`](Self::free_fast): both look the pointer
-    /// up and return it to where it came from (a thread cache's slab or the
-    /// shared pool).
+    /// Equivalent to [`free_fast`](Self::free_fast): both return the block
+    /// to where it came from (a thread cache's slab or the shared pool), and
+    /// refuse the same pointers. `free` looks the pointer up in the pool's
+    /// map straight away, the quicker way for shared blocks; `free_fast`
+    /// first asks this thread's cache, the quicker way for cache blocks that
+    /// their allocating thread frees.
     ///
     /// # Errors
     ///
@@ -429,8 +447,7 @@ impl MemoryPool {
     /// # Ok::<(), PoolError>(())
     /// ```
     pub unsafe fn free(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
-        // SAFETY: the caller's contract is free_fast's.
-        unsafe { self.free_fast(ptr) }
+        self.inner.free(ptr)
     }
 
     /// Allocates `size` bytes from this thread's cache: no lock, no atomic
@@ -538,13 +555,7 @@ impl MemoryPool {
     /// As [`free_fast`](Self::free_fast).
     #[inline(never)]
     unsafe fn free_fast_slow(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
-        let inner = &*self.inner;
-        let addr = ptr.as_ptr() as usize;
-        match inner.classify(addr) {
-            Owner::Slab(slab) => inner.free_to_slab(slab, ptr),
-            Owner::Shared => inner.shared.free(addr).map(|_| ()),
-            Owner::Foreign => Err(PoolError::ForeignPointer { addr }),
-        }
+        self.inner.free(ptr)
     }
 
     /// The bytes usable at a live block: its size class for cache blocks,

@@ -767,10 +767,18 @@ pub(crate) fn free_to_slab(pool: &PoolInner, slab: &Slab, block: NonNull<u8>) ->
         return Ok(());
     }
     if with_heap(pool, |heap| heap.free_remote(slab, block)).is_none() {
-        slab.push_remote(block);
-        pool.orphan_frees.add_concurrent(1);
+        free_without_heap(pool, slab, block);
     }
     Ok(())
+}
+
+/// Frees a valid cache block of `slab` straight onto the slab's
+/// thread-free list, with no heap: for a thread whose table is gone or full
+/// (see [`with_heap`]), or that is inside a pool operation which may be
+/// using its heap. The free is counted with the pool, not with a heap.
+pub(crate) fn free_without_heap(pool: &PoolInner, slab: &Slab, block: NonNull<u8>) {
+    slab.push_remote(block);
+    pool.orphan_frees.add_concurrent(1);
 }
 
 /// Runs `use_heap` with this thread's heap for `pool`, creating it on first
