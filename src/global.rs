@@ -304,12 +304,15 @@ impl GlobalPool {
                 if matches!(owner, Owner::Shared) {
                     self.free_waiting(pool);
                 }
-                let freed = pool.inner.free_classified(block, owner);
+                // SAFETY: `dealloc`'s caller gives up a live block, which
+                // the pool handed out (`owner` is not foreign).
+                let freed = unsafe { pool.inner.free_classified(block, owner) };
                 debug_assert!(freed.is_ok(), "freeing a block the pool did not hand out: {freed:?}");
             }
             // Nested in a pool operation, which may be using this thread's
             // heap.
-            (None, Owner::Slab(slab)) => thread_cache::free_without_heap(&pool.inner, slab, block),
+            // SAFETY: as above: a live block of the slab, given up.
+            (None, Owner::Slab(slab)) => unsafe { thread_cache::free_without_heap(&pool.inner, slab, block) },
             // Nested in a pool operation, which may hold the shared lock.
             (None, _) => self.wait_to_free(block),
         }
@@ -345,7 +348,8 @@ impl GlobalPool {
             // holds its blocks; each link was written before the Release
             // that pushed its block, which the Acquire above saw.
             next = unsafe { block.as_ptr().cast::<*mut u8>().read() };
-            let freed = pool.inner.free_classified(block, Owner::Shared);
+            // SAFETY: a live shared block, given up when it was queued.
+            let freed = unsafe { pool.inner.free_classified(block, Owner::Shared) };
             debug_assert!(freed.is_ok(), "a waiting free was not a live shared block: {freed:?}");
         }
     }

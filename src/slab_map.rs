@@ -441,7 +441,7 @@ mod tests {
         // SAFETY: non-zero size.
         let memory = NonNull::new(unsafe { std::alloc::alloc(layout) }).unwrap();
         // SAFETY: SLAB_SIZE bytes aligned to SLAB_SIZE, ours alone.
-        let slab = unsafe { Slab::create(memory, 3, ptr::null_mut(), false) };
+        let slab = unsafe { Slab::create(memory, 3, None, false) }.as_ptr();
         let base = slab as usize;
         let map = SlabMap::new().unwrap();
         // The slab's chunk and a page either side, as one region.
