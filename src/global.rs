@@ -296,7 +296,11 @@ impl GlobalPool {
     }
 
     /// Gives a block back to the pool that served it, where `owner` says.
-    fn free_to_pool(&self, pool: &MemoryPool, owner: Owner<'_>, block: NonNull<u8>) {
+    ///
+    /// # Safety
+    /// `block` is a live block of `pool`, which `owner` classifies, and the
+    /// caller gives it up.
+    unsafe fn free_to_pool(&self, pool: &MemoryPool, owner: Owner<'_>, block: NonNull<u8>) {
         debug_assert!(!matches!(owner, Owner::Foreign));
         let abort_on_unwind = AbortOnUnwind;
         match (InsidePool::enter(), owner) {
@@ -304,23 +308,27 @@ impl GlobalPool {
                 if matches!(owner, Owner::Shared) {
                     self.free_waiting(pool);
                 }
-                // SAFETY: `dealloc`'s caller gives up a live block, which
-                // the pool handed out (`owner` is not foreign).
+                // SAFETY: as the caller guarantees.
                 let freed = unsafe { pool.inner.free_classified(block, owner) };
                 debug_assert!(freed.is_ok(), "freeing a block the pool did not hand out: {freed:?}");
             }
             // Nested in a pool operation, which may be using this thread's
             // heap.
-            // SAFETY: as above: a live block of the slab, given up.
+            // SAFETY: as the caller guarantees: a live block of the slab.
             (None, Owner::Slab(slab)) => unsafe { thread_cache::free_without_heap(&pool.inner, slab, block) },
             // Nested in a pool operation, which may hold the shared lock.
-            (None, _) => self.wait_to_free(block),
+            // SAFETY: as the caller guarantees: a live shared block.
+            (None, _) => unsafe { self.wait_to_free(block) },
         }
         mem::forget(abort_on_unwind);
     }
 
     /// Puts a shared block on the list of those waiting to be freed.
-    fn wait_to_free(&self, block: NonNull<u8>) {
+    ///
+    /// # Safety
+    /// `block` is a live shared block of the pool, which the caller gives
+    /// up.
+    unsafe fn wait_to_free(&self, block: NonNull<u8>) {
         let link = block.as_ptr().cast::<*mut u8>();
         let mut head = self.waiting_frees.load(Ordering::Relaxed);
         loop {
@@ -480,8 +488,10 @@ unsafe impl GlobalAlloc for GlobalPool {
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
         match self.pool_owning(block) {
-            // SAFETY: non-null, as a block the pool handed out.
-            Some((pool, owner)) => self.free_to_pool(pool, owner, unsafe { NonNull::new_unchecked(block) }),
+            // SAFETY: the caller gives up a live block; in the pool's
+            // memory, it is one the pool handed out (so not null), and
+            // `owner` classifies it.
+            Some((pool, owner)) => unsafe { self.free_to_pool(pool, owner, NonNull::new_unchecked(block)) },
             // SAFETY: not the pool's, so System's, for this layout.
             None => unsafe { System.dealloc(block, layout) },
         }

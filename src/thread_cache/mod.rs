@@ -131,7 +131,10 @@ fn new_slab(pool: &PoolInner, class: usize, owner: SlabOwner) -> Result<OwnedSla
     // SAFETY: a fresh SLAB_SIZE block of the pool, aligned to SLAB_SIZE and
     // ours alone until released, which the pool outlives.
     let slab = unsafe { Slab::create(memory, class, Some(owner), pool.config.checked) };
-    if let Err(error) = pool.shared.map.register(slab.as_ptr()) {
+    // SAFETY: the header is written at the start of the block, which fills
+    // its chunk (SLAB_SIZE, aligned to it) and stays live until
+    // `release_slab` unregisters it.
+    if let Err(error) = unsafe { pool.shared.map.register(slab.as_ptr()) } {
         // Nothing refers to the slab yet: its memory goes straight back.
         let released = pool.shared.free_slab(memory.as_ptr() as usize);
         debug_assert!(released.is_ok(), "a fresh slab was not a live block: {released:?}");
