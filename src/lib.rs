@@ -216,7 +216,7 @@ impl PoolInner {
         match owner {
             // SAFETY: as the caller guarantees.
             Owner::Slab(slab) => unsafe { thread_cache::free_to_slab(self, slab, block) },
-            Owner::Shared => self.shared.free(block.as_ptr() as usize).map(|_| ()),
+            Owner::Shared => self.shared.free(block.as_ptr() as usize),
             Owner::Foreign => Err(PoolError::ForeignPointer { addr: block.as_ptr() as usize }),
         }
     }

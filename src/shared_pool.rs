@@ -266,17 +266,17 @@ impl SharedPool {
         Ok(state.regions[region].index.block_granules(granule) * GRANULE)
     }
 
-    /// Frees the live block at `addr`; returns its size in bytes.
-    pub(crate) fn free(&self, addr: usize) -> Result<usize, PoolError> {
+    /// Frees the live block at `addr`.
+    pub(crate) fn free(&self, addr: usize) -> Result<(), PoolError> {
         self.free_as(addr, BlockUse::Caller)
     }
 
     /// Frees a block from [`allocate_slab`](Self::allocate_slab).
-    pub(crate) fn free_slab(&self, addr: usize) -> Result<usize, PoolError> {
+    pub(crate) fn free_slab(&self, addr: usize) -> Result<(), PoolError> {
         self.free_as(addr, BlockUse::CacheSlab)
     }
 
-    fn free_as(&self, addr: usize, block_use: BlockUse) -> Result<usize, PoolError> {
+    fn free_as(&self, addr: usize, block_use: BlockUse) -> Result<(), PoolError> {
         let state = self.state.lock()?;
         let timing = self.counters.frees.start();
         let (region_index, first) = Self::locate_block(&state, addr)?;
@@ -295,7 +295,7 @@ impl SharedPool {
             self.counters.frees.count_one();
         }
         self.counters.frees.stop(timing);
-        Ok(granules * GRANULE)
+        Ok(())
     }
 
     /// Resizes the live block at `addr` to `new_size` bytes (non-zero)

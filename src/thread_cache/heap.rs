@@ -97,16 +97,19 @@ impl ThreadHeap {
         unsafe { &*self.pool }
     }
 
-    /// The heap that owns `slab`, if any.
+    /// The heap that owns `slab`.
     ///
     /// # Safety
-    /// Every owner of a slab of this pool is a `ThreadHeap` (see
-    /// [`owner`](Self::owner)); `slab` proves that the calling thread is
-    /// that heap's, which keeps the heap alive while it owns the slab.
+    /// `slab` is owned by a heap (it is not abandoned), and the calling
+    /// thread is that heap's, as [`Slab::owned_by_current_thread`] finds.
+    /// Every owner of a slab is a `ThreadHeap` (see [`owner`](Self::owner)),
+    /// alive while it owns the slab.
     #[inline]
-    pub(super) unsafe fn owning<'a>(slab: OwnedSlab<'a>) -> Option<&'a ThreadHeap> {
+    pub(super) unsafe fn owning<'a>(slab: OwnedSlab<'a>) -> &'a ThreadHeap {
+        let owner = slab.owner();
+        debug_assert!(owner.is_some(), "an owned slab without an owner");
         // SAFETY: as the caller guarantees.
-        slab.owner().map(|owner| unsafe { &*owner.cast::<ThreadHeap>() })
+        unsafe { &*owner.unwrap_unchecked().cast::<ThreadHeap>() }
     }
 
     /// This heap as its slabs' owner.
@@ -403,8 +406,8 @@ mod tests {
         // SAFETY: still live.
         assert!(unsafe { std::slice::from_raw_parts(kept.as_ptr(), 64) }.iter().all(|&byte| byte == 0x5A));
         // SAFETY: the slab is the second heap's now, and this is its thread.
-        let owner = unsafe { ThreadHeap::owning(OwnedSlab::new(slab_of(kept))) }.map(ptr::from_ref);
-        assert_eq!(owner, Some(ptr::from_ref(second)), "adopted by the heap that needed a slab");
+        let owner = unsafe { ThreadHeap::owning(OwnedSlab::new(slab_of(kept))) };
+        assert_eq!(ptr::from_ref(owner), ptr::from_ref(second), "adopted by the heap that needed a slab");
         retire(second);
     }
 

@@ -253,13 +253,12 @@ pub(crate) unsafe fn free_to_slab(pool: &PoolInner, slab: &Slab, block: NonNull<
         return Err(PoolError::DoubleFree { addr: block.as_ptr() as usize });
     }
     if let Some(owned) = slab.owned_by_current_thread() {
-        // SAFETY: every owner of a slab is the heap that made or adopted it,
-        // and `owned` proves this thread is its thread.
-        if let Some(heap) = unsafe { ThreadHeap::owning(owned) } {
-            // SAFETY: a handed-out block of the slab, given up.
-            unsafe { heap.free_local(owned, block) };
-            return Ok(());
-        }
+        // SAFETY: a slab owned by this thread has an owner, this thread's
+        // heap that made or adopted it.
+        let heap = unsafe { ThreadHeap::owning(owned) };
+        // SAFETY: a handed-out block of the slab, given up.
+        unsafe { heap.free_local(owned, block) };
+        return Ok(());
     }
     // SAFETY: as above.
     if with_heap(pool, |heap| unsafe { heap.free_remote(slab, block) }).is_none() {
