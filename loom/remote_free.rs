@@ -19,12 +19,12 @@
 //! - `Release` weakened to `Relaxed` on the successful compare-and-swap in
 //!   `Slab::push_remote_chain`, for every hand-over;
 //! - the same only for a batch of more than one block: the links that
-//!   `ThreadHeap::batch_remote` wrote are then unpublished;
+//!   `RemoteBatch::add` wrote are then unpublished;
 //! - the same only for a hand-over onto a non-empty list, which then
 //!   publishes nothing of its own chain (the list's earlier release covers
 //!   only the earlier blocks);
 //! - `Acquire` weakened to `Relaxed` on the owner's swap in
-//!   `Slab::collect_remote`.
+//!   `OwnedSlab::collect_remote`.
 
 #[path = "support.rs"]
 mod support;

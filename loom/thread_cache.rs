@@ -18,7 +18,7 @@
 //! - skipping the collection of remote frees in `ThreadHeap::refill`: a
 //!   block freed by another thread before the refill is not reused;
 //! - dropping a remote batch instead of handing it over in
-//!   `ThreadHeap::hand_over_remote_batch`: the freed block never comes back;
+//!   `RemoteBatch::hand_over`: the freed block never comes back;
 //! - releasing a flushed slab in `ThreadHeap::flush` without checking that
 //!   all its blocks have come home: the remote free then lands in memory the
 //!   shared pool has taken back;
@@ -26,7 +26,7 @@
 //!   blocks have all come home is abandoned and outlives its thread;
 //! - `Release` weakened to `Relaxed` on the compare-and-swap in
 //!   `Slab::push_remote_chain`, or `Acquire` on the swap in
-//!   `Slab::collect_remote`: the refill then reads the freed block's link
+//!   `OwnedSlab::collect_remote`: the refill then reads the freed block's link
 //!   unordered after the other thread wrote it, a causality violation
 //!   (`loom/remote_free.rs` covers batches and non-empty lists).
 

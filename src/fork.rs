@@ -55,9 +55,8 @@ mod handlers {
     use crate::listeners::ListenerList;
     use crate::os;
     use crate::shared_pool::PoolState;
-    use crate::slab::Slab;
     use crate::sync::{const_thread_local, lock, Mutex, MutexGuard};
-    use crate::thread_cache::{retire_heaps_of_vanished_threads, RegistryState};
+    use crate::thread_cache::{retire_heaps_of_vanished_threads, AbandonedHold, RegistryState};
     use crate::PoolInner;
     use std::cell::Cell;
     // Statics need const constructors, and a `GlobalPool`'s state is a std
@@ -90,7 +89,7 @@ mod handlers {
     enum HeldLock {
         Listeners(MutexGuard<'static, ListenerList>),
         Caches(MutexGuard<'static, RegistryState>),
-        Abandoned(MutexGuard<'static, Vec<*mut Slab>>),
+        Abandoned(AbandonedHold<'static>),
         Shared(ForkHold<'static, PoolState>),
     }
 
@@ -201,8 +200,8 @@ mod handlers {
                     let pool: &'static PoolInner = unsafe { &*entry.pool };
                     let held = match kind {
                         0 => HeldLock::Listeners(pool.shared.listeners.hold_for_fork()),
-                        1 => HeldLock::Caches(pool.caches.hold_for_fork()),
-                        2 => HeldLock::Abandoned(lock(&pool.abandoned)),
+                        1 => HeldLock::Caches(pool.caches.hold_registry_for_fork()),
+                        2 => HeldLock::Abandoned(pool.caches.hold_abandoned_for_fork()),
                         _ => HeldLock::Shared(pool.shared.hold_for_fork()),
                     };
                     debug_assert!(registry.held.len() < registry.held.capacity(), "prepare allocating");

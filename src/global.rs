@@ -27,6 +27,7 @@
 
 use crate::fork;
 use crate::slab_map::Owner;
+use crate::thread_cache;
 use crate::{MemoryPool, PoolConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, UnsafeCell};
@@ -295,33 +296,39 @@ impl GlobalPool {
     }
 
     /// Gives a block back to the pool that served it, where `owner` says.
-    fn free_to_pool(&self, pool: &MemoryPool, owner: Owner<'_>, block: NonNull<u8>) {
+    ///
+    /// # Safety
+    /// `block` is a live block of `pool`, which `owner` classifies, and the
+    /// caller gives it up.
+    unsafe fn free_to_pool(&self, pool: &MemoryPool, owner: Owner<'_>, block: NonNull<u8>) {
         debug_assert!(!matches!(owner, Owner::Foreign));
         let abort_on_unwind = AbortOnUnwind;
         match (InsidePool::enter(), owner) {
-            (Some(_inside), Owner::Slab(slab)) => {
-                let freed = pool.inner.free_to_slab(slab, block);
-                debug_assert!(freed.is_ok(), "freeing a block the pool did not hand out: {freed:?}");
-            }
-            (Some(_inside), _) => {
-                self.free_waiting(pool);
-                let freed = pool.inner.shared.free(block.as_ptr() as usize);
+            (Some(_inside), owner) => {
+                if matches!(owner, Owner::Shared) {
+                    self.free_waiting(pool);
+                }
+                // SAFETY: as the caller guarantees.
+                let freed = unsafe { pool.inner.free_classified(block, owner) };
                 debug_assert!(freed.is_ok(), "freeing a block the pool did not hand out: {freed:?}");
             }
             // Nested in a pool operation, which may be using this thread's
-            // heap: the thread-free list needs no heap.
-            (None, Owner::Slab(slab)) => {
-                slab.push_remote(block);
-                pool.inner.orphan_frees.fetch_add(1, crate::sync::Ordering::Relaxed);
-            }
+            // heap.
+            // SAFETY: as the caller guarantees: a live block of the slab.
+            (None, Owner::Slab(slab)) => unsafe { thread_cache::free_without_heap(&pool.inner, slab, block) },
             // Nested in a pool operation, which may hold the shared lock.
-            (None, _) => self.wait_to_free(block),
+            // SAFETY: as the caller guarantees: a live shared block.
+            (None, _) => unsafe { self.wait_to_free(block) },
         }
         mem::forget(abort_on_unwind);
     }
 
     /// Puts a shared block on the list of those waiting to be freed.
-    fn wait_to_free(&self, block: NonNull<u8>) {
+    ///
+    /// # Safety
+    /// `block` is a live shared block of the pool, which the caller gives
+    /// up.
+    unsafe fn wait_to_free(&self, block: NonNull<u8>) {
         let link = block.as_ptr().cast::<*mut u8>();
         let mut head = self.waiting_frees.load(Ordering::Relaxed);
         loop {
@@ -349,7 +356,8 @@ impl GlobalPool {
             // holds its blocks; each link was written before the Release
             // that pushed its block, which the Acquire above saw.
             next = unsafe { block.as_ptr().cast::<*mut u8>().read() };
-            let freed = pool.inner.shared.free(block.as_ptr() as usize);
+            // SAFETY: a live shared block, given up when it was queued.
+            let freed = unsafe { pool.inner.free_classified(block, Owner::Shared) };
             debug_assert!(freed.is_ok(), "a waiting free was not a live shared block: {freed:?}");
         }
     }
@@ -480,8 +488,10 @@ unsafe impl GlobalAlloc for GlobalPool {
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
         match self.pool_owning(block) {
-            // SAFETY: non-null, as a block the pool handed out.
-            Some((pool, owner)) => self.free_to_pool(pool, owner, unsafe { NonNull::new_unchecked(block) }),
+            // SAFETY: the caller gives up a live block; in the pool's
+            // memory, it is one the pool handed out (so not null), and
+            // `owner` classifies it.
+            Some((pool, owner)) => unsafe { self.free_to_pool(pool, owner, NonNull::new_unchecked(block)) },
             // SAFETY: not the pool's, so System's, for this layout.
             None => unsafe { System.dealloc(block, layout) },
         }

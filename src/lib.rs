@@ -140,14 +140,13 @@ pub use stats::{FastPathStats, PoolStats};
 
 use shared_pool::{SharedPool, MAX_ALIGNMENT};
 use size_class::{class_of, class_size, MAX_FAST_SIZE};
-use slab::{Slab, SLAB_SIZE};
+use slab::SLAB_SIZE;
 use slab_map::Owner;
 use stats::mean_duration;
 use std::fmt;
 use std::ops::Range;
 use std::ptr::NonNull;
-use sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
-use thread_cache::{with_heap, CacheRegistry};
+use thread_cache::{with_heap, PoolCaches};
 
 /// A concurrent memory pool over anonymous mappings.
 ///
@@ -177,61 +176,10 @@ pub(crate) struct PoolInner {
     pub(crate) id: u64,
     pub(crate) config: PoolConfig,
     pub(crate) shared: SharedPool,
-    pub(crate) caches: Arc<CacheRegistry>,
-    /// Slabs whose threads exited with blocks still out.
-    pub(crate) abandoned: Mutex<Vec<*mut Slab>>,
-    /// Blocks in all registered slabs: changed only when a slab is made or
-    /// released. (The shared pool counts the slabs themselves.)
-    pub(crate) slab_blocks: AtomicUsize,
-    /// Cache blocks freed by threads whose table was already gone.
-    pub(crate) orphan_frees: AtomicU64,
+    pub(crate) caches: PoolCaches,
 }
 
-// SAFETY: the raw slab pointers in `abandoned` are only dereferenced under
-// its lock; everything else is atomics, locks or immutable configuration.
-unsafe impl Send for PoolInner {}
-// SAFETY: as above.
-unsafe impl Sync for PoolInner {}
-
 impl PoolInner {
-    /// Gives an empty slab back to the shared pool.
-    pub(crate) fn release_slab(&self, slab: *mut Slab) {
-        // SAFETY: the caller owns the slab and it is mapped.
-        let capacity = unsafe { (*slab).capacity() };
-        debug_assert_eq!(unsafe { (*slab).used() }, 0, "releasing a slab with live blocks");
-        // Before the block is freed: the shared pool may trim its memory
-        // once it is free, which requires it unmarked as a slab.
-        self.shared.map.unregister(slab);
-        self.slab_blocks.fetch_sub(capacity, Ordering::Relaxed);
-        let released = self.shared.free_slab(slab as usize);
-        debug_assert!(released.is_ok(), "slab was not a live block: {released:?}");
-    }
-
-    /// Leaves a slab with live blocks for other threads to adopt.
-    pub(crate) fn abandon_slab(&self, slab: *mut Slab) {
-        let mut abandoned = lock(&self.abandoned);
-        // SAFETY: the caller owns the slab; ownership passes to the list.
-        unsafe { (*slab).set_owner(std::ptr::null_mut()) };
-        debug_assert!(abandoned.len() < abandoned.capacity(), "new_slab reserves room for every slab");
-        abandoned.push(slab);
-    }
-
-    /// Releases abandoned slabs whose blocks have all come home.
-    fn reclaim_abandoned(&self) {
-        let mut abandoned = lock(&self.abandoned);
-        abandoned.retain(|&slab| {
-            // SAFETY: abandoned slabs are mapped and owned by this lock.
-            let slab_ref = unsafe { &*slab };
-            slab_ref.collect_remote();
-            if slab_ref.used() == 0 {
-                self.release_slab(slab);
-                false
-            } else {
-                true
-            }
-        });
-    }
-
     /// What `addr` is to this pool: in a registered slab, in a shared
     /// region, or foreign. The one place that classifies pointers; lock-free,
     /// allocation-free, and reads nothing at `addr` (see [`Owner`] for what
@@ -241,15 +189,40 @@ impl PoolInner {
         self.shared.map.classify(addr)
     }
 
-    fn failed<T>(&self, error: PoolError) -> Result<T, PoolError> {
-        self.shared.counters.failed_allocations.fetch_add(1, Ordering::Relaxed);
-        Err(error)
+    /// Frees `block`, whatever it is: the free behind every free path that
+    /// has not classified the pointer yet.
+    ///
+    /// # Safety
+    /// As [`free_classified`](Self::free_classified).
+    #[inline]
+    pub(crate) unsafe fn free(&self, block: NonNull<u8>) -> Result<(), PoolError> {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.free_classified(block, self.classify(block.as_ptr() as usize)) }
     }
 
-    /// Frees a block of `slab`, from any thread.
+    /// Frees `block`, which [`classify`](Self::classify) found to be
+    /// `owner`: the one place that decides where a freed pointer goes. A
+    /// slab's block goes back to its slab (see `thread_cache`), a shared
+    /// block to the shared pool, which checks that it is a live block;
+    /// anything else is refused.
+    ///
+    /// # Safety
+    /// If `block` is a live block of the pool, the caller gives it up. A
+    /// cache block must not be freed twice unless the pool is checked; any
+    /// other pointer is refused safely.
     #[inline]
-    pub(crate) fn free_to_slab(&self, slab: &Slab, block: NonNull<u8>) -> Result<(), PoolError> {
-        thread_cache::free_to_slab(self, slab, block)
+    pub(crate) unsafe fn free_classified(&self, block: NonNull<u8>, owner: Owner<'_>) -> Result<(), PoolError> {
+        match owner {
+            // SAFETY: as the caller guarantees.
+            Owner::Slab(slab) => unsafe { thread_cache::free_to_slab(self, slab, block) },
+            Owner::Shared => self.shared.free(block.as_ptr() as usize),
+            Owner::Foreign => Err(PoolError::ForeignPointer { addr: block.as_ptr() as usize }),
+        }
+    }
+
+    fn failed<T>(&self, error: PoolError) -> Result<T, PoolError> {
+        self.shared.counters.failed_allocations.add_concurrent(1);
+        Err(error)
     }
 }
 
@@ -283,17 +256,9 @@ impl MemoryPool {
     pub fn with_config(config: PoolConfig) -> Result<MemoryPool, PoolError> {
         config.validate()?;
         let shared = SharedPool::new(config.initial_size, config.max_size, config.growth_factor)?;
-        let pool = MemoryPool {
-            inner: Box::new(PoolInner {
-                id: identity::next_pool_id(),
-                config,
-                shared,
-                caches: Arc::new(CacheRegistry::new()),
-                abandoned: Mutex::new(Vec::new()),
-                slab_blocks: AtomicUsize::new(0),
-                orphan_frees: AtomicU64::new(0),
-            }),
-        };
+        let id = identity::next_pool_id();
+        let caches = PoolCaches::new(id, config.checked);
+        let pool = MemoryPool { inner: Box::new(PoolInner { id, config, shared, caches }) };
         fork::register(&pool.inner)?;
         Ok(pool)
     }
@@ -393,9 +358,12 @@ impl MemoryPool {
 
     /// Frees a block from any of this pool's allocation methods.
     ///
-    /// Equivalent to [`free_fast`](Self::free_fast): both look the pointer
-    /// up and return it to where it came from (a thread cache's slab or the
-    /// shared pool).
+    /// Equivalent to [`free_fast`](Self::free_fast): both return the block
+    /// to where it came from (a thread cache's slab or the shared pool), and
+    /// refuse the same pointers. `free` looks the pointer up in the pool's
+    /// map straight away, the quicker way for shared blocks; `free_fast`
+    /// first asks this thread's cache, the quicker way for cache blocks that
+    /// their allocating thread frees.
     ///
     /// # Errors
     ///
@@ -428,8 +396,8 @@ impl MemoryPool {
     /// # Ok::<(), PoolError>(())
     /// ```
     pub unsafe fn free(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
-        // SAFETY: the caller's contract is free_fast's.
-        unsafe { self.free_fast(ptr) }
+        // SAFETY: the caller's contract is ours.
+        unsafe { self.inner.free(ptr) }
     }
 
     /// Allocates `size` bytes from this thread's cache: no lock, no atomic
@@ -522,7 +490,8 @@ impl MemoryPool {
     pub unsafe fn free_fast(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
         // The common case, inline: a block of a slab this thread owns, known
         // from thread-local memory alone.
-        if thread_cache::try_free_cached(&self.inner, ptr) {
+        // SAFETY: the caller's contract is ours.
+        if unsafe { thread_cache::try_free_cached(&self.inner, ptr) } {
             return Ok(());
         }
         // SAFETY: the caller's contract is ours.
@@ -537,13 +506,8 @@ impl MemoryPool {
     /// As [`free_fast`](Self::free_fast).
     #[inline(never)]
     unsafe fn free_fast_slow(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
-        let inner = &*self.inner;
-        let addr = ptr.as_ptr() as usize;
-        match inner.classify(addr) {
-            Owner::Slab(slab) => inner.free_to_slab(slab, ptr),
-            Owner::Shared => inner.shared.free(addr).map(|_| ()),
-            Owner::Foreign => Err(PoolError::ForeignPointer { addr }),
-        }
+        // SAFETY: the caller's contract is ours.
+        unsafe { self.inner.free(ptr) }
     }
 
     /// The bytes usable at a live block: its size class for cache blocks,
@@ -697,7 +661,7 @@ impl MemoryPool {
     /// ```
     pub fn compact(&self) -> Result<usize, PoolError> {
         thread_cache::hand_over_remote_frees(&self.inner);
-        self.inner.reclaim_abandoned();
+        thread_cache::reclaim_abandoned(&self.inner);
         self.inner.shared.compact()
     }
 
@@ -781,11 +745,10 @@ impl MemoryPool {
         let inner = &*self.inner;
         let shared = inner.shared.snapshot();
         let fast = inner.caches.totals();
-        let frees = fast.frees + inner.orphan_frees.load(Ordering::Relaxed);
         // Every cache block handed out and not yet freed, wherever its slab
         // is; a block freed on another thread counts as freed from that
         // moment, even while it waits in a batch or a thread-free list.
-        let live_cache_blocks = fast.allocations.saturating_sub(frees) as usize;
+        let live_cache_blocks = fast.allocations.saturating_sub(fast.frees) as usize;
         // The snapshot counts slabs and live shared blocks in the same
         // write bracket, so the slabs never exceed them.
         let live_shared_blocks = shared.live_blocks - shared.slabs;
@@ -806,9 +769,9 @@ impl MemoryPool {
             avg_free_time: mean_duration(&[shared.free_time, fast.free_time]),
             fast: FastPathStats {
                 allocations: fast.allocations,
-                frees,
+                frees: fast.frees,
                 remote_frees: fast.remote_frees,
-                cached_blocks: inner.slab_blocks.load(Ordering::Relaxed).saturating_sub(live_cache_blocks),
+                cached_blocks: inner.caches.slab_blocks().saturating_sub(live_cache_blocks),
                 slabs: shared.slabs,
                 slab_bytes: shared.slabs * SLAB_SIZE,
             },
@@ -904,8 +867,7 @@ impl MemoryPool {
 impl Drop for MemoryPool {
     fn drop(&mut self) {
         fork::unregister(&self.inner);
-        // From here on no thread heap touches the pool; a thread flushing
-        // into it right now holds the registry lock, so this waits for it.
+        // From here on no thread heap touches the pool.
         self.inner.caches.close();
     }
 }

@@ -27,11 +27,10 @@ use crate::os;
 use crate::region::{find_region, MappedRegion, Region, RegionTable};
 use crate::seqlock::{SeqLock, WriterToken};
 use crate::slab_map::SlabMap;
-use crate::stats::{bump, TimeSamples, TIMING_SAMPLE_PERIOD};
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::stats::{Counter, SampledTimer, SHARED_TIMING_PERIOD};
+use crate::sync::Ordering;
 use crossbeam_epoch::{Atomic, Collector, Guard, Owned};
 use std::ptr::NonNull;
-use std::time::Instant;
 
 /// The largest region, in bytes; bigger requests span several regions.
 const MAX_REGION_BYTES: usize = MAX_REGION_GRANULES * GRANULE;
@@ -73,23 +72,24 @@ pub(crate) struct PoolState {
 }
 
 /// Counters written under the pool's lock and read inside a seqlock read.
+#[derive(Default)]
 pub(crate) struct SharedCounters {
-    pub(crate) size: AtomicUsize,
-    pub(crate) used: AtomicUsize,
+    pub(crate) size: Counter<usize>,
+    pub(crate) used: Counter<usize>,
     /// Live blocks, for callers and for cache slabs alike.
-    pub(crate) live_blocks: AtomicUsize,
+    pub(crate) live_blocks: Counter<usize>,
     /// Of those, the blocks that back the thread caches' slabs.
-    pub(crate) slabs: AtomicUsize,
-    pub(crate) free_runs: AtomicUsize,
-    pub(crate) peak_used: AtomicUsize,
-    pub(crate) total_allocations: AtomicU64,
-    pub(crate) total_frees: AtomicU64,
-    /// Bumped by any thread, with a read-modify-write: refusals are rare.
-    pub(crate) failed_allocations: AtomicU64,
-    pub(crate) expansions: AtomicU64,
-    pub(crate) compactions: AtomicU64,
-    pub(crate) alloc_time: TimeSamples,
-    pub(crate) free_time: TimeSamples,
+    pub(crate) slabs: Counter<usize>,
+    pub(crate) free_runs: Counter<usize>,
+    pub(crate) peak_used: Counter<usize>,
+    /// Allocations, ever, one in [`SHARED_TIMING_PERIOD`] timed.
+    pub(crate) allocations: SampledTimer<SHARED_TIMING_PERIOD>,
+    /// Frees, ever, timed as allocations are.
+    pub(crate) frees: SampledTimer<SHARED_TIMING_PERIOD>,
+    /// Changed by any thread, with a read-modify-write: refusals are rare.
+    pub(crate) failed_allocations: Counter<u64>,
+    pub(crate) expansions: Counter<u64>,
+    pub(crate) compactions: Counter<u64>,
 }
 
 /// A consistent reading of the shared pool.
@@ -119,20 +119,10 @@ enum BlockUse {
     CacheSlab,
 }
 
-fn add(counter: &AtomicUsize, amount: usize) {
-    counter.store(counter.load(Ordering::Relaxed) + amount, Ordering::Relaxed);
-}
-
-fn subtract(counter: &AtomicUsize, amount: usize) {
-    let value = counter.load(Ordering::Relaxed);
-    debug_assert!(value >= amount, "counter underflow");
-    counter.store(value - amount, Ordering::Relaxed);
-}
-
 /// Applies a signed change to the count of free runs.
-fn adjust_runs(counter: &AtomicUsize, added: usize, removed: usize) {
-    add(counter, added);
-    subtract(counter, removed);
+fn adjust_runs(counter: &Counter<usize>, added: usize, removed: usize) {
+    counter.add(added);
+    counter.subtract(removed);
 }
 
 /// Granules for `size` bytes.
@@ -153,21 +143,7 @@ impl SharedPool {
             table: Atomic::new(RegionTable::new(Vec::new())),
             collector: Collector::new(),
             reader_handles: EpochHandles::new(),
-            counters: SharedCounters {
-                size: AtomicUsize::new(0),
-                used: AtomicUsize::new(0),
-                live_blocks: AtomicUsize::new(0),
-                slabs: AtomicUsize::new(0),
-                free_runs: AtomicUsize::new(0),
-                peak_used: AtomicUsize::new(0),
-                total_allocations: AtomicU64::new(0),
-                total_frees: AtomicU64::new(0),
-                failed_allocations: AtomicU64::new(0),
-                expansions: AtomicU64::new(0),
-                compactions: AtomicU64::new(0),
-                alloc_time: TimeSamples::new(),
-                free_time: TimeSamples::new(),
-            },
+            counters: SharedCounters::default(),
             listeners: Listeners::new(),
             map: SlabMap::new()?,
             max_size,
@@ -185,7 +161,7 @@ impl SharedPool {
             pool.add_capacity(&mut state, bytes)?;
             drop(state);
             // The initial mapping is not an expansion.
-            pool.counters.expansions.store(0, Ordering::Relaxed);
+            pool.counters.expansions.set(0);
         }
         Ok(pool)
     }
@@ -206,7 +182,7 @@ impl SharedPool {
         debug_assert!(size > 0 && align.is_power_of_two() && align <= MAX_ALIGNMENT);
         let result = self.allocate_inner(size, align, block_use);
         if result.is_err() {
-            self.counters.failed_allocations.fetch_add(1, Ordering::Relaxed);
+            self.counters.failed_allocations.add_concurrent(1);
         }
         result
     }
@@ -219,15 +195,15 @@ impl SharedPool {
             return Err(PoolError::SizeOverflow { size });
         }
         let mut state = self.state.lock()?;
-        let timer = self.start_timer(&self.counters.total_allocations);
+        let timing = self.counters.allocations.start();
         if let Some(block) = self.claim_first_fit(&state, granules, wanted, align, block_use) {
-            self.stop_timer(timer, &self.counters.alloc_time);
+            self.counters.allocations.stop(timing);
             return Ok(block);
         }
-        let old_size = self.counters.size.load(Ordering::Relaxed);
+        let old_size = self.counters.size.get();
         self.grow(&mut state, wanted * GRANULE)?;
         let block = self.claim_first_fit(&state, granules, wanted, align, block_use);
-        let new_size = self.counters.size.load(Ordering::Relaxed);
+        let new_size = self.counters.size.get();
         drop(state);
         self.listeners.notify(ResizeEvent { old_size, new_size, reason: ResizeReason::AutoExpand });
         // Growth made a free run of at least `wanted` granules.
@@ -235,18 +211,9 @@ impl SharedPool {
         block.ok_or(PoolError::OutOfMemory { requested: size, errno: libc::ENOMEM })
     }
 
-    fn start_timer(&self, operations: &AtomicU64) -> Option<Instant> {
-        (operations.load(Ordering::Relaxed) % TIMING_SAMPLE_PERIOD == 0).then(Instant::now)
-    }
-
-    fn stop_timer(&self, timer: Option<Instant>, samples: &TimeSamples) {
-        if let Some(started) = timer {
-            samples.record(started.elapsed());
-        }
-    }
-
     /// Claims `granules` granules, aligned to `align`, out of the leftmost
-    /// free run of `wanted` (granules plus worst-case alignment padding).
+    /// free run of `wanted` (granules plus worst-case alignment padding),
+    /// and counts the allocation.
     fn claim_first_fit(
         &self,
         state: &BiasedGuard<'_, PoolState>,
@@ -268,16 +235,13 @@ impl SharedPool {
             let neighbours = unsafe { region.index.claim(first, granules) };
             adjust_runs(&self.counters.free_runs, usize::from(neighbours.before) + usize::from(neighbours.after), 1);
             let bytes = granules * GRANULE;
-            add(&self.counters.used, bytes);
-            add(&self.counters.live_blocks, 1);
+            self.counters.used.add(bytes);
+            self.counters.live_blocks.add(1);
             if block_use == BlockUse::CacheSlab {
-                add(&self.counters.slabs, 1);
+                self.counters.slabs.add(1);
             }
-            bump(&self.counters.total_allocations, 1);
-            let used = self.counters.used.load(Ordering::Relaxed);
-            if used > self.counters.peak_used.load(Ordering::Relaxed) {
-                self.counters.peak_used.store(used, Ordering::Relaxed);
-            }
+            self.counters.allocations.count_one();
+            self.counters.peak_used.raise_to(self.counters.used.get());
             return Some(region.address_of(first));
         }
         None
@@ -306,19 +270,19 @@ impl SharedPool {
         Ok(state.regions[region].index.block_granules(granule) * GRANULE)
     }
 
-    /// Frees the live block at `addr`; returns its size in bytes.
-    pub(crate) fn free(&self, addr: usize) -> Result<usize, PoolError> {
+    /// Frees the live block at `addr`.
+    pub(crate) fn free(&self, addr: usize) -> Result<(), PoolError> {
         self.free_as(addr, BlockUse::Caller)
     }
 
     /// Frees a block from [`allocate_slab`](Self::allocate_slab).
-    pub(crate) fn free_slab(&self, addr: usize) -> Result<usize, PoolError> {
+    pub(crate) fn free_slab(&self, addr: usize) -> Result<(), PoolError> {
         self.free_as(addr, BlockUse::CacheSlab)
     }
 
-    fn free_as(&self, addr: usize, block_use: BlockUse) -> Result<usize, PoolError> {
+    fn free_as(&self, addr: usize, block_use: BlockUse) -> Result<(), PoolError> {
         let state = self.state.lock()?;
-        let timer = self.start_timer(&self.counters.total_frees);
+        let timing = self.counters.frees.start();
         let (region_index, first) = Self::locate_block(&state, addr)?;
         let region = &state.regions[region_index];
         let granules = region.index.block_granules(first);
@@ -327,15 +291,15 @@ impl SharedPool {
             // SAFETY: `state` is the pool's lock, held.
             let neighbours = unsafe { region.index.release(first, granules) };
             adjust_runs(&self.counters.free_runs, 1, usize::from(neighbours.before) + usize::from(neighbours.after));
-            subtract(&self.counters.used, granules * GRANULE);
-            subtract(&self.counters.live_blocks, 1);
+            self.counters.used.subtract(granules * GRANULE);
+            self.counters.live_blocks.subtract(1);
             if block_use == BlockUse::CacheSlab {
-                subtract(&self.counters.slabs, 1);
+                self.counters.slabs.subtract(1);
             }
-            bump(&self.counters.total_frees, 1);
+            self.counters.frees.count_one();
         }
-        self.stop_timer(timer, &self.counters.free_time);
-        Ok(granules * GRANULE)
+        self.counters.frees.stop(timing);
+        Ok(())
     }
 
     /// Resizes the live block at `addr` to `new_size` bytes (non-zero)
@@ -364,13 +328,10 @@ impl SharedPool {
             // The free run the block grew into is used up unless some of
             // it is left after the block.
             if !neighbours.after {
-                subtract(&self.counters.free_runs, 1);
+                self.counters.free_runs.subtract(1);
             }
-            add(&self.counters.used, extra * GRANULE);
-            let used = self.counters.used.load(Ordering::Relaxed);
-            if used > self.counters.peak_used.load(Ordering::Relaxed) {
-                self.counters.peak_used.store(used, Ordering::Relaxed);
-            }
+            self.counters.used.add(extra * GRANULE);
+            self.counters.peak_used.raise_to(self.counters.used.get());
         } else if wanted < current {
             let released = current - wanted;
             let _write = self.seqlock.write(&state.writer);
@@ -379,9 +340,9 @@ impl SharedPool {
             // The freed tail is a new free run unless it joined the one
             // after the block.
             if !neighbours.after {
-                add(&self.counters.free_runs, 1);
+                self.counters.free_runs.add(1);
             }
-            subtract(&self.counters.used, released * GRANULE);
+            self.counters.used.subtract(released * GRANULE);
         }
         Ok(Some(wanted * GRANULE))
     }
@@ -390,7 +351,7 @@ impl SharedPool {
     /// a free run of at least `needed` bytes exists.
     fn grow(&self, state: &mut PoolState, needed: usize) -> Result<(), PoolError> {
         let page = os::page_size();
-        let size = self.counters.size.load(Ordering::Relaxed);
+        let size = self.counters.size.get();
         let overflow = PoolError::SizeOverflow { size: needed };
         let needed = align_up(needed, page).ok_or(overflow.clone())?;
         let by_factor = (size as f64 * (self.growth_factor - 1.0)).min(MAX_REGION_BYTES as f64) as usize;
@@ -435,7 +396,7 @@ impl SharedPool {
         let _write = self.seqlock.write(&state.writer);
         for region in mapped {
             state.newest = Some(region.start());
-            add(&self.counters.free_runs, 1);
+            self.counters.free_runs.add(1);
             let at = state.regions.partition_point(|existing| existing.start() < region.start());
             state.regions.insert(at, region);
         }
@@ -461,8 +422,8 @@ impl SharedPool {
     /// that publishes the grown regions: a reader that saw the new regions
     /// with the old size would find the pool inconsistent.
     fn count_growth(&self, additional: usize) {
-        add(&self.counters.size, additional);
-        bump(&self.counters.expansions, 1);
+        self.counters.size.add(additional);
+        self.counters.expansions.add(1);
     }
 
     /// Grows the newest region by `additional` bytes where it stands.
@@ -505,7 +466,7 @@ impl SharedPool {
         let joins_free_tail = region.index.trailing_free() > 0;
         let _write = self.seqlock.write(&state.writer);
         if !joins_free_tail {
-            add(&self.counters.free_runs, 1);
+            self.counters.free_runs.add(1);
         }
         self.count_growth(additional);
         let old = region.replace_description(grown);
@@ -563,7 +524,7 @@ impl SharedPool {
         }
         let additional = align_up(additional, os::page_size()).ok_or(PoolError::SizeOverflow { size: additional })?;
         let mut state = self.state.lock()?;
-        let old_size = self.counters.size.load(Ordering::Relaxed);
+        let old_size = self.counters.size.get();
         let new_size = old_size.checked_add(additional).ok_or(PoolError::SizeOverflow { size: additional })?;
         if let Some(max) = self.max_size {
             if new_size > max {
@@ -604,9 +565,9 @@ impl SharedPool {
         debug_assert!(bytes > 0 && bytes <= region.releasable_tail());
         let trailing_free = region.index.trailing_free() * GRANULE;
         if trailing_free == bytes {
-            subtract(&self.counters.free_runs, 1);
+            self.counters.free_runs.subtract(1);
         }
-        subtract(&self.counters.size, bytes);
+        self.counters.size.subtract(bytes);
         // Before the memory is retired: once unmapped, a foreign mapping may
         // take its addresses, and they must read as foreign then.
         self.map.clear_shared(region.end() - bytes, bytes);
@@ -637,7 +598,7 @@ impl SharedPool {
     /// purged. Returns the bytes unmapped (by which `size` shrank).
     pub(crate) fn compact(&self) -> Result<usize, PoolError> {
         let mut state = self.state.lock()?;
-        let old_size = self.counters.size.load(Ordering::Relaxed);
+        let old_size = self.counters.size.get();
         let handle = self.collector.register();
         {
             let table = Self::reserve_table(state.regions.len())?;
@@ -657,13 +618,13 @@ impl SharedPool {
                     position += 1;
                 }
             }
-            if self.counters.size.load(Ordering::Relaxed) != old_size {
+            if self.counters.size.get() != old_size {
                 self.publish(&state, table, &guard);
-                bump(&self.counters.compactions, 1);
+                self.counters.compactions.add(1);
             }
         }
         self.purge_free_pages(&state);
-        let new_size = self.counters.size.load(Ordering::Relaxed);
+        let new_size = self.counters.size.get();
         drop(state);
         Self::collect_garbage(&handle);
         self.listeners.notify(ResizeEvent { old_size, new_size, reason: ResizeReason::Compact });
@@ -701,7 +662,7 @@ impl SharedPool {
     pub(crate) fn resize(&self, new_size: usize) -> Result<(), PoolError> {
         let target = align_up(new_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: new_size })?;
         let mut state = self.state.lock()?;
-        let old_size = self.counters.size.load(Ordering::Relaxed);
+        let old_size = self.counters.size.get();
         let handle = self.collector.register();
         if target > old_size {
             if let Some(max) = self.max_size {
@@ -711,7 +672,7 @@ impl SharedPool {
             }
             self.add_capacity(&mut state, target - old_size)?;
         } else if target < old_size {
-            let used = self.counters.used.load(Ordering::Relaxed);
+            let used = self.counters.used.get();
             if target < used {
                 return Err(PoolError::ShrinkBelowUsed { requested: new_size, used });
             }
@@ -748,7 +709,7 @@ impl SharedPool {
                 self.trim_region(&mut state, position, take, remainder, &guard);
             }
             self.publish(&state, table, &guard);
-            bump(&self.counters.compactions, 1);
+            self.counters.compactions.add(1);
         }
         drop(state);
         Self::collect_garbage(&handle);
@@ -775,7 +736,7 @@ impl SharedPool {
     /// costs more than everything else here).
     pub(crate) fn usage(&self) -> (usize, usize) {
         let counters = &self.counters;
-        self.seqlock.read(|| (counters.size.load(Ordering::Relaxed), counters.used.load(Ordering::Relaxed)))
+        self.seqlock.read(|| (counters.size.get(), counters.used.get()))
     }
 
     /// A consistent snapshot, read without blocking writers.
@@ -786,25 +747,25 @@ impl SharedPool {
     fn snapshot_pinned(&self, guard: &Guard) -> SharedSnapshot {
         let counters = &self.counters;
         self.seqlock.read(|| {
-            let size = counters.size.load(Ordering::Relaxed);
-            let used = counters.used.load(Ordering::Relaxed);
+            let size = counters.size.get();
+            let used = counters.used.get();
             SharedSnapshot {
                 size,
                 used,
                 largest_free_block: self.with_regions(guard, |regions| {
                     regions.iter().map(|region| region.index.longest_free() * GRANULE).max().unwrap_or(0)
                 }),
-                free_blocks: counters.free_runs.load(Ordering::Relaxed),
-                live_blocks: counters.live_blocks.load(Ordering::Relaxed),
-                slabs: counters.slabs.load(Ordering::Relaxed),
-                peak_used: counters.peak_used.load(Ordering::Relaxed),
-                total_allocations: counters.total_allocations.load(Ordering::Relaxed),
-                total_frees: counters.total_frees.load(Ordering::Relaxed),
-                failed_allocations: counters.failed_allocations.load(Ordering::Relaxed),
-                expansions: counters.expansions.load(Ordering::Relaxed),
-                compactions: counters.compactions.load(Ordering::Relaxed),
-                alloc_time: counters.alloc_time.read(),
-                free_time: counters.free_time.read(),
+                free_blocks: counters.free_runs.get(),
+                live_blocks: counters.live_blocks.get(),
+                slabs: counters.slabs.get(),
+                peak_used: counters.peak_used.get(),
+                total_allocations: counters.allocations.operations(),
+                total_frees: counters.frees.operations(),
+                failed_allocations: counters.failed_allocations.get(),
+                expansions: counters.expansions.get(),
+                compactions: counters.compactions.get(),
+                alloc_time: counters.allocations.time(),
+                free_time: counters.frees.time(),
             }
         })
     }
@@ -877,11 +838,11 @@ impl SharedPool {
                 Err(corrupted(format!("{what}: the blocks say {counted}, the counters say {recorded}")))
             }
         };
-        expect("size", size, counters.size.load(Ordering::Relaxed))?;
-        expect("bytes in use", size - free, counters.used.load(Ordering::Relaxed))?;
-        expect("free blocks", runs, counters.free_runs.load(Ordering::Relaxed))?;
-        expect("live blocks", live, counters.live_blocks.load(Ordering::Relaxed))?;
-        let slabs = counters.slabs.load(Ordering::Relaxed);
+        expect("size", size, counters.size.get())?;
+        expect("bytes in use", size - free, counters.used.get())?;
+        expect("free blocks", runs, counters.free_runs.get())?;
+        expect("live blocks", live, counters.live_blocks.get())?;
+        let slabs = counters.slabs.get();
         if slabs > live {
             return Err(corrupted(format!("{slabs} cache slabs, but only {live} live blocks")));
         }

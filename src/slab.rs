@@ -9,15 +9,22 @@
 //! `xthread_free`, rpmalloc's thread-free list). Blocks that have never been
 //! handed out are not on any list: a bump index carves them lazily, so a new
 //! slab costs nothing per block.
+//!
+//! Who owns a slab is the business of the layer above (`thread_cache`): the
+//! slab keeps its owner as an opaque [`SlabOwner`], and the owning thread's
+//! token, so that any thread can tell "mine" from "another's". What only the
+//! owner may touch (the local list, the counts, the ring links) is reached
+//! through an [`OwnedSlab`], a view whose existence proves that the calling
+//! thread holds the owner's rights.
 
 use crate::error::PoolError;
 use crate::identity::current_thread_token;
 use crate::model_cells::{forget_block_links, read_block_link, write_block_link};
 use crate::size_class::class_size;
 use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use crate::thread_cache::ThreadHeap;
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
+use std::ops::Deref;
 use std::ptr::{self, NonNull};
 
 /// Bytes per slab. Small under the models, so their regions stay tiny.
@@ -62,6 +69,24 @@ impl FreeBlock {
     }
 }
 
+/// Whom a slab belongs to, in the terms of the layer that owns slabs (the
+/// address of a thread's heap); the slab only keeps it and hands it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlabOwner(NonNull<()>);
+
+impl SlabOwner {
+    /// The owner named by `owner`'s address.
+    pub(crate) fn of<T>(owner: &T) -> Self {
+        SlabOwner(NonNull::from(owner).cast())
+    }
+
+    /// The address this owner was made from, as a `T`.
+    #[inline]
+    pub(crate) fn cast<T>(self) -> *const T {
+        self.0.as_ptr().cast::<T>().cast_const()
+    }
+}
+
 /// Links the freed block `block` to `next`, to build a chain for
 /// [`Slab::push_remote_chain`].
 ///
@@ -78,8 +103,9 @@ pub(crate) unsafe fn link(block: NonNull<u8>, next: NonNull<u8>) {
 /// read one cache line of the header.
 #[repr(C, align(64))]
 pub(crate) struct Slab {
-    // Owner-only state: touched only by the owning thread or, while the slab
-    // is abandoned, under the pool's abandoned-slab lock.
+    // Owner-only state, reached through `OwnedSlab`: touched only by the
+    // owning thread or, while the slab is abandoned, by the holder of the
+    // list of abandoned slabs.
     local_free: Cell<*mut FreeBlock>,
     /// Blocks `bump..capacity` have never been handed out.
     bump: Cell<u32>,
@@ -102,19 +128,18 @@ pub(crate) struct Slab {
     divisibility_magic: u64,
     /// The owning thread's `current_thread_token`, 0 while abandoned; set
     /// with `owner`.
-    owner_token: AtomicUsize,
+    owner_thread: AtomicUsize,
     class: u32,
     /// `ceil(2^32 / block_size)`: turns an offset into a block index with a
     /// multiply, exactly, because offsets and sizes are below 2^16.
     reciprocal: u32,
     checked: bool,
-    /// The heap that owns the slab; null while abandoned by an exited thread.
-    /// Only the owner (or, while abandoned, the holder of the pool's
-    /// abandoned-slab lock) changes it.
-    owner: AtomicPtr<ThreadHeap>,
-    /// The owning heap's ring of slabs of this class.
-    pub(crate) next: Cell<*mut Slab>,
-    pub(crate) previous: Cell<*mut Slab>,
+    /// A [`SlabOwner`]'s address; null while abandoned by an exited thread.
+    /// Only the holder of an `OwnedSlab` changes it.
+    owner: AtomicPtr<()>,
+    /// Owner-only: the links of the ring of slabs the owner keeps it in.
+    next: Cell<*mut Slab>,
+    previous: Cell<*mut Slab>,
     /// Blocks freed by other threads; on its own cache line so remote frees
     /// do not bounce the owner's line.
     thread_free: CachePadded<AtomicPtr<FreeBlock>>,
@@ -122,12 +147,12 @@ pub(crate) struct Slab {
     allocated: [AtomicU64; BITMAP_WORDS],
 }
 
-/// The owner token a slab owned by `owner` on the calling thread carries.
-fn owner_token_for(owner: *mut ThreadHeap) -> usize {
-    if owner.is_null() {
-        0
-    } else {
-        current_thread_token()
+/// The owner's address and thread token a slab owned by `owner` on the
+/// calling thread carries.
+fn owner_words(owner: Option<SlabOwner>) -> (*mut (), usize) {
+    match owner {
+        Some(owner) => (owner.0.as_ptr(), current_thread_token()),
+        None => (ptr::null_mut(), 0),
     }
 }
 
@@ -139,13 +164,21 @@ const DATA_OFFSET: usize = std::mem::size_of::<Slab>();
 const _: () = assert!(DATA_OFFSET % 64 == 0 && DATA_OFFSET <= SLAB_SIZE / 4);
 
 impl Slab {
-    /// Writes a fresh header for class `class` at `memory`.
+    /// Writes a fresh header for class `class` at `memory`, owned by `owner`
+    /// on the calling thread (`None`: by nobody yet), and returns the
+    /// caller's view of it.
     ///
     /// # Safety
     /// `memory` must be `SLAB_SIZE` bytes, aligned to `SLAB_SIZE`, owned by
-    /// the caller and otherwise unused.
-    pub(crate) unsafe fn create(memory: NonNull<u8>, class: usize, owner: *mut ThreadHeap, checked: bool) -> *mut Slab {
+    /// the caller and otherwise unused, and stay so for `'a`.
+    pub(crate) unsafe fn create<'a>(
+        memory: NonNull<u8>,
+        class: usize,
+        owner: Option<SlabOwner>,
+        checked: bool,
+    ) -> OwnedSlab<'a> {
         debug_assert_eq!(memory.as_ptr() as usize % SLAB_SIZE, 0);
+        let (owner, owner_thread) = owner_words(owner);
         let block_size = class_size(class);
         let capacity = (SLAB_SIZE - DATA_OFFSET) / block_size;
         let slab = memory.as_ptr().cast::<Slab>();
@@ -158,7 +191,7 @@ impl Slab {
             divisibility_magic: u64::MAX / block_size as u64 + 1,
             checked,
             owner: AtomicPtr::new(owner),
-            owner_token: AtomicUsize::new(owner_token_for(owner)),
+            owner_thread: AtomicUsize::new(owner_thread),
             local_free: Cell::new(ptr::null_mut()),
             bump: Cell::new(0),
             used: Cell::new(0),
@@ -174,7 +207,9 @@ impl Slab {
         // The memory may have held another slab, whose links are not this
         // one's.
         forget_block_links(slab as usize, slab as usize + SLAB_SIZE);
-        slab
+        // SAFETY: the header was just written in memory the caller owns for
+        // `'a`, and nobody else knows of it.
+        unsafe { OwnedSlab::new(slab) }
     }
 
     #[inline]
@@ -187,41 +222,22 @@ impl Slab {
         self.capacity as usize
     }
 
+    /// The slab's owner; `None` while abandoned. Meaningful to the caller
+    /// only while it holds an [`OwnedSlab`] or a block of the slab.
     #[inline]
-    pub(crate) fn owner(&self) -> *mut ThreadHeap {
-        self.owner.load(Ordering::Relaxed)
+    pub(crate) fn owner(&self) -> Option<SlabOwner> {
+        NonNull::new(self.owner.load(Ordering::Relaxed)).map(SlabOwner)
     }
 
-    /// Whether the calling thread owns the slab. A stale answer is
-    /// impossible: only the owner changes the token, and it clears it before
-    /// its thread (and token) can go away.
+    /// The owner's view of the slab if the calling thread owns it. A stale
+    /// answer is impossible: only the owner changes the owning thread, and
+    /// it clears it before its thread (and token) can go away.
     #[inline]
-    pub(crate) fn is_owned_by_current_thread(&self) -> bool {
-        let token = self.owner_token.load(Ordering::Relaxed);
-        token != 0 && token == current_thread_token()
-    }
-
-    /// Hands the slab to `owner` on the calling thread (null: abandoned).
-    /// The caller must be the current owner, or hold the abandoned-slab lock.
-    pub(crate) fn set_owner(&self, owner: *mut ThreadHeap) {
-        self.owner_token.store(owner_token_for(owner), Ordering::Relaxed);
-        self.owner.store(owner, Ordering::Relaxed);
-    }
-
-    /// Whether the slab is its owner's current slab. Owner only.
-    #[inline]
-    pub(crate) fn is_current(&self) -> bool {
-        self.current.get()
-    }
-
-    /// Records whether the slab is its owner's current slab. Owner only.
-    pub(crate) fn set_current(&self, current: bool) {
-        self.current.set(current);
-    }
-
-    #[inline]
-    pub(crate) fn used(&self) -> usize {
-        self.used.get() as usize
+    pub(crate) fn owned_by_current_thread(&self) -> Option<OwnedSlab<'_>> {
+        let token = self.owner_thread.load(Ordering::Relaxed);
+        // SAFETY: the calling thread is the slab's owner, which is what an
+        // `OwnedSlab` stands for.
+        (token != 0 && token == current_thread_token()).then(|| unsafe { OwnedSlab::new(self) })
     }
 
     #[inline]
@@ -255,45 +271,13 @@ impl Slab {
         Ok(index)
     }
 
-    /// Takes a block. Owner only.
-    #[inline]
-    pub(crate) fn pop(&self) -> Option<NonNull<u8>> {
-        let head = self.local_free.get();
-        let block = if !head.is_null() {
-            // SAFETY: blocks on the local list are free blocks of this slab,
-            // whose first word the owner wrote when it pushed them.
-            self.local_free.set(unsafe { FreeBlock::next(head) });
-            head.cast::<u8>()
-        } else {
-            let bump = self.bump.get();
-            if bump == self.capacity {
-                return None;
-            }
-            self.bump.set(bump + 1);
-            (self.base() + DATA_OFFSET + bump as usize * self.block_size as usize) as *mut u8
-        };
-        self.used.set(self.used.get() + 1);
-        // SAFETY: both branches produce an address inside the slab.
-        Some(unsafe { NonNull::new_unchecked(block) })
-    }
-
-    /// Gives a block back to the owner's list; returns the blocks still used.
-    /// Owner only; `block` must be a handed-out block of this slab.
-    #[inline]
-    pub(crate) fn push_local(&self, block: NonNull<u8>) -> usize {
-        let block = block.as_ptr().cast::<FreeBlock>();
-        // SAFETY: the block is ours to reuse: the caller just freed it.
-        unsafe { FreeBlock::set_next(block, self.local_free.get()) };
-        self.local_free.set(block);
-        debug_assert!(self.used.get() > 0);
-        let used = self.used.get() - 1;
-        self.used.set(used);
-        used as usize
-    }
-
     /// Gives a block back from any thread.
+    ///
+    /// # Safety
+    /// `block` must be a handed-out block of this slab, which the caller
+    /// gives up.
     #[inline]
-    pub(crate) fn push_remote(&self, block: NonNull<u8>) {
+    pub(crate) unsafe fn push_remote(&self, block: NonNull<u8>) {
         // SAFETY: a single freed block is a chain from itself to itself.
         unsafe { self.push_remote_chain(block, block) };
     }
@@ -316,45 +300,6 @@ impl Slab {
                 Err(current) => head = current,
             }
         }
-    }
-
-    /// Moves every remotely freed block onto the local list. Owner only.
-    /// Returns whether there were any.
-    pub(crate) fn collect_remote(&self) -> bool {
-        if self.thread_free.load(Ordering::Relaxed).is_null() {
-            return false;
-        }
-        // Acquire: the links the pushers wrote before their Release CAS.
-        let head = self.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
-        if head.is_null() {
-            return false;
-        }
-        let mut tail = head;
-        let mut count = 1u32;
-        // SAFETY: every block on the list was pushed by `push_remote`, which
-        // wrote its link before publishing it.
-        unsafe {
-            loop {
-                let next = FreeBlock::next(tail);
-                if next.is_null() {
-                    break;
-                }
-                tail = next;
-                count += 1;
-            }
-            FreeBlock::set_next(tail, self.local_free.get());
-        }
-        self.local_free.set(head);
-        debug_assert!(count <= self.used.get());
-        self.used.set(self.used.get() - count);
-        true
-    }
-
-    /// Whether the owner could take a block without a new slab.
-    pub(crate) fn has_free_block(&self) -> bool {
-        !self.local_free.get().is_null()
-            || self.bump.get() < self.capacity
-            || !self.thread_free.load(Ordering::Relaxed).is_null()
     }
 
     #[inline]
@@ -384,37 +329,255 @@ impl Slab {
     }
 }
 
-#[cfg(all(test, not(lle_mempool_model)))]
-mod tests {
-    use super::*;
-    use crate::size_class::CLASS_COUNT;
+/// A slab seen by its owner: the only way to its owner-only state (the
+/// local list, the counts, the `current` mark, the ring links).
+///
+/// Holding one proves that the calling thread may use that state: it owns
+/// the slab, or the slab is abandoned and the thread holds the list of
+/// abandoned slabs. A view never leaves its thread (a `&Slab` is not
+/// `Send`), and whoever hands a slab on (abandons, releases or gives it to
+/// another owner) stops using its views: the functions that do so are
+/// `unsafe` and say it.
+#[derive(Clone, Copy)]
+pub(crate) struct OwnedSlab<'a>(&'a Slab);
 
-    struct SlabMemory(*mut u8);
+impl Deref for OwnedSlab<'_> {
+    type Target = Slab;
+
+    #[inline(always)]
+    fn deref(&self) -> &Slab {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for OwnedSlab<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OwnedSlab({:p})", self.0)
+    }
+}
+
+impl OwnedSlab<'_> {
+    /// The owner's view of the slab at `slab`.
+    ///
+    /// # Safety
+    /// `slab` is a slab header, mapped while the view lives, whose
+    /// owner-only state the calling thread may use meanwhile: it owns the
+    /// slab (the slab is in one of its heaps), or holds the list of
+    /// abandoned slabs that the slab is in.
+    #[inline(always)]
+    pub(crate) unsafe fn new(slab: *const Slab) -> Self {
+        // SAFETY: the caller guarantees a header mapped while the view lives.
+        OwnedSlab(unsafe { &*slab })
+    }
+
+    /// The slab's address, which [`OwnedSlab::new`] takes back.
+    #[inline(always)]
+    pub(crate) fn as_ptr(self) -> *mut Slab {
+        ptr::from_ref(self.0).cast_mut()
+    }
+
+    /// Hands the slab to `owner` on the calling thread, or to nobody
+    /// (`None`: abandoned).
+    pub(crate) fn set_owner(self, owner: Option<SlabOwner>) {
+        let (owner, owner_thread) = owner_words(owner);
+        self.owner_thread.store(owner_thread, Ordering::Relaxed);
+        self.owner.store(owner, Ordering::Relaxed);
+    }
+
+    /// Whether the slab is its owner's current slab.
+    #[inline]
+    pub(crate) fn is_current(self) -> bool {
+        self.current.get()
+    }
+
+    /// Records whether the slab is its owner's current slab.
+    #[inline]
+    pub(crate) fn set_current(self, current: bool) {
+        self.current.set(current);
+    }
+
+    /// Blocks handed out and not yet back on the local list.
+    #[inline]
+    pub(crate) fn used(self) -> usize {
+        self.used.get() as usize
+    }
+
+    /// The next slab in the ring the owner keeps this one in.
+    #[inline]
+    pub(crate) fn next(self) -> *mut Slab {
+        self.next.get()
+    }
+
+    /// The previous slab in the ring the owner keeps this one in.
+    #[inline]
+    pub(crate) fn previous(self) -> *mut Slab {
+        self.previous.get()
+    }
+
+    /// Sets the ring links.
+    #[inline]
+    pub(crate) fn set_links(self, previous: *mut Slab, next: *mut Slab) {
+        self.previous.set(previous);
+        self.next.set(next);
+    }
+
+    /// Sets the link to the next slab in the ring.
+    #[inline]
+    pub(crate) fn set_next(self, next: *mut Slab) {
+        self.next.set(next);
+    }
+
+    /// Sets the link to the previous slab in the ring.
+    #[inline]
+    pub(crate) fn set_previous(self, previous: *mut Slab) {
+        self.previous.set(previous);
+    }
+
+    /// Takes a block.
+    #[inline]
+    pub(crate) fn pop(self) -> Option<NonNull<u8>> {
+        let head = self.local_free.get();
+        let block = if !head.is_null() {
+            // SAFETY: blocks on the local list are free blocks of this slab,
+            // whose first word the owner wrote when it pushed them.
+            self.local_free.set(unsafe { FreeBlock::next(head) });
+            head.cast::<u8>()
+        } else {
+            let bump = self.bump.get();
+            if bump == self.capacity {
+                return None;
+            }
+            self.bump.set(bump + 1);
+            (self.base() + DATA_OFFSET + bump as usize * self.block_size as usize) as *mut u8
+        };
+        self.used.set(self.used.get() + 1);
+        // SAFETY: both branches produce an address inside the slab.
+        Some(unsafe { NonNull::new_unchecked(block) })
+    }
+
+    /// Gives a block back to the local list; returns the blocks still used.
+    ///
+    /// # Safety
+    /// `block` must be a handed-out block of this slab, which the caller
+    /// gives up.
+    #[inline]
+    pub(crate) unsafe fn push_local(self, block: NonNull<u8>) -> usize {
+        let block = block.as_ptr().cast::<FreeBlock>();
+        // SAFETY: the block is ours to reuse: the caller gives it up.
+        unsafe { FreeBlock::set_next(block, self.local_free.get()) };
+        self.local_free.set(block);
+        debug_assert!(self.used.get() > 0);
+        let used = self.used.get() - 1;
+        self.used.set(used);
+        used as usize
+    }
+
+    /// Moves every remotely freed block onto the local list. Returns
+    /// whether there were any.
+    pub(crate) fn collect_remote(self) -> bool {
+        if self.thread_free.load(Ordering::Relaxed).is_null() {
+            return false;
+        }
+        // Acquire: the links the pushers wrote before their Release CAS.
+        let head = self.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
+        if head.is_null() {
+            return false;
+        }
+        let mut tail = head;
+        let mut count = 1u32;
+        // SAFETY: every block on the list was pushed by `push_remote_chain`,
+        // which wrote its link before publishing it.
+        unsafe {
+            loop {
+                let next = FreeBlock::next(tail);
+                if next.is_null() {
+                    break;
+                }
+                tail = next;
+                count += 1;
+            }
+            FreeBlock::set_next(tail, self.local_free.get());
+        }
+        self.local_free.set(head);
+        debug_assert!(count <= self.used.get());
+        self.used.set(self.used.get() - count);
+        true
+    }
+
+    /// Whether the owner could take a block without a new slab.
+    pub(crate) fn has_free_block(self) -> bool {
+        !self.local_free.get().is_null()
+            || self.bump.get() < self.capacity
+            || !self.thread_free.load(Ordering::Relaxed).is_null()
+    }
+}
+
+/// Slab-sized, slab-aligned memory for unit tests of the layers above.
+#[cfg(all(test, not(lle_mempool_model)))]
+pub(crate) mod test_support {
+    use super::{OwnedSlab, Slab, SLAB_SIZE};
+    use std::alloc::Layout;
+    use std::ptr::NonNull;
+
+    /// `count` slabs' worth of zeroed memory, freed on drop.
+    pub(crate) struct SlabMemory {
+        base: NonNull<u8>,
+        count: usize,
+    }
 
     impl SlabMemory {
-        fn new() -> Self {
-            let layout = std::alloc::Layout::from_size_align(SLAB_SIZE, SLAB_SIZE).unwrap();
+        pub(crate) fn new() -> Self {
+            Self::many(1)
+        }
+
+        pub(crate) fn many(count: usize) -> Self {
             // SAFETY: non-zero size.
-            SlabMemory(unsafe { std::alloc::alloc_zeroed(layout) })
+            let base = unsafe { std::alloc::alloc_zeroed(Self::layout(count)) };
+            SlabMemory { base: NonNull::new(base).expect("test memory"), count }
+        }
+
+        fn layout(count: usize) -> Layout {
+            Layout::from_size_align(count * SLAB_SIZE, SLAB_SIZE).unwrap()
+        }
+
+        /// The start of slab `index`.
+        pub(crate) fn base(&self, index: usize) -> NonNull<u8> {
+            assert!(index < self.count);
+            // SAFETY: inside the allocation.
+            unsafe { NonNull::new_unchecked(self.base.as_ptr().add(index * SLAB_SIZE)) }
+        }
+
+        /// A fresh slab of `class` in each slab's worth, owned by nobody:
+        /// the test thread has the memory to itself.
+        pub(crate) fn slabs(&self, class: usize) -> Vec<OwnedSlab<'_>> {
+            // SAFETY: each piece is SLAB_SIZE bytes, aligned, the test's
+            // alone, and mapped while `self` lives.
+            (0..self.count).map(|index| unsafe { Slab::create(self.base(index), class, None, false) }).collect()
         }
     }
 
     impl Drop for SlabMemory {
         fn drop(&mut self) {
-            let layout = std::alloc::Layout::from_size_align(SLAB_SIZE, SLAB_SIZE).unwrap();
-            // SAFETY: allocated in `new` with this layout.
-            unsafe { std::alloc::dealloc(self.0, layout) };
+            // SAFETY: allocated in `many` with this layout.
+            unsafe { std::alloc::dealloc(self.base.as_ptr(), Self::layout(self.count)) };
         }
     }
+}
+
+#[cfg(all(test, not(lle_mempool_model)))]
+mod tests {
+    use super::test_support::SlabMemory;
+    use super::*;
+    use crate::size_class::CLASS_COUNT;
 
     #[test]
     fn block_index_accepts_exactly_the_block_starts() {
         let memory = SlabMemory::new();
         for class in 0..CLASS_COUNT {
             // SAFETY: fresh, aligned, exclusively ours.
-            let slab = unsafe { &*Slab::create(NonNull::new(memory.0).unwrap(), class, ptr::null_mut(), false) };
+            let slab = unsafe { Slab::create(memory.base(0), class, None, false) };
             let size = class_size(class);
-            let base = memory.0 as usize;
+            let base = memory.base(0).as_ptr() as usize;
             for addr in base..base + SLAB_SIZE {
                 let offset = addr as isize - (base + DATA_OFFSET) as isize;
                 let expected = offset >= 0 && offset as usize % size == 0 && (offset as usize / size) < slab.capacity();
@@ -431,7 +594,7 @@ mod tests {
     fn pop_push_and_remote_lists_hand_each_block_out_once() {
         let memory = SlabMemory::new();
         // SAFETY: fresh, aligned, exclusively ours.
-        let slab = unsafe { &*Slab::create(NonNull::new(memory.0).unwrap(), 3, ptr::null_mut(), true) };
+        let slab = unsafe { Slab::create(memory.base(0), 3, None, true) };
         let mut blocks = Vec::new();
         while let Some(block) = slab.pop() {
             slab.mark_allocated(slab.index_of(block));
@@ -445,11 +608,13 @@ mod tests {
         let (remote, local) = blocks.split_at(blocks.len() / 2);
         for &block in remote {
             assert!(slab.mark_freed(slab.index_of(block)));
-            slab.push_remote(block);
+            // SAFETY: handed out above, given up here.
+            unsafe { slab.push_remote(block) };
         }
         assert!(!slab.mark_freed(slab.index_of(remote[0])), "double free not caught");
         for &block in local {
-            slab.push_local(block);
+            // SAFETY: as above.
+            unsafe { slab.push_local(block) };
         }
         assert_eq!(slab.used(), remote.len());
         assert!(slab.collect_remote());
@@ -459,5 +624,69 @@ mod tests {
             again += 1;
         }
         assert_eq!(again, slab.capacity());
+    }
+
+    #[test]
+    fn only_the_owning_thread_sees_itself_as_owner() {
+        let memory = SlabMemory::new();
+        let heap = 7u64;
+        let owner = SlabOwner::of(&heap);
+        // SAFETY: fresh, aligned, exclusively ours.
+        let slab = unsafe { Slab::create(memory.base(0), 0, Some(owner), false) };
+        assert_eq!(slab.owner(), Some(owner));
+        assert_eq!(slab.owner().map(|owner| owner.cast::<u64>()), Some(&heap as *const u64));
+        let address = slab.as_ptr() as usize;
+        let mine = slab.owned_by_current_thread().map(|view| view.as_ptr() as usize);
+        assert_eq!(mine, Some(address), "the creating thread owns the slab");
+        let elsewhere = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    // SAFETY: the header stays mapped until `memory` drops,
+                    // after the scope; this thread only reads what any
+                    // thread may.
+                    let header = unsafe { &*(address as *const Slab) };
+                    header.owned_by_current_thread().is_some()
+                })
+                .join()
+                .unwrap()
+        });
+        assert!(!elsewhere, "another thread does not own it");
+        slab.set_owner(None);
+        assert_eq!(slab.owner(), None);
+        assert!(slab.owned_by_current_thread().is_none(), "abandoned: nobody owns it");
+        slab.set_owner(Some(owner));
+        assert!(slab.owned_by_current_thread().is_some(), "adopted back");
+    }
+
+    #[test]
+    fn remote_chains_arrive_whole_and_count_as_freed_when_collected() {
+        let memory = SlabMemory::new();
+        // SAFETY: fresh, aligned, exclusively ours.
+        let slab = unsafe { Slab::create(memory.base(0), 1, None, false) };
+        let blocks: Vec<NonNull<u8>> = (0..5).map(|_| slab.pop().unwrap()).collect();
+        for (index, block) in blocks.iter().enumerate() {
+            // SAFETY: handed out above; 32-byte blocks.
+            unsafe { block.as_ptr().add(8).write_bytes(index as u8, 24) };
+        }
+        // A chain of three, linked newest first as a remote batch is.
+        // SAFETY: the blocks are handed out and given up here.
+        unsafe {
+            link(blocks[2], blocks[1]);
+            link(blocks[1], blocks[0]);
+            slab.push_remote_chain(blocks[2], blocks[0]);
+        }
+        assert_eq!(slab.used(), 5, "remote frees count until collected");
+        assert!(slab.collect_remote());
+        assert!(!slab.collect_remote(), "the list was taken whole");
+        assert_eq!(slab.used(), 2);
+        // The local list hands the chain back newest first, past the link
+        // word, with the rest of each block as it was.
+        for expected in [2usize, 1, 0] {
+            let block = slab.pop().unwrap();
+            assert_eq!(block, blocks[expected]);
+            // SAFETY: handed out again; 32-byte blocks.
+            let rest = unsafe { std::slice::from_raw_parts(block.as_ptr().add(8), 24) };
+            assert!(rest.iter().all(|&byte| byte == expected as u8));
+        }
     }
 }

@@ -324,9 +324,13 @@ impl SlabMap {
         }
     }
 
-    /// Makes lookups in `slab`'s chunk find it. The slab is a live
-    /// shared-pool block whose header is written.
-    pub(crate) fn register(&self, slab: *mut Slab) -> Result<(), PoolError> {
+    /// Makes lookups in `slab`'s chunk find it.
+    ///
+    /// # Safety
+    /// `slab` is a written slab header at the start of a live shared-pool
+    /// block that fills its chunk, and stays so until
+    /// [`unregister`](Self::unregister): lookups hand out references to it.
+    pub(crate) unsafe fn register(&self, slab: *mut Slab) -> Result<(), PoolError> {
         let addr = slab as usize;
         debug_assert_eq!(addr % SLAB_SIZE, 0);
         let slot = self.slot_or_build(addr >> SLAB_SHIFT)?;
@@ -441,12 +445,14 @@ mod tests {
         // SAFETY: non-zero size.
         let memory = NonNull::new(unsafe { std::alloc::alloc(layout) }).unwrap();
         // SAFETY: SLAB_SIZE bytes aligned to SLAB_SIZE, ours alone.
-        let slab = unsafe { Slab::create(memory, 3, ptr::null_mut(), false) };
+        let slab = unsafe { Slab::create(memory, 3, None, false) }.as_ptr();
         let base = slab as usize;
         let map = SlabMap::new().unwrap();
         // The slab's chunk and a page either side, as one region.
         map.mark_shared(base - PAGE, SLAB_SIZE + 2 * PAGE).unwrap();
-        map.register(slab).unwrap();
+        // SAFETY: the header is written, and stays until `memory` is freed,
+        // after `unregister`.
+        unsafe { map.register(slab) }.unwrap();
         for addr in [base, base + 1000, base + SLAB_SIZE - 1] {
             match map.classify(addr) {
                 Owner::Slab(found) => {

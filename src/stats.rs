@@ -1,18 +1,26 @@
 //! Statistics: what a pool reports, and the counters behind it.
 //!
-//! The shared pool's counters are written only under its lock (a `Relaxed`
-//! load and store, never a read-modify-write) and read by `stats()` inside a
-//! seqlock read, so a snapshot is consistent. Fast-path counters live in
-//! each thread's cache, written only by that thread, and are summed when
-//! statistics are asked for. Times are sampled: one operation in
-//! [`TIMING_SAMPLE_PERIOD`] reads the clock, because a clock read costs ten
-//! times a cached allocation.
+//! Every count is a [`Counter`]. The shared pool's are written only under
+//! its lock and read by `stats()` inside a seqlock read, so a snapshot is
+//! consistent. Fast-path counters live in each thread's cache, written only
+//! by that thread, and are summed when statistics are asked for. A counter
+//! with one writer at a time changes with a load and a store, never a
+//! read-modify-write; the few that any thread may change (refusals, frees
+//! without a heap, blocks in slabs) use one.
+//!
+//! Times are sampled by a [`SampledTimer`]: one operation in a period reads
+//! the clock, because a clock read costs ten times a cached allocation.
+//! Each path's period is set here: [`SHARED_TIMING_PERIOD`] for the shared
+//! pool, [`FAST_TIMING_PERIOD`] for the thread caches.
 
-use crate::sync::{AtomicU64, Ordering};
-use std::time::Duration;
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-/// One operation in this many is timed.
-pub(crate) const TIMING_SAMPLE_PERIOD: u64 = 64;
+/// One shared-pool operation in this many is timed.
+pub(crate) const SHARED_TIMING_PERIOD: u64 = 64;
+/// One thread-cache operation in this many is timed (per thread): a cached
+/// operation is a few nanoseconds, so a clock read is sampled more rarely.
+pub(crate) const FAST_TIMING_PERIOD: u64 = 1024;
 
 /// A snapshot of a pool's state and history.
 ///
@@ -138,31 +146,226 @@ pub struct FastPathStats {
     pub slab_bytes: usize,
 }
 
-/// Adds `amount` to a counter only its writer changes: a load and a store,
-/// which cost what plain memory does, instead of a locked read-modify-write.
-pub(crate) fn bump(counter: &AtomicU64, amount: u64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(amount), Ordering::Relaxed);
+/// The integers a [`Counter`] holds, each with its atomic from `crate::sync`.
+pub(crate) trait CounterValue: Copy + PartialOrd {
+    /// The atomic that holds the value.
+    type Atomic;
+    /// A new atomic holding `value`.
+    fn atomic(value: Self) -> Self::Atomic;
+    /// A `Relaxed` load.
+    fn load(atomic: &Self::Atomic) -> Self;
+    /// A `Relaxed` store.
+    fn store(atomic: &Self::Atomic, value: Self);
+    /// A `Relaxed` fetch-add.
+    fn fetch_add(atomic: &Self::Atomic, amount: Self);
+    /// A `Relaxed` fetch-sub.
+    fn fetch_sub(atomic: &Self::Atomic, amount: Self);
+    /// `self + amount`, wrapping.
+    fn plus(self, amount: Self) -> Self;
+    /// `self - amount`, wrapping.
+    fn minus(self, amount: Self) -> Self;
 }
 
-/// A sampled mean: total nanoseconds and the number of samples.
-pub(crate) struct TimeSamples {
-    pub(crate) total_nanos: AtomicU64,
-    pub(crate) samples: AtomicU64,
+macro_rules! counter_value {
+    ($value:ty, $atomic:ty) => {
+        impl CounterValue for $value {
+            type Atomic = $atomic;
+
+            fn atomic(value: Self) -> $atomic {
+                <$atomic>::new(value)
+            }
+
+            #[inline(always)]
+            fn load(atomic: &$atomic) -> Self {
+                atomic.load(Ordering::Relaxed)
+            }
+
+            #[inline(always)]
+            fn store(atomic: &$atomic, value: Self) {
+                atomic.store(value, Ordering::Relaxed);
+            }
+
+            #[inline(always)]
+            fn fetch_add(atomic: &$atomic, amount: Self) {
+                atomic.fetch_add(amount, Ordering::Relaxed);
+            }
+
+            #[inline(always)]
+            fn fetch_sub(atomic: &$atomic, amount: Self) {
+                atomic.fetch_sub(amount, Ordering::Relaxed);
+            }
+
+            #[inline(always)]
+            fn plus(self, amount: Self) -> Self {
+                self.wrapping_add(amount)
+            }
+
+            #[inline(always)]
+            fn minus(self, amount: Self) -> Self {
+                self.wrapping_sub(amount)
+            }
+        }
+    };
 }
 
-impl TimeSamples {
+counter_value!(u64, AtomicU64);
+counter_value!(usize, AtomicUsize);
+
+/// A statistic that any thread may read at any time (`Relaxed`: a counter
+/// orders nothing).
+///
+/// Most counters have one writer at a time: the thread whose cache they
+/// belong to, or the holder of the lock that guards them. Those change with
+/// [`add`](Self::add) and [`subtract`](Self::subtract), a load and a store,
+/// which cost what plain memory does; a locked read-modify-write would wait
+/// for the store buffer to drain. Counters that any thread changes use
+/// [`add_concurrent`](Self::add_concurrent) and
+/// [`subtract_concurrent`](Self::subtract_concurrent) instead, and never
+/// the single-writer methods.
+pub(crate) struct Counter<T: CounterValue>(T::Atomic);
+
+impl<T: CounterValue> Counter<T> {
+    /// A counter holding `value`.
+    pub(crate) fn new(value: T) -> Self {
+        Counter(T::atomic(value))
+    }
+
+    #[inline(always)]
+    pub(crate) fn get(&self) -> T {
+        T::load(&self.0)
+    }
+
+    /// Sets the value; one writer at a time.
+    #[inline(always)]
+    pub(crate) fn set(&self, value: T) {
+        T::store(&self.0, value);
+    }
+
+    /// Adds `amount`; one writer at a time.
+    #[inline(always)]
+    pub(crate) fn add(&self, amount: T) {
+        self.set(self.get().plus(amount));
+    }
+
+    /// Subtracts `amount`, which the counter holds; one writer at a time.
+    #[inline(always)]
+    pub(crate) fn subtract(&self, amount: T) {
+        let value = self.get();
+        debug_assert!(value >= amount, "counter underflow");
+        self.set(value.minus(amount));
+    }
+
+    /// Raises the value to `value` if it is below; one writer at a time.
+    #[inline(always)]
+    pub(crate) fn raise_to(&self, value: T) {
+        if value > self.get() {
+            self.set(value);
+        }
+    }
+
+    /// Adds `amount`, from any thread.
+    #[inline]
+    pub(crate) fn add_concurrent(&self, amount: T) {
+        T::fetch_add(&self.0, amount);
+    }
+
+    /// Subtracts `amount`, from any thread.
+    #[inline]
+    pub(crate) fn subtract_concurrent(&self, amount: T) {
+        T::fetch_sub(&self.0, amount);
+    }
+}
+
+impl<T: CounterValue + Default> Default for Counter<T> {
+    fn default() -> Self {
+        Counter::new(T::default())
+    }
+}
+
+/// Counts operations of one kind, and times one in `PERIOD` of them: the
+/// first, and every `PERIOD`th after it. One writer at a time.
+pub(crate) struct SampledTimer<const PERIOD: u64> {
+    operations: Counter<u64>,
+    total_nanos: Counter<u64>,
+    samples: Counter<u64>,
+}
+
+impl<const PERIOD: u64> Default for SampledTimer<PERIOD> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An operation underway: its start, if it is one of the timed ones.
+#[must_use = "a started operation is stopped by `finish` or `stop`"]
+pub(crate) struct Timing(Option<Instant>);
+
+impl<const PERIOD: u64> SampledTimer<PERIOD> {
     pub(crate) fn new() -> Self {
-        TimeSamples { total_nanos: AtomicU64::new(0), samples: AtomicU64::new(0) }
+        SampledTimer { operations: Counter::new(0), total_nanos: Counter::new(0), samples: Counter::new(0) }
     }
 
-    /// Records one sample; called by the counters' single writer.
-    pub(crate) fn record(&self, elapsed: Duration) {
-        bump(&self.total_nanos, u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
-        bump(&self.samples, 1);
+    /// Starts the next operation, reading the clock if it is a timed one.
+    #[inline(always)]
+    pub(crate) fn start(&self) -> Timing {
+        Timing((self.operations.get() % PERIOD == 0).then(Instant::now))
     }
 
-    pub(crate) fn read(&self) -> (u64, u64) {
-        (self.total_nanos.load(Ordering::Relaxed), self.samples.load(Ordering::Relaxed))
+    /// The number of the next operation, unless that one is to be timed:
+    /// for a path that never reads the clock, and leaves timed operations
+    /// to one that does. [`count_untimed`](Self::count_untimed) counts it.
+    #[inline(always)]
+    pub(crate) fn next_untimed(&self) -> Option<u64> {
+        let number = self.operations.get();
+        (number % PERIOD != 0).then_some(number)
+    }
+
+    /// Counts the operation that [`next_untimed`](Self::next_untimed)
+    /// numbered `number`.
+    #[inline(always)]
+    pub(crate) fn count_untimed(&self, number: u64) {
+        self.operations.set(number + 1);
+    }
+
+    /// Counts `timing`'s operation and, if it is timed, records how long
+    /// it took.
+    #[inline(always)]
+    pub(crate) fn finish(&self, timing: Timing) {
+        self.count_one();
+        self.stop(timing);
+    }
+
+    /// Counts one operation, without stopping its clock: for counts that
+    /// must change together with others (in one seqlock write), where the
+    /// operation is started. [`stop`](Self::stop) stops it.
+    #[inline(always)]
+    pub(crate) fn count_one(&self) {
+        self.operations.add(1);
+    }
+
+    /// Records how long `timing`'s operation took, if it is timed; after
+    /// [`count_one`](Self::count_one).
+    #[inline(always)]
+    pub(crate) fn stop(&self, timing: Timing) {
+        if let Some(started) = timing.0 {
+            self.record(started.elapsed());
+        }
+    }
+
+    #[cold]
+    fn record(&self, elapsed: Duration) {
+        self.total_nanos.add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+        self.samples.add(1);
+    }
+
+    /// Operations counted.
+    pub(crate) fn operations(&self) -> u64 {
+        self.operations.get()
+    }
+
+    /// The timed operations' total nanoseconds, and how many there were.
+    pub(crate) fn time(&self) -> (u64, u64) {
+        (self.total_nanos.get(), self.samples.get())
     }
 }
 
@@ -173,4 +376,71 @@ pub(crate) fn mean_duration(parts: &[(u64, u64)]) -> Duration {
     nanos
         .checked_div(samples)
         .map_or(Duration::ZERO, |mean| Duration::from_nanos(u64::try_from(mean).unwrap_or(u64::MAX)))
+}
+
+#[cfg(all(test, not(lle_mempool_model)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_subtract_and_only_ever_raise_a_peak() {
+        let counter = Counter::<usize>::new(5);
+        counter.add(10);
+        counter.subtract(3);
+        assert_eq!(counter.get(), 12);
+        counter.raise_to(7);
+        assert_eq!(counter.get(), 12, "a lower value is no new peak");
+        counter.raise_to(40);
+        assert_eq!(counter.get(), 40);
+        counter.set(1);
+        assert_eq!(counter.get(), 1);
+
+        let shared = Counter::<u64>::default();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..1000 {
+                        shared.add_concurrent(3);
+                        shared.subtract_concurrent(1);
+                    }
+                });
+            }
+        });
+        assert_eq!(shared.get(), 4 * 1000 * 2, "no concurrent change is lost");
+    }
+
+    #[test]
+    fn a_sampled_timer_counts_every_operation_and_times_one_per_period() {
+        const PERIOD: u64 = 4;
+        let timer = SampledTimer::<PERIOD>::new();
+        let mut timed = Vec::new();
+        for number in 0..3 * PERIOD {
+            match timer.next_untimed() {
+                Some(untimed) => {
+                    assert_eq!(untimed, number);
+                    timer.count_untimed(untimed);
+                }
+                None => {
+                    timed.push(number);
+                    timer.finish(timer.start());
+                }
+            }
+        }
+        assert_eq!(timed, [0, PERIOD, 2 * PERIOD], "the first and every PERIOD-th are timed");
+        assert_eq!(timer.operations(), 3 * PERIOD);
+        assert_eq!(timer.time().1, 3, "one sample per timed operation");
+
+        // Counted apart from the clock, as the shared pool does.
+        let timing = timer.start();
+        timer.count_one();
+        timer.stop(timing);
+        assert_eq!(timer.operations(), 3 * PERIOD + 1);
+        assert_eq!(timer.time().1, 4, "operation 3 * PERIOD was a timed one");
+    }
+
+    #[test]
+    fn the_mean_of_samples_spans_every_part() {
+        assert_eq!(mean_duration(&[(300, 2), (100, 2)]), Duration::from_nanos(100));
+        assert_eq!(mean_duration(&[(0, 0), (0, 0)]), Duration::ZERO, "no samples, no time");
+    }
 }

@@ -1,0 +1,162 @@
+//! Blocks a thread freed into one slab it does not own, chained through
+//! their first words and not yet handed to the slab.
+//!
+//! A consumer thread frees runs of blocks that a producer carved one after
+//! another from the same slab; handing each over with its own
+//! compare-and-swap on a line the owner keeps taking back would pay a
+//! cache-line transfer per block. Batching pays one per run (snmalloc's
+//! remote-deallocation cache does the same). The batch is bounded, handed
+//! over when a block of another slab arrives, and whenever its heap asks
+//! (when its thread refills a slab, calls `compact`, or exits); until then
+//! its blocks count as in use, so their slab can be neither released nor
+//! reclaimed.
+
+use crate::slab::{link, Slab};
+use std::cell::Cell;
+use std::ptr::{self, NonNull};
+
+/// Blocks a batch collects for one slab before handing them over with a
+/// single compare-and-swap.
+pub(super) const REMOTE_BATCH_LIMIT: u32 = 64;
+
+pub(super) struct RemoteBatch {
+    /// The slab the blocks belong to; null for an empty batch.
+    slab: Cell<*const Slab>,
+    /// The block freed last: the chain runs from it to `last`.
+    first: Cell<*mut u8>,
+    /// The block freed first, whose link gets the slab's list.
+    last: Cell<*mut u8>,
+    len: Cell<u32>,
+}
+
+impl RemoteBatch {
+    pub(super) const fn new() -> Self {
+        RemoteBatch {
+            slab: Cell::new(ptr::null()),
+            first: Cell::new(ptr::null_mut()),
+            last: Cell::new(ptr::null_mut()),
+            len: Cell::new(0),
+        }
+    }
+
+    /// Adds `block`, just freed into `slab`, handing the batch over first
+    /// if it holds another slab's blocks, and after if it is full.
+    ///
+    /// # Safety
+    /// `block` must be a handed-out block of `slab`, which the caller gives
+    /// up.
+    #[inline]
+    pub(super) unsafe fn add(&self, slab: &Slab, block: NonNull<u8>) {
+        if !ptr::eq(self.slab.get(), slab) {
+            self.hand_over();
+            self.slab.set(slab);
+            self.last.set(block.as_ptr());
+        } else {
+            // SAFETY: the caller gives `block` up, so this thread alone
+            // holds it; the batch's first block is live in the batch.
+            unsafe { link(block, NonNull::new_unchecked(self.first.get())) };
+        }
+        self.first.set(block.as_ptr());
+        let len = self.len.get() + 1;
+        self.len.set(len);
+        if len >= REMOTE_BATCH_LIMIT {
+            self.hand_over();
+        }
+    }
+
+    /// Hands the batch to its slab, if there is one.
+    pub(super) fn hand_over(&self) {
+        let slab = self.slab.replace(ptr::null());
+        if slab.is_null() {
+            return;
+        }
+        debug_assert!(self.len.get() > 0);
+        self.len.set(0);
+        // SAFETY: the batch's blocks still count as used in `slab`, so the
+        // slab is mapped and not reused; `first` and `last` are non-null for
+        // a non-empty batch, and `add` linked `first` to `last` through
+        // blocks of the slab that the caller of `add` gave up.
+        unsafe {
+            (*slab).push_remote_chain(
+                NonNull::new_unchecked(self.first.replace(ptr::null_mut())),
+                NonNull::new_unchecked(self.last.replace(ptr::null_mut())),
+            )
+        };
+    }
+}
+
+#[cfg(all(test, not(lle_mempool_model)))]
+mod tests {
+    use super::*;
+    use crate::slab::test_support::SlabMemory;
+    use crate::slab::OwnedSlab;
+
+    /// Takes `count` blocks of `slab`, each holding its index past its link.
+    fn take(slab: OwnedSlab<'_>, count: usize) -> Vec<NonNull<u8>> {
+        (0..count)
+            .map(|index| {
+                let block = slab.pop().unwrap();
+                // SAFETY: a live 16-byte block of the test's slab.
+                unsafe { block.as_ptr().add(8).write(index as u8) };
+                block
+            })
+            .collect()
+    }
+
+    /// The blocks the slab's owner gets back by collecting, in order.
+    fn collected(slab: OwnedSlab<'_>) -> Vec<NonNull<u8>> {
+        let before = slab.used();
+        if !slab.collect_remote() {
+            return Vec::new();
+        }
+        (0..before - slab.used()).map(|_| slab.pop().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_batch_reaches_its_slab_whole_when_another_slab_comes() {
+        let memory = SlabMemory::many(2);
+        let slabs = memory.slabs(0);
+        let (first, second) = (take(slabs[0], 3), take(slabs[1], 1));
+        let batch = RemoteBatch::new();
+        for &block in &first {
+            // SAFETY: handed out above and given up here.
+            unsafe { batch.add(&slabs[0], block) };
+        }
+        assert!(collected(slabs[0]).is_empty(), "nothing handed over while the batch collects");
+        assert_eq!(slabs[0].used(), 3);
+        // SAFETY: as above.
+        unsafe { batch.add(&slabs[1], second[0]) };
+        // The chain comes back newest first, every block intact past its
+        // link.
+        let back = collected(slabs[0]);
+        assert_eq!(back, [first[2], first[1], first[0]]);
+        for (block, index) in back.iter().zip([2u8, 1, 0]) {
+            // SAFETY: handed out again by the slab.
+            assert_eq!(unsafe { block.as_ptr().add(8).read() }, index);
+        }
+        batch.hand_over();
+        assert_eq!(collected(slabs[1]), second);
+        batch.hand_over();
+        assert!(collected(slabs[1]).is_empty(), "handing over an empty batch does nothing");
+    }
+
+    #[test]
+    fn a_full_batch_is_handed_over_by_itself() {
+        let memory = SlabMemory::new();
+        let slab = memory.slabs(0)[0];
+        let blocks = take(slab, REMOTE_BATCH_LIMIT as usize + 1);
+        let batch = RemoteBatch::new();
+        for &block in &blocks[..REMOTE_BATCH_LIMIT as usize - 1] {
+            // SAFETY: handed out above and given up here.
+            unsafe { batch.add(&slab, block) };
+        }
+        assert!(collected(slab).is_empty());
+        // SAFETY: as above.
+        unsafe { batch.add(&slab, blocks[REMOTE_BATCH_LIMIT as usize - 1]) };
+        assert_eq!(collected(slab).len(), REMOTE_BATCH_LIMIT as usize, "the limit-th block sends the batch");
+        // SAFETY: as above.
+        unsafe { batch.add(&slab, blocks[REMOTE_BATCH_LIMIT as usize]) };
+        batch.hand_over();
+        assert_eq!(collected(slab), [blocks[REMOTE_BATCH_LIMIT as usize]], "a fresh batch after the full one");
+    }
+}
