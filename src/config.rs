@@ -3,7 +3,7 @@
 use crate::error::PoolError;
 use crate::shared_pool::MAX_ALIGNMENT;
 
-/// What a pool is for, as the seed's line editor names its pools.
+/// What a pool is for, as the LLE line editor names its pools.
 ///
 /// The kind changes no behaviour; it labels the pool in statistics, the C
 /// API and listeners' events, so that a program with many pools can tell

@@ -13,8 +13,7 @@
 //! The handles belong to the pool, not to threads: they are dropped with the
 //! pool, so a dropped pool leaves no participant behind on a thread that
 //! used it, and its collector frees everything still deferred (tables,
-//! descriptions, regions to unmap) as the pool is dropped, as it did before
-//! handles were kept. Nothing here touches a thread-local, so a pool used as
+//! descriptions, regions to unmap) as the pool is dropped. Nothing here touches a thread-local, so a pool used as
 //! the global allocator does not depend on thread-exit order either.
 
 use crate::sync::{AtomicPtr, Ordering};

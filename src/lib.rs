@@ -70,14 +70,16 @@
 //!   lie in the pool's regions. `PoolInner::classify` turns any address into
 //!   "a slab's block", "the shared pool's" or "foreign" without a lock, an
 //!   epoch or an allocation, and without reading memory at the address;
-//!   every free path, `contains` and [`GlobalPool`] use it.
-//! - **Thread caches** (`thread_cache`, `slab`, `size_class`):
-//!   36 size classes up to 1 KiB, per-thread rings of 64 KiB slabs taken
-//!   from the shared pool, mimalloc-style thread-free lists for cross-thread
-//!   frees (batched per slab, one compare-and-swap per batch), a per-heap
-//!   filter of owned slabs that lets an owner's free prove ownership from
-//!   thread-local memory; any other free finds its slab through the
-//!   ownership map.
+//!   `contains` uses it, and every free path ends in
+//!   `PoolInner::free_classified`, the one place that decides where a freed
+//!   pointer goes.
+//! - **Thread caches** (`thread_cache/`, `slab`, `size_class`):
+//!   36 size classes up to 1 KiB, per-thread heaps (`heap_table`, `heap`)
+//!   with a ring of 64 KiB slabs per class (`slab_ring`) taken from the
+//!   shared pool, mimalloc-style thread-free lists for cross-thread frees
+//!   (batched per slab, `remote_batch`), a filter of owned slabs
+//!   (`owned_filter`) that lets an owner's free prove ownership from
+//!   thread-local memory, and the slabs of exited threads (`abandoned`).
 //! - **Fork** (`fork`): every pool registers in a process-wide list, and
 //!   `pthread_atfork` handlers take every pool's locks before a `fork()`
 //!   and release them after it, so the child of a fork taken at any moment
@@ -86,8 +88,12 @@
 //!   caches of the threads that did not survive are retired as at thread
 //!   exit, so their slabs become reclaimable.
 //! - **Facades** (`sync`, `os`): every atomic, lock and thread-local comes
-//!   from `sync`, so the same code runs under loom and shuttle; every system
-//!   call goes through `os`, which the models replace with heap memory.
+//!   from `sync`, so the same code runs under loom and shuttle
+//!   (`cfg(lle_mempool_model)`); every system call goes through `os`, which
+//!   the models replace with heap memory.
+//!
+//! `docs/DESIGN.md` in the repository holds each component's invariants,
+//! the build configurations and what each swaps, and a reading order.
 //!
 //! # Errors, not panics
 //!

@@ -1,9 +1,8 @@
 //! Resize listeners: user callbacks told about every change of a pool's size.
 //!
-//! The seed declared `lle_notify_pool_resize_listeners` but never called a
-//! listener. Here listeners are called after the pool's own lock is
-//! released, so a listener may call any of the pool's methods that do not
-//! add or remove listeners (`size`, `stats`, `check`, even `allocate` or
+//! Listeners are called after the pool's own lock is released, so a
+//! listener may call any of the pool's methods that do not add or remove
+//! listeners (`size`, `stats`, `check`, even `allocate` or
 //! `expand`). Calls are made while holding the listener list's lock, which
 //! is what makes [`MemoryPool::remove_resize_listener`] a barrier: once it
 //! returns, the listener is not running and will not run again. The price

@@ -791,8 +791,8 @@ impl SharedPool {
 
     /// Recomputes free space, free blocks and live blocks from the bitmaps
     /// and checks them against the counters, and every tree entry and
-    /// whole-leaf bit of every index against the bitmaps (the seed's
-    /// `lle_recalculate_free_space`).
+    /// whole-leaf bit of every index against the bitmaps (a recount of
+    /// free space, and more).
     ///
     /// Reads without blocking writers, pinned for one attempt at a time;
     /// after [`CHECK_ATTEMPTS`] attempts that writes overlapped, audits

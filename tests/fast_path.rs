@@ -435,7 +435,7 @@ fn producer_consumer(events: u64) -> (usize, std::time::Duration) {
     (pool.size(), elapsed)
 }
 
-/// The figure: 10 million events, a few thousand in flight. About a
+/// A pipeline at scale: 10 million events, a few thousand in flight. About a
 /// second with the test profile (opt-level 1), so it always runs.
 #[test]
 fn producer_consumer_stays_bounded_for_ten_million_events() {

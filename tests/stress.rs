@@ -1,4 +1,4 @@
-//! Scale and concurrency (issues 2 and 3): a million live blocks; threads
+//! Scale and concurrency: a million live blocks; threads
 //! allocating, passing blocks to each other and freeing them while another
 //! thread grows, compacts and inspects the pool; readers racing growth.
 
