@@ -6,6 +6,9 @@
 //! cargo run --release --example event_storm -- --producers 4 --consumers 2 --compare
 //! ```
 //!
+//! With `--compare`, the same workload then runs on the system allocator and
+//! on mimalloc, and their throughput is reported beside the pool's.
+//!
 //! Exits non-zero if any event arrives corrupted, lost or duplicated, if the
 //! pool refuses an allocation or a free, or if `MemoryPool::check` fails.
 
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, HumanCount, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use lle_mempool::{MemoryPool, PoolConfig, PoolKind, PoolStats};
+use mimalloc::MiMalloc;
 
 /// Sized so the default run (2 producers, 2 consumers, 64-byte events) takes
 /// roughly 5 to 10 seconds in release mode on a 2-core machine.
@@ -39,6 +43,9 @@ const INITIAL_POOL_BYTES: usize = 1 << 20;
 const MAX_EVENT_SIZE: usize = 1 << 20;
 /// More failure messages than this add nothing but noise.
 const MAX_REPORTED_FAILURES: usize = 8;
+/// Run labels ("pool", "system", "mimalloc") are right-aligned to this
+/// width, so the runs' lines and progress bars line up.
+const LABEL_WIDTH: usize = 8;
 
 #[repr(C)]
 struct EventHeader {
@@ -48,10 +55,11 @@ struct EventHeader {
 }
 
 const HEADER_LEN: usize = size_of::<EventHeader>();
-/// What `malloc` gives. The pool's fast path promises less for sizes that are
-/// not multiples of 16 (only what an object of that size could need), so the
-/// header is read and written unaligned.
-const SYSTEM_ALIGN: usize = 16;
+/// What `malloc` gives (glibc's and mimalloc's), asked of the peers. The
+/// pool's fast path promises less for sizes that are not multiples of 16
+/// (only what an object of that size could need), so the header is read and
+/// written unaligned.
+const PEER_ALIGN: usize = 16;
 
 /// The kinds a line editor's event queue carries; only used to vary the data.
 const EVENT_KINDS: u32 = 4;
@@ -69,8 +77,8 @@ options:
   --consumers M       consumer threads (default {DEFAULT_CONSUMERS})
   --events COUNT      events to send in total (default {DEFAULT_EVENTS})
   --event-size BYTES  bytes per event, {HEADER_LEN} to {MAX_EVENT_SIZE} (default {DEFAULT_EVENT_SIZE})
-  --compare           also run the workload on the system allocator and
-                      print the throughput ratio
+  --compare           also run the workload on the system allocator and on
+                      mimalloc, and print the throughput ratios
   --help              print this help"
     )
 }
@@ -129,8 +137,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
     Ok(Some(options))
 }
 
-/// Where events come from: the pool under test, or the system allocator as
-/// the baseline.
+/// Where events come from: the pool under test, or a peer allocator as a
+/// baseline.
 trait EventAllocator: Sync {
     fn allocate(&self) -> Result<NonNull<u8>, String>;
 
@@ -158,23 +166,32 @@ impl EventAllocator for PoolEvents<'_> {
     }
 }
 
-struct SystemEvents {
+/// A peer: any `GlobalAlloc` (the system allocator, mimalloc), called
+/// directly rather than installed as the global allocator.
+struct PeerEvents<A> {
+    name: &'static str,
+    allocator: A,
     layout: Layout,
 }
 
-impl EventAllocator for SystemEvents {
+impl<A: GlobalAlloc + Sync> EventAllocator for PeerEvents<A> {
     fn allocate(&self) -> Result<NonNull<u8>, String> {
         // SAFETY: the layout's size is at least HEADER_LEN, so non-zero.
-        NonNull::new(unsafe { System.alloc(self.layout) })
-            .ok_or_else(|| format!("system allocator refused {} bytes", self.layout.size()))
+        NonNull::new(unsafe { self.allocator.alloc(self.layout) })
+            .ok_or_else(|| format!("{} refused {} bytes", self.name, self.layout.size()))
     }
 
     unsafe fn free(&self, event: NonNull<u8>) -> Result<(), String> {
-        // SAFETY: per this method's contract the block came from `allocate`,
-        // which always uses `self.layout`.
-        unsafe { System.dealloc(event.as_ptr(), self.layout) };
+        // SAFETY: per this method's contract the block came from `allocate`
+        // on this allocator, which always uses `self.layout`.
+        unsafe { self.allocator.dealloc(event.as_ptr(), self.layout) };
         Ok(())
     }
+}
+
+/// Runs the storm on a peer, labelled with the peer's name.
+fn run_peer_storm<A: GlobalAlloc + Sync>(options: &Options, peer: PeerEvents<A>) -> (&'static str, RunOutcome) {
+    (peer.name, run_storm(peer.name, options, &peer))
 }
 
 /// SplitMix64's finaliser: cheap, and every input bit affects every output
@@ -433,7 +450,7 @@ fn progress_bar(label: &str, events: u64) -> ProgressBar {
     // output (or running under CI) leaves only the report.
     let bar = ProgressBar::with_draw_target(Some(events), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template(
-        "{prefix:>7} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} ({rate}, eta {eta})",
+        "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} ({rate}, eta {eta})",
     )
     .expect("progress template is valid")
     // indicatif's own {per_sec} prints four decimals of a rate in the millions.
@@ -442,7 +459,7 @@ fn progress_bar(label: &str, events: u64) -> ProgressBar {
     })
     .progress_chars("=> ");
     bar.set_style(style);
-    bar.set_prefix(label.to_owned());
+    bar.set_prefix(format!("{label:>LABEL_WIDTH$}"));
     bar
 }
 
@@ -511,18 +528,19 @@ fn run_storm(label: &str, options: &Options, allocator: &dyn EventAllocator) -> 
 }
 
 fn print_run(label: &str, outcome: &RunOutcome, options: &Options) {
+    let label = format!("{label:>LABEL_WIDTH$}");
     println!(
-        "{label:>7}: {:>11} events/s  ({} events in {:.2} s)",
+        "{label}: {:>11} events/s  ({} events in {:.2} s)",
         HumanCount(outcome.events_per_second() as u64).to_string(),
         HumanCount(outcome.received.events),
         outcome.elapsed.as_secs_f64()
     );
     if outcome.corrupted > 0 {
-        println!("{label:>7}: corrupted events: {}", HumanCount(outcome.corrupted));
+        println!("{label}: corrupted events: {}", HumanCount(outcome.corrupted));
     }
     if outcome.sent != outcome.received || outcome.received.events != options.events {
         println!(
-            "{label:>7}: {} events asked for, {} sent, {} received intact (fingerprints {:#x} vs {:#x})",
+            "{label}: {} events asked for, {} sent, {} received intact (fingerprints {:#x} vs {:#x})",
             HumanCount(options.events),
             HumanCount(outcome.sent.events),
             HumanCount(outcome.received.events),
@@ -531,9 +549,9 @@ fn print_run(label: &str, outcome: &RunOutcome, options: &Options) {
         );
     }
     if outcome.failure_count > 0 {
-        println!("{label:>7}: failures: {} (the first are listed below)", outcome.failure_count);
+        println!("{label}: failures: {} (the first are listed below)", outcome.failure_count);
         for failure in &outcome.failures {
-            println!("           {failure}");
+            println!("{:indent$}{failure}", "", indent = LABEL_WIDTH + 4);
         }
     }
 }
@@ -632,25 +650,32 @@ fn main() -> ExitCode {
 
     let pool_events = PoolEvents { pool: &pool, event_size: options.event_size };
     let pool_outcome = run_storm("pool", &options, &pool_events);
-    let system_outcome = options.compare.then(|| {
-        let layout = Layout::from_size_align(options.event_size, SYSTEM_ALIGN).expect("event size was validated");
-        run_storm("system", &options, &SystemEvents { layout })
-    });
+    let peer_outcomes = if options.compare {
+        let layout = Layout::from_size_align(options.event_size, PEER_ALIGN).expect("event size was validated");
+        vec![
+            run_peer_storm(&options, PeerEvents { name: "system", allocator: System, layout }),
+            run_peer_storm(&options, PeerEvents { name: "mimalloc", allocator: MiMalloc, layout }),
+        ]
+    } else {
+        Vec::new()
+    };
     pool.remove_resize_listener(listener);
 
     println!();
     print_run("pool", &pool_outcome, &options);
     let mut succeeded = pool_outcome.succeeded(&options);
-    if let Some(system_outcome) = &system_outcome {
-        print_run("system", system_outcome, &options);
+    for (name, peer_outcome) in &peer_outcomes {
+        print_run(name, peer_outcome, &options);
+    }
+    for (name, peer_outcome) in &peer_outcomes {
         println!(
-            "  ratio: pool runs at {:.2}x the system allocator's events/s",
-            pool_outcome.events_per_second() / system_outcome.events_per_second().max(f64::MIN_POSITIVE)
+            "  ratio: pool runs at {:.2}x {name}'s events/s",
+            pool_outcome.events_per_second() / peer_outcome.events_per_second().max(f64::MIN_POSITIVE)
         );
-        succeeded &= system_outcome.succeeded(&options);
-        // Both runs verified the same events, so their checksums must agree.
-        if system_outcome.digest != pool_outcome.digest {
-            println!("checksum mismatch: pool {:#x}, system {:#x}", pool_outcome.digest, system_outcome.digest);
+        succeeded &= peer_outcome.succeeded(&options);
+        // Every run verified the same events, so their checksums must agree.
+        if peer_outcome.digest != pool_outcome.digest {
+            println!("checksum mismatch: pool {:#x}, {name} {:#x}", pool_outcome.digest, peer_outcome.digest);
             succeeded = false;
         }
     }
