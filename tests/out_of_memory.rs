@@ -308,6 +308,13 @@ impl TestMapping {
     /// Maps `len` bytes with `protection`, at `addr` exactly (`MAP_FIXED_NOREPLACE`)
     /// or, for 0, wherever the kernel likes.
     fn new(addr: usize, len: usize, protection: libc::c_int) -> TestMapping {
+        let mapping = Self::try_new(addr, len, protection);
+        mapping.unwrap_or_else(|| panic!("mmap at {addr:#x}: {}", std::io::Error::last_os_error()))
+    }
+
+    /// As [`new`](Self::new); `None` where something is mapped at `addr`
+    /// already.
+    fn try_new(addr: usize, len: usize, protection: libc::c_int) -> Option<TestMapping> {
         let placement = if addr == 0 { 0 } else { libc::MAP_FIXED_NOREPLACE };
         // SAFETY: a new anonymous mapping that replaces nothing.
         let result = unsafe {
@@ -320,10 +327,13 @@ impl TestMapping {
                 0,
             )
         };
-        assert_ne!(result, libc::MAP_FAILED, "mmap at {addr:#x}: {}", std::io::Error::last_os_error());
+        if result == libc::MAP_FAILED {
+            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST), "mmap at {addr:#x}");
+            return None;
+        }
         let mapping = TestMapping { addr: result as usize, len };
         assert!(addr == 0 || mapping.addr == addr, "setup: the kernel ignored MAP_FIXED_NOREPLACE");
-        mapping
+        Some(mapping)
     }
 }
 
@@ -363,12 +373,32 @@ fn exhaust_mappings() -> Option<TestMapping> {
     Some(filler)
 }
 
+/// A pool of one `len`-byte region with a read-write page of the test's
+/// own right after it: the kernel merges the two into one mapping, so
+/// cutting the region's tail would split it. Where another mapping already
+/// sits right after the region, another try: the failed pool stays alive
+/// with a page of the test's below it, so the next region lands lower, with
+/// room above it.
+fn pool_with_neighbour(len: usize) -> (MemoryPool, TestMapping) {
+    let page = page_size();
+    let mut crowded = Vec::new();
+    for _ in 0..16 {
+        let pool = MemoryPool::new(len).unwrap();
+        let end = pool.regions()[0].end;
+        if let Some(neighbour) = TestMapping::try_new(end, page, libc::PROT_READ | libc::PROT_WRITE) {
+            return (pool, neighbour);
+        }
+        crowded.push((pool, TestMapping::new(0, page, libc::PROT_NONE)));
+    }
+    panic!("setup: every region had another mapping right after it");
+}
+
 #[test]
 fn a_tail_the_kernel_will_not_cut_is_purged_and_kept() {
     in_child("a_tail_the_kernel_will_not_cut_is_purged_and_kept", || {
         const REGION: usize = 2 << 20;
         const KEPT: usize = 64 * 1024;
-        let pool = MemoryPool::new(REGION).unwrap();
+        let (pool, neighbour) = pool_with_neighbour(REGION);
         let region = pool.regions()[0].clone();
         assert_eq!(region.len(), REGION);
         let mut live = Live::new();
@@ -380,9 +410,6 @@ fn a_tail_the_kernel_will_not_cut_is_purged_and_kept() {
         unsafe { fill(stamped, REGION / 2, 99) };
         // SAFETY: a live block, freed once.
         unsafe { pool.free(stamped).unwrap() };
-        // A read-write neighbour right after the region: the kernel merges
-        // the two into one mapping, so cutting the region's tail would split it.
-        let neighbour = TestMapping::new(region.end, page_size(), libc::PROT_READ | libc::PROT_WRITE);
         assert_eq!(mapping_end(region.start), neighbour.addr + neighbour.len, "setup: the neighbour merged");
 
         let Some(filler) = exhaust_mappings() else {
