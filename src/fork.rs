@@ -26,6 +26,32 @@
 //!   runs marked as inside the pool, so allocations it makes go to the
 //!   system allocator rather than back into a pool it is tidying.
 //!
+//! The heaps of vanished threads: such a thread was not inside any of the
+//! locks above (prepare waited for those), but it may have stopped at any
+//! instruction of an operation on its own heap, which takes none: the fast
+//! paths, a remote free into its batch, a refill, an emptied slab leaving
+//! its ring. The child reads that heap as the thread left it, its stores in
+//! program order up to where it stopped (the kernel stops a thread between
+//! instructions; the compiler keeps the order where it matters through
+//! `sync::compiler_fence`, which costs no instruction). So retiring it is
+//! safe at any instruction because every part it reads is valid after
+//! every prefix of the stores that change it:
+//!
+//! - the remote batch names its slab only once the chain it holds is whole,
+//!   and stops naming it before handing the chain over (`remote_batch`);
+//! - a slab's local list takes a block only once the block is linked to it,
+//!   and its count of used blocks at worst counts one block too many (the
+//!   slab then stays unreclaimed) or misses one that nobody holds;
+//! - a ring, a spare or the owned-slab filter changes only on a slow path
+//!   that marks its class as being edited first and unmarks it after the
+//!   last store (`thread_cache::heap`): the child leaves a marked class's
+//!   slabs owned by the heap, which it then leaks, and retires the rest;
+//! - the heap's counters are atomics, and its place in the pool's list of
+//!   heaps changes only under the registry's lock, which prepare holds.
+//!
+//! What a stopped thread was moving is thus leaked in the child (no thread
+//! holds it any more) or left unreclaimed; nothing is handed out twice.
+//!
 //! Epoch reclamation: a thread pinned by one of the pool's lock-free
 //! readers (`stats`, `check`, `contains`) at the fork stays pinned in the
 //! child, where it cannot advance its epoch. That cannot deadlock (nothing
@@ -37,7 +63,11 @@
 //! pool, before the handlers are registered, is not covered; nor is a fork
 //! from a thread inside a pool operation (from a signal handler or a resize
 //! listener), nor other `pthread_atfork` prepare handlers, registered
-//! before the first pool, that allocate through a `GlobalPool`.
+//! before the first pool, that allocate through a `GlobalPool`. Nor is a
+//! thread created in the child that frees a block of a slab left with a
+//! heap caught editing its class: it may get a vanished thread's stack,
+//! and with it that thread's token (see `identity`), and take the slab for
+//! its own.
 //!
 //! None of this touches the allocation and free paths: a pool registers
 //! once, when it is made.

@@ -21,7 +21,7 @@ use crate::error::PoolError;
 use crate::identity::current_thread_token;
 use crate::model_cells::{forget_block_links, read_block_link, write_block_link};
 use crate::size_class::class_size;
-use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{compiler_fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::ops::Deref;
@@ -465,6 +465,10 @@ impl OwnedSlab<'_> {
         let block = block.as_ptr().cast::<FreeBlock>();
         // SAFETY: the block is ours to reuse: the caller gives it up.
         unsafe { FreeBlock::set_next(block, self.local_free.get()) };
+        // Linked before it heads the list: a forked child takes the slab
+        // over from a thread that may have stopped between the two (see
+        // `fork`). No instruction, only the compiler's order.
+        compiler_fence(Ordering::Release);
         self.local_free.set(block);
         debug_assert!(self.used.get() > 0);
         let used = self.used.get() - 1;

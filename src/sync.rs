@@ -9,20 +9,32 @@
 //! crossbeam-epoch's `primitive` module: this file only chooses and
 //! re-exports. The one helper kept beside it, [`lock`], is how every mutex
 //! is taken (poisoning ignored; under ThreadSanitizer, annotated).
+//!
+//! `compiler_fence` is a signal fence: it costs no instruction and only
+//! stops the compiler from moving the thread's own memory accesses across
+//! it. The crate uses it where a forked child reads the state of a thread
+//! stopped at an arbitrary instruction (see `fork`), which sees the
+//! thread's stores in program order only if the compiler kept them so.
 
 #[cfg(lle_mempool_loom)]
 mod imp {
     pub(crate) use loom::hint::spin_loop;
     pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+    // loom has no signal fence. std's only keeps this thread's own accesses
+    // in program order, which orders nothing between model threads: the
+    // models never need it to (see the module docs).
     pub(crate) use loom::thread::yield_now;
     pub(crate) use loom::thread_local;
+    pub(crate) use std::sync::atomic::compiler_fence;
 }
 
 #[cfg(all(lle_mempool_shuttle, not(lle_mempool_loom)))]
 mod imp {
     pub(crate) use shuttle::hint::spin_loop;
-    pub(crate) use shuttle::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use shuttle::sync::atomic::{
+        compiler_fence, fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    };
     pub(crate) use shuttle::sync::{Arc, Mutex, MutexGuard};
     pub(crate) use shuttle::thread::yield_now;
     pub(crate) use shuttle::thread_local;
@@ -31,7 +43,7 @@ mod imp {
 #[cfg(not(lle_mempool_model))]
 mod imp {
     pub(crate) use std::hint::spin_loop;
-    pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{compiler_fence, fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
     #[cfg(not(lle_mempool_tsan))]
     pub(crate) use std::sync::MutexGuard;
     pub(crate) use std::sync::{Arc, Mutex};

@@ -12,6 +12,17 @@
 //! Bounds: a heap keeps at most one empty slab per class outside its rings;
 //! further empty slabs go back to the shared pool at once. A retired heap
 //! releases its empty slabs and abandons the rest.
+//!
+//! In a forked child the heaps of the threads that did not survive are
+//! retired by the one that did ([`retire_vanished`]), though their threads
+//! may have stopped at any instruction of an operation on them. The fast
+//! paths keep a class's ring whole after every store they make (they only
+//! change a slab's own lists and counts); the slow paths that relink a
+//! ring or change a spare mark their class as being edited
+//! ([`edit`]), and the child leaves a class so marked alone.
+//!
+//! [`retire_vanished`]: ThreadHeap::retire_vanished
+//! [`edit`]: ThreadHeap::edit
 
 use super::heap_table::TableEntry;
 use super::owned_filter::OwnedFilter;
@@ -23,13 +34,16 @@ use crate::error::PoolError;
 use crate::size_class::{class_size, CLASS_COUNT};
 use crate::slab::{OwnedSlab, Slab, SlabOwner, SLAB_SIZE};
 use crate::stats::{Counter, SampledTimer, FAST_TIMING_PERIOD};
-use crate::sync::Arc;
+use crate::sync::{compiler_fence, Arc, Ordering};
 use crate::PoolInner;
 use std::cell::Cell;
 use std::ptr::{self, NonNull};
 
 /// Non-current slabs looked at for a free block before taking a new slab.
 const RING_SCAN_LIMIT: usize = 32;
+
+// One bit per class in [`ThreadHeap::editing`].
+const _: () = assert!(CLASS_COUNT <= u64::BITS as usize);
 
 /// A heap's counters: written by its thread alone, read by `stats`.
 #[derive(Default)]
@@ -70,6 +84,9 @@ pub(crate) struct ThreadHeap {
     remote_batch: RemoteBatch,
     /// The slabs in this heap's rings, for the inline free.
     pub(super) owned: OwnedFilter,
+    /// One bit per class whose ring or spare the heap's thread is changing
+    /// (see [`edit`](Self::edit)).
+    editing: Cell<u64>,
 }
 
 impl ThreadHeap {
@@ -84,6 +101,7 @@ impl ThreadHeap {
             counters: HeapCounters::default(),
             remote_batch: RemoteBatch::new(),
             owned: OwnedFilter::new(),
+            editing: Cell::new(0),
         }));
         pool.caches.registry.add(heap);
         heap
@@ -147,9 +165,32 @@ impl ThreadHeap {
         Ok(block)
     }
 
+    /// Runs `change`, which relinks the ring of class `class` or changes
+    /// its spare, with the class marked as being edited: a forked child
+    /// whose copy of this thread stopped inside leaves the class alone
+    /// rather than walk a ring caught half-linked. Nests (a resize listener
+    /// may use the heap from inside a change).
+    #[inline]
+    fn edit<R>(&self, class: usize, change: impl FnOnce() -> R) -> R {
+        let outer = self.editing.get();
+        self.editing.set(outer | 1 << class);
+        // The mark is down before the first store of the change, and stays
+        // until the last is made.
+        compiler_fence(Ordering::Release);
+        let result = change();
+        compiler_fence(Ordering::Release);
+        self.editing.set(outer);
+        result
+    }
+
     /// Finds a block when the current slab has none.
     #[cold]
     fn refill(&self, class: usize) -> Result<NonNull<u8>, PoolError> {
+        self.edit(class, || self.refill_marked(class))
+    }
+
+    /// [`refill`](Self::refill), inside its edit of the class.
+    fn refill_marked(&self, class: usize) -> Result<NonNull<u8>, PoolError> {
         self.hand_over_remote_batch();
         let cache = &self.classes[class];
         if let Some(current) = cache.ring.current() {
@@ -247,24 +288,32 @@ impl ThreadHeap {
     /// its class's spare, or released.
     #[cold]
     fn retire_empty(&self, slab: OwnedSlab<'_>) {
-        self.owned.forget(slab.as_ptr() as usize);
-        let cache = &self.classes[slab.class()];
-        cache.ring.remove(slab);
-        if cache.spare.get().is_null() {
-            cache.spare.set(slab.as_ptr());
-        } else {
-            // SAFETY: out of the ring and the filter, not the spare: nothing
-            // of this heap refers to it any more.
-            unsafe { release_slab(self.pool(), slab) };
-        }
+        self.edit(slab.class(), || {
+            self.owned.forget(slab.as_ptr() as usize);
+            let cache = &self.classes[slab.class()];
+            cache.ring.remove(slab);
+            if cache.spare.get().is_null() {
+                cache.spare.set(slab.as_ptr());
+            } else {
+                // SAFETY: out of the ring and the filter, not the spare:
+                // nothing of this heap refers to it any more.
+                unsafe { release_slab(self.pool(), slab) };
+            }
+        });
     }
 
     /// Gives everything back to the live pool: empty slabs are released, the
-    /// rest abandoned for adoption. Called with the registry lock held.
+    /// rest abandoned for adoption; a class caught being edited (only in a
+    /// forked child, see [`retire_vanished`](Self::retire_vanished)) keeps
+    /// its slabs. Called with the registry lock held.
     fn flush(&self) {
         self.hand_over_remote_batch();
         let pool = self.pool();
-        for cache in &self.classes {
+        let editing = self.editing.get();
+        for (class, cache) in self.classes.iter().enumerate() {
+            if editing & 1 << class != 0 {
+                continue;
+            }
             let spare = cache.spare.replace(ptr::null_mut());
             if !spare.is_null() {
                 // SAFETY: the spare is owned by this heap and nothing else
@@ -296,10 +345,37 @@ impl TableEntry for ThreadHeap {
     unsafe fn retire(heap: *mut ThreadHeap) {
         // SAFETY: heaps are made by `ThreadHeap::new` with `Box::into_raw`
         // and retired exactly once: by their own thread, or, in a forked
-        // child, by the thread that survived the fork for one that did not.
+        // child, by the thread that survived the fork for one that did not
+        // (see `retire_vanished`).
         let heap = unsafe { Box::from_raw(heap) };
         let registry = Arc::clone(&heap.registry);
         registry.retire(&heap, || heap.flush());
+    }
+}
+
+impl ThreadHeap {
+    /// In a forked child: retires `heap`, the heap of a thread that did not
+    /// survive the fork, as that thread would have at exit, wherever the
+    /// fork stopped it. Its remote batch is whole after every store (see
+    /// `remote_batch`), and so is every ring but those of the classes
+    /// marked as being edited, which [`flush`](Self::flush) skips. A heap
+    /// with such a class keeps those slabs owned and unreclaimed (still
+    /// counted as the pool's slabs) and is itself leaked, so that what
+    /// the slabs name as their owner stays a heap.
+    ///
+    /// # Safety
+    /// `heap` is listed in its pool's registry, belongs to a thread that
+    /// does not exist in this process, and is retired once, here.
+    #[cfg(not(lle_mempool_model))]
+    pub(super) unsafe fn retire_vanished(heap: *mut ThreadHeap) {
+        // SAFETY: listed heaps are alive; nothing else uses this one.
+        let view = unsafe { &*heap };
+        if view.editing.get() == 0 {
+            // SAFETY: as the caller guarantees.
+            unsafe { Self::retire(heap) };
+        } else {
+            view.registry.retire(view, || view.flush());
+        }
     }
 }
 
@@ -409,6 +485,52 @@ mod tests {
         let owner = unsafe { ThreadHeap::owning(OwnedSlab::new(slab_of(kept))) };
         assert_eq!(ptr::from_ref(owner), ptr::from_ref(second), "adopted by the heap that needed a slab");
         retire(second);
+    }
+
+    #[test]
+    fn a_vanished_heap_caught_editing_a_class_keeps_its_slabs_and_gives_back_the_rest() {
+        let pool = MemoryPool::new(1 << 20).unwrap();
+        let (edited, other) = (class_of(64), class_of(1024));
+        let vanished = heap_for(&pool);
+        let edited_blocks: Vec<_> = (0..3).map(|_| vanished.allocate(edited).unwrap()).collect();
+        let other_blocks: Vec<_> = (0..3).map(|_| vanished.allocate(other).unwrap()).collect();
+        fill(&edited_blocks, 64);
+        fill(&other_blocks, 1024);
+        // A block of another heap's slab, freed into the vanished heap's
+        // batch.
+        let survivor = heap_for(&pool);
+        let remote = survivor.allocate(class_of(48)).unwrap();
+        // SAFETY: handed out above, given up here; the slab is mapped.
+        unsafe { vanished.free_remote(&*slab_of(remote), remote) };
+        let counts = vanished.counters.read();
+
+        // The vanished thread stopped inside an edit of `edited`, with the
+        // current slab's forward link not yet written: walking the ring
+        // would follow it.
+        vanished.editing.set(1 << edited);
+        let current = vanished.classes[edited].ring.current().unwrap();
+        let (edited_slab, next) = (current.as_ptr(), current.next());
+        current.set_next(ptr::without_provenance_mut(SLAB_SIZE));
+        // SAFETY: the test's heap, in no table, not used again.
+        unsafe { ThreadHeap::retire_vanished(ptr::from_ref(vanished).cast_mut()) };
+
+        assert!(hold(&edited_blocks, 64) && hold(&other_blocks, 1024), "every live block intact");
+        let totals = pool.inner.caches.totals();
+        assert!(totals.allocations >= counts.allocations && totals.frees >= counts.frees, "its counts kept");
+        // SAFETY: the survivor's slab, on its thread.
+        let home = unsafe { OwnedSlab::new(slab_of(remote)) };
+        assert!(home.collect_remote(), "the batch was handed over");
+        assert_eq!(home.used(), 0);
+        // The other class's slab was abandoned and is adopted; the edited
+        // class's stays with the vanished heap, so a new one is made.
+        assert_eq!(slab_of(survivor.allocate(other).unwrap()), slab_of(other_blocks[0]));
+        let fresh = survivor.allocate(edited).unwrap();
+        assert_ne!(slab_of(fresh), edited_slab.cast_const(), "the edited class's slab is left alone");
+        // SAFETY: the edited slab's header, mapped while the pool lives.
+        assert_eq!(unsafe { &*edited_slab }.owner(), Some(vanished.owner()), "still the vanished heap's");
+        assert_eq!(pool.inner.shared.counters.slabs.get(), 4, "unreclaimed slabs stay counted");
+        current.set_next(next);
+        retire(survivor);
     }
 
     #[test]

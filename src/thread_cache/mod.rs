@@ -312,15 +312,17 @@ pub(crate) fn hand_over_remote_frees(pool: &PoolInner) {
 /// the heaps that the parent's other threads had for `pool`, as each thread
 /// would at exit. Their batches go to their slabs, their empty slabs back
 /// to the pool, the rest is abandoned for adoption and `compact`. A thread
-/// caught by the fork in the middle of a cache operation may leave the
-/// slab it was changing unreclaimed; it never makes it reachable twice.
+/// caught by the fork in the middle of a cache operation leaks the block
+/// it was moving, or leaves the slabs of the class it was relinking
+/// unreclaimed (see [`ThreadHeap::retire_vanished`]); it never makes a
+/// block reachable twice.
 #[cfg(not(lle_mempool_model))]
 pub(crate) fn retire_heaps_of_vanished_threads(pool: &PoolInner) {
     let own = with_thread_heaps(HeapTable::heaps).unwrap_or([std::ptr::null_mut(); heap_table::HEAPS_PER_THREAD]);
     for heap in pool.caches.registry.heaps_except(&own) {
         // SAFETY: a listed heap of a thread that does not exist in the
         // child: in no table that will ever be used, and retired once, here.
-        unsafe { <ThreadHeap as heap_table::TableEntry>::retire(heap) };
+        unsafe { ThreadHeap::retire_vanished(heap) };
     }
 }
 

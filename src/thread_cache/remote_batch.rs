@@ -10,8 +10,23 @@
 //! (when its thread refills a slab, calls `compact`, or exits); until then
 //! its blocks count as in use, so their slab can be neither released nor
 //! reclaimed.
+//!
+//! A forked child hands over the batches of threads that did not survive
+//! the fork, which may have stopped at any instruction of [`add`] or
+//! [`hand_over`] (see `fork`). So the batch is valid after every prefix of
+//! their stores: `slab` is what says the batch holds blocks, published
+//! after the chain it names is complete and cleared before that chain
+//! goes to the slab; a block is linked to the chain before it becomes its
+//! `first`. A thread stopped partway leaks at most what it was moving, the
+//! block it was adding or the chain it was handing over (nobody holds
+//! them; their slab stays unreclaimed), and never hands a block over
+//! twice.
+//!
+//! [`add`]: RemoteBatch::add
+//! [`hand_over`]: RemoteBatch::hand_over
 
 use crate::slab::{link, Slab};
+use crate::sync::{compiler_fence, Ordering};
 use std::cell::Cell;
 use std::ptr::{self, NonNull};
 
@@ -20,7 +35,8 @@ use std::ptr::{self, NonNull};
 pub(super) const REMOTE_BATCH_LIMIT: u32 = 64;
 
 pub(super) struct RemoteBatch {
-    /// The slab the blocks belong to; null for an empty batch.
+    /// The slab the blocks belong to; null for an empty batch. While it is
+    /// not null, `first`, `last` and `len` describe a whole chain.
     slab: Cell<*const Slab>,
     /// The block freed last: the chain runs from it to `last`.
     first: Cell<*mut u8>,
@@ -47,18 +63,26 @@ impl RemoteBatch {
     /// up.
     #[inline]
     pub(super) unsafe fn add(&self, slab: &Slab, block: NonNull<u8>) {
-        if !ptr::eq(self.slab.get(), slab) {
+        let len = if !ptr::eq(self.slab.get(), slab) {
             self.hand_over();
-            self.slab.set(slab);
+            // A chain of one, whole before `slab` says the batch has it.
+            self.first.set(block.as_ptr());
             self.last.set(block.as_ptr());
+            self.len.set(1);
+            compiler_fence(Ordering::Release);
+            self.slab.set(slab);
+            1
         } else {
             // SAFETY: the caller gives `block` up, so this thread alone
             // holds it; the batch's first block is live in the batch.
             unsafe { link(block, NonNull::new_unchecked(self.first.get())) };
-        }
-        self.first.set(block.as_ptr());
-        let len = self.len.get() + 1;
-        self.len.set(len);
+            // Linked before it heads the chain.
+            compiler_fence(Ordering::Release);
+            self.first.set(block.as_ptr());
+            let len = self.len.get() + 1;
+            self.len.set(len);
+            len
+        };
         if len >= REMOTE_BATCH_LIMIT {
             self.hand_over();
         }
@@ -70,12 +94,16 @@ impl RemoteBatch {
         if slab.is_null() {
             return;
         }
-        debug_assert!(self.len.get() > 0);
+        // Empty before the chain leaves: a thread stopped from here on
+        // leaves a batch that hands nothing over again.
+        compiler_fence(Ordering::Release);
+        debug_assert!(self.len.get() > 0 && !self.first.get().is_null() && !self.last.get().is_null());
         self.len.set(0);
         // SAFETY: the batch's blocks still count as used in `slab`, so the
-        // slab is mapped and not reused; `first` and `last` are non-null for
-        // a non-empty batch, and `add` linked `first` to `last` through
-        // blocks of the slab that the caller of `add` gave up.
+        // slab is mapped and not reused; `first` and `last` are non-null
+        // while `slab` is (see the field), and `add` linked `first` to
+        // `last` through blocks of the slab that the caller of `add` gave
+        // up.
         unsafe {
             (*slab).push_remote_chain(
                 NonNull::new_unchecked(self.first.replace(ptr::null_mut())),
@@ -138,6 +166,125 @@ mod tests {
         assert_eq!(collected(slabs[1]), second);
         batch.hand_over();
         assert!(collected(slabs[1]).is_empty(), "handing over an empty batch does nothing");
+    }
+
+    /// The state a thread leaves when it stops after the first `stores`
+    /// of the stores `add` makes for `block`, in `add`'s order: for a block
+    /// of another slab than the batch's (after handing the batch over),
+    /// `first`, `last`, `len`, `slab`; for a block of the batch's slab, the
+    /// block's link, `first`, `len`.
+    fn add_stopped_after(batch: &RemoteBatch, slab: &Slab, block: NonNull<u8>, stores: usize) {
+        if !ptr::eq(batch.slab.get(), slab) {
+            batch.hand_over();
+            let steps: [&dyn Fn(); 4] = [
+                &|| batch.first.set(block.as_ptr()),
+                &|| batch.last.set(block.as_ptr()),
+                &|| batch.len.set(1),
+                &|| batch.slab.set(slab),
+            ];
+            steps.iter().take(stores).for_each(|step| step());
+        } else {
+            let steps: [&dyn Fn(); 3] = [
+                // SAFETY: a block the test gave up, and the batch's first
+                // block is live in the batch.
+                &|| unsafe { link(block, NonNull::new_unchecked(batch.first.get())) },
+                &|| batch.first.set(block.as_ptr()),
+                &|| batch.len.set(batch.len.get() + 1),
+            ];
+            steps.iter().take(stores).for_each(|step| step());
+        }
+    }
+
+    /// The state a thread leaves when it stops after the first `stores` of
+    /// `hand_over`'s stores: `slab`, `len`, `first`, `last`, then the chain
+    /// onto the slab.
+    fn hand_over_stopped_after(batch: &RemoteBatch, stores: usize) {
+        if stores >= 5 {
+            batch.hand_over();
+            return;
+        }
+        let steps: [&dyn Fn(); 4] =
+            [&|| batch.slab.set(ptr::null()), &|| batch.len.set(0), &|| batch.first.set(ptr::null_mut()), &|| {
+                batch.last.set(ptr::null_mut())
+            }];
+        steps.iter().take(stores).for_each(|step| step());
+    }
+
+    /// Whether every block in `blocks` still holds its index past its link.
+    fn intact(blocks: &[NonNull<u8>], indices: impl IntoIterator<Item = usize>) -> bool {
+        // SAFETY: blocks handed out again by their slab.
+        blocks.iter().zip(indices).all(|(block, index)| unsafe { block.as_ptr().add(8).read() } == index as u8)
+    }
+
+    #[test]
+    fn a_batch_left_by_a_thread_stopped_in_add_hands_over_exactly_its_whole_blocks() {
+        for stores in 0..=4 {
+            // A batch of two blocks of the first slab, then a block of the
+            // second: the first two reach their slab whatever the stop.
+            let memory = SlabMemory::many(2);
+            let slabs = memory.slabs(0);
+            let (first, second) = (take(slabs[0], 2), take(slabs[1], 1));
+            let batch = RemoteBatch::new();
+            for &block in &first {
+                // SAFETY: handed out above and given up here.
+                unsafe { batch.add(&slabs[0], block) };
+            }
+            add_stopped_after(&batch, &slabs[1], second[0], stores);
+            // What the forked child does with the heap's batch.
+            batch.hand_over();
+            let back = collected(slabs[0]);
+            assert_eq!(back, [first[1], first[0]], "stopped after {stores} stores");
+            assert!(intact(&back, [1, 0]));
+            let expected = if stores == 4 { second.clone() } else { Vec::new() };
+            assert_eq!(collected(slabs[1]), expected, "stopped after {stores} stores: the block is whole or leaked");
+            batch.hand_over();
+            assert!(collected(slabs[0]).is_empty() && collected(slabs[1]).is_empty(), "nothing handed over twice");
+        }
+        for stores in 0..=3 {
+            // A block of the batch's own slab, after two.
+            let memory = SlabMemory::new();
+            let slab = memory.slabs(0)[0];
+            let blocks = take(slab, 3);
+            let batch = RemoteBatch::new();
+            for &block in &blocks[..2] {
+                // SAFETY: handed out above and given up here.
+                unsafe { batch.add(&slab, block) };
+            }
+            add_stopped_after(&batch, &slab, blocks[2], stores);
+            batch.hand_over();
+            let back = collected(slab);
+            let expected: &[NonNull<u8>] =
+                if stores >= 2 { &[blocks[2], blocks[1], blocks[0]] } else { &[blocks[1], blocks[0]] };
+            assert_eq!(back, expected, "stopped after {stores} stores");
+            assert!(intact(&back, (0..back.len()).rev()));
+            batch.hand_over();
+            assert!(collected(slab).is_empty(), "nothing handed over twice");
+        }
+    }
+
+    #[test]
+    fn a_batch_left_by_a_thread_stopped_in_hand_over_never_hands_a_block_twice() {
+        for stores in 0..=5 {
+            let memory = SlabMemory::new();
+            let slab = memory.slabs(0)[0];
+            let blocks = take(slab, 2);
+            let batch = RemoteBatch::new();
+            for &block in &blocks {
+                // SAFETY: handed out above and given up here.
+                unsafe { batch.add(&slab, block) };
+            }
+            hand_over_stopped_after(&batch, stores);
+            // What the forked child does with the heap's batch.
+            batch.hand_over();
+            let back = collected(slab);
+            // Stopped after emptying the batch and before the chain went
+            // out: the two blocks are leaked.
+            let expected: &[NonNull<u8>] = if (1..5).contains(&stores) { &[] } else { &[blocks[1], blocks[0]] };
+            assert_eq!(back, expected, "stopped after {stores} stores");
+            assert!(intact(&back, [1, 0]));
+            batch.hand_over();
+            assert!(collected(slab).is_empty(), "nothing handed over twice");
+        }
     }
 
     #[test]
