@@ -155,8 +155,8 @@ pub enum LleResult {
     /// `LLE_ERROR_INTERIOR_POINTER`: [`PoolError::InteriorPointer`].
     ErrorInteriorPointer = -8,
     /// `LLE_ERROR_DOUBLE_FREE`: [`PoolError::NotAllocated`], a double free
-    /// or an address the pool never handed out. The C API's specification
-    /// names the code, so it keeps its name for both.
+    /// or an address the pool never handed out (the C API's specification
+    /// names the code for the first; it covers both).
     ErrorDoubleFree = -9,
     /// `LLE_ERROR_EXCEEDS_MAX_SIZE`: [`PoolError::ExceedsMaxSize`].
     ErrorExceedsMaxSize = -10,

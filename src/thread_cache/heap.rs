@@ -31,6 +31,7 @@ use super::remote_batch::RemoteBatch;
 use super::slab_ring::SlabRing;
 use super::{new_slab, release_slab};
 use crate::error::PoolError;
+use crate::fallible::out_of_memory;
 use crate::size_class::{class_size, CLASS_COUNT};
 use crate::slab::{OwnedSlab, Slab, SlabOwner, SLAB_SIZE};
 use crate::stats::{Counter, SampledTimer, FAST_TIMING_PERIOD};
@@ -214,7 +215,7 @@ impl ThreadHeap {
         let slab = self.take_slab(class)?;
         self.ring_insert(class, slab);
         cache.ring.make_current(slab);
-        slab.pop().ok_or(PoolError::OutOfMemory { requested: class_size(class), errno: libc::ENOMEM })
+        slab.pop().ok_or_else(|| out_of_memory(class_size(class)))
     }
 
     /// A slab of `class` with a free block, in no ring: the spare, an
@@ -246,10 +247,7 @@ impl ThreadHeap {
     pub(super) unsafe fn free_local(&self, slab: OwnedSlab<'_>, block: NonNull<u8>) {
         let timing = self.counters.frees.start();
         // SAFETY: as the caller guarantees.
-        let used = unsafe { slab.push_local(block) };
-        if used == 0 && !slab.is_current() {
-            self.retire_empty(slab);
-        }
+        unsafe { self.free_local_untimed(slab, block) };
         self.counters.frees.finish(timing);
     }
 
