@@ -46,9 +46,11 @@ impl Checked {
     /// First fit for `wanted`, which must agree with the reference;
     /// claims the block it finds.
     fn allocate(&mut self, wanted: usize) {
+        // SAFETY: the test's own index, on one thread: its only writer.
         let found = unsafe { self.index.find_first_fit(wanted) };
         assert_eq!(found, reference_first_fit(&self.reference, wanted), "wanted {wanted}");
         if let Some(first) = found {
+            // SAFETY: the test's own index, on one thread: its only writer.
             unsafe { self.index.claim(first, wanted) };
             self.mark(first, wanted, false);
             self.blocks.push((first, wanted));
@@ -58,6 +60,7 @@ impl Checked {
     fn free(&mut self, slot: usize) {
         let (first, count) = self.blocks.swap_remove(slot);
         assert_eq!(self.index.block_granules(first), count);
+        // SAFETY: the test's own index, on one thread: its only writer.
         unsafe { self.index.release(first, count) };
         self.mark(first, count, true);
     }
@@ -71,11 +74,13 @@ impl Checked {
         assert_eq!(free_after, self.reference[end..].iter().take_while(|&&granule| granule).count());
         if grow && free_after > 0 {
             let extra = 1 + amount % free_after;
+            // SAFETY: the test's own index, on one thread: its only writer.
             unsafe { self.index.extend_block(end, extra) };
             self.mark(end, extra, false);
             self.blocks[slot].1 += extra;
         } else if count > 1 {
             let cut = 1 + amount % (count - 1);
+            // SAFETY: the test's own index, on one thread: its only writer.
             unsafe { self.index.truncate_block(end, cut) };
             self.mark(end - cut, cut, true);
             self.blocks[slot].1 -= cut;
@@ -166,30 +171,46 @@ fn runs_across_the_middle_and_the_ends_stay_exact() {
     // subtree and end in another.
     let granules = 1024 * LEAF_GRANULES;
     let index = FreeIndex::new(granules).unwrap();
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.claim(0, granules) };
+    // SAFETY: the test's own index, on one thread: its only writer.
     assert_eq!((index.longest_free(), unsafe { index.find_first_fit(1) }), (0, None));
     assert_eq!(index.audit().unwrap(), (0, 0, 1));
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.release(0, granules) };
     assert_eq!(index.longest_free(), granules);
     // A block across the middle of the root splits the free space into
     // two runs, the right one longer; taking right-hand single granules
     // climbs odd nodes.
     let middle = granules / 2 - 6;
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.claim(middle, 10) };
     assert_eq!(index.longest_free(), middle + 2);
+    // SAFETY: the test's own index, on one thread: its only writer.
     assert_eq!(unsafe { index.find_first_fit(middle) }, Some(0));
+    // SAFETY: the test's own index, on one thread: its only writer.
     assert_eq!(unsafe { index.find_first_fit(middle + 1) }, Some(middle + 10));
+    // SAFETY: the test's own index, on one thread: its only writer.
     assert_eq!(unsafe { index.find_first_fit(middle + 3) }, None);
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.claim(granules - 1, 1) };
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.claim(granules - 3, 1) };
     assert_eq!(index.audit().unwrap(), (granules - 12, 3, 3));
+    // SAFETY: the test's own index, on one thread: its only writer.
     assert_eq!(unsafe { index.find_first_fit(middle + 1) }, None);
+    // SAFETY: the test's own index, on one thread: its only writer.
     assert_eq!(unsafe { index.find_first_fit(middle) }, Some(0));
+    // SAFETY: the test's own index, on one thread: its only writer.
     assert_eq!(unsafe { index.find_first_fit(2) }, Some(0));
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.release(granules - 1, 1) };
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.release(middle, 10) };
     assert_eq!(index.audit().unwrap(), (granules - 1, 2, 1));
+    // SAFETY: the test's own index, on one thread: its only writer.
     assert_eq!(unsafe { index.find_first_fit(granules - 3) }, Some(0));
+    // SAFETY: the test's own index, on one thread: its only writer.
     assert_eq!(unsafe { index.find_first_fit(granules - 2) }, None);
     assert_eq!(index.longest_free(), granules - 3);
 }
@@ -197,8 +218,11 @@ fn runs_across_the_middle_and_the_ends_stay_exact() {
 #[test]
 fn free_runs_and_trailing_free_are_exact() {
     let index = FreeIndex::new(300).unwrap();
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.claim(0, 10) };
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.claim(70, 60) };
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.claim(200, 1) };
     let mut runs = Vec::new();
     index.for_each_free_run(|first, count| runs.push((first, count)));
@@ -206,6 +230,7 @@ fn free_runs_and_trailing_free_are_exact() {
     assert_eq!(index.trailing_free(), 99);
     assert_eq!(index.block_granules(70), 60);
     assert_eq!(index.block_granules(200), 1);
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.claim(201, 99) };
     assert_eq!(index.trailing_free(), 0);
     assert_eq!(index.block_granules(201), 99);
@@ -214,15 +239,19 @@ fn free_runs_and_trailing_free_are_exact() {
 #[test]
 fn blocks_extend_into_and_truncate_to_free_granules() {
     let index = FreeIndex::new(200).unwrap();
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.claim(10, 5) };
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.claim(100, 1) };
     assert_eq!(index.free_run_from(15, usize::MAX), 85);
     assert_eq!(index.free_run_from(15, 70), 70);
     assert_eq!(index.free_run_from(101, usize::MAX), 99);
     assert_eq!(index.free_run_from(100, usize::MAX), 0);
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.extend_block(15, 85) };
     assert_eq!(index.block_granules(10), 90);
     assert_eq!(index.audit().unwrap(), (10 + 99, 2, 2));
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.truncate_block(100, 89) };
     assert_eq!(index.block_granules(10), 1);
     assert_eq!(index.free_run_from(11, usize::MAX), 89);
@@ -232,9 +261,11 @@ fn blocks_extend_into_and_truncate_to_free_granules() {
 #[test]
 fn resizing_keeps_blocks_and_frees_the_new_part() {
     let index = FreeIndex::new(100).unwrap();
+    // SAFETY: the test's own index, on one thread: its only writer.
     unsafe { index.claim(0, 100) };
     let grown = index.resized(1000).unwrap();
     assert_eq!(grown.block_granules(0), 100);
+    // SAFETY: the test's own index, on one thread: its only writer.
     assert_eq!(unsafe { grown.find_first_fit(900) }, Some(100));
     assert_eq!(grown.trailing_free(), 900);
     grown.audit().unwrap();
