@@ -17,7 +17,7 @@
 //! can't.
 
 use crate::align::align_up;
-use crate::biased_lock::{BiasedGuard, BiasedMutex};
+use crate::biased_lock::BiasedMutex;
 use crate::epoch_handles::EpochHandles;
 use crate::error::PoolError;
 use crate::fallible::out_of_memory;
@@ -157,9 +157,7 @@ impl SharedPool {
                     return Err(PoolError::ExceedsMaxSize { requested: bytes, max });
                 }
             }
-            let mut state = pool.state.lock()?;
-            pool.add_capacity(&mut state, bytes)?;
-            drop(state);
+            pool.locked(|state| pool.add_capacity(state, bytes))?;
             // The initial mapping is not an expansion.
             pool.counters.expansions.set(0);
         }
@@ -194,20 +192,26 @@ impl SharedPool {
         if wanted > MAX_REGION_GRANULES {
             return Err(PoolError::SizeOverflow { size });
         }
-        let mut state = self.state.lock()?;
-        let timing = self.counters.allocations.start();
-        if let Some(block) = self.claim_first_fit(&state, granules, wanted, align, block_use) {
-            self.counters.allocations.stop(timing);
-            return Ok(block);
+        // The section returns only the block: anything it returns is copied
+        // out through memory, and a narrow field or padding in the copy
+        // would stall on the caller's pending stores (see `biased_lock`).
+        let mut growth = None;
+        let block = self.locked(|state| {
+            let timing = self.counters.allocations.start();
+            if let Some(block) = self.claim_first_fit(state, granules, wanted, align, block_use) {
+                self.counters.allocations.stop(timing);
+                return Ok(Some(block));
+            }
+            let old_size = self.counters.size.get();
+            self.grow(state, wanted * GRANULE)?;
+            growth = Some(ResizeEvent { old_size, new_size: self.counters.size.get(), reason: ResizeReason::AutoExpand });
+            Ok(self.claim_first_fit(state, granules, wanted, align, block_use))
+        })?;
+        if let Some(growth) = growth {
+            self.listeners.notify(growth);
+            // Growth made a free run of at least `wanted` granules.
+            debug_assert!(block.is_some());
         }
-        let old_size = self.counters.size.get();
-        self.grow(&mut state, wanted * GRANULE)?;
-        let block = self.claim_first_fit(&state, granules, wanted, align, block_use);
-        let new_size = self.counters.size.get();
-        drop(state);
-        self.listeners.notify(ResizeEvent { old_size, new_size, reason: ResizeReason::AutoExpand });
-        // Growth made a free run of at least `wanted` granules.
-        debug_assert!(block.is_some());
         block.ok_or(PoolError::OutOfMemory { requested: size, errno: libc::ENOMEM })
     }
 
@@ -216,7 +220,7 @@ impl SharedPool {
     /// and counts the allocation.
     fn claim_first_fit(
         &self,
-        state: &BiasedGuard<'_, PoolState>,
+        state: &PoolState,
         granules: usize,
         wanted: usize,
         align: usize,
@@ -247,6 +251,14 @@ impl SharedPool {
         None
     }
 
+    /// Runs `section` under the writers' lock. A thread already inside (a
+    /// signal handler, an allocator that calls back into the pool) gets
+    /// [`PoolError::Reentered`].
+    #[inline(always)]
+    fn locked<R>(&self, section: impl FnOnce(&mut PoolState) -> Result<R, PoolError>) -> Result<R, PoolError> {
+        self.state.with(section)?
+    }
+
     /// Where `addr` is in the pool: the region and granule of the live block
     /// starting there, or why there is none.
     fn locate_block(state: &PoolState, addr: usize) -> Result<(usize, usize), PoolError> {
@@ -265,9 +277,10 @@ impl SharedPool {
 
     /// The bytes usable at the live block that starts at `addr`.
     pub(crate) fn block_size(&self, addr: usize) -> Result<usize, PoolError> {
-        let state = self.state.lock()?;
-        let (region, granule) = Self::locate_block(&state, addr)?;
-        Ok(state.regions[region].index.block_granules(granule) * GRANULE)
+        self.locked(|state| {
+            let (region, granule) = Self::locate_block(state, addr)?;
+            Ok(state.regions[region].index.block_granules(granule) * GRANULE)
+        })
     }
 
     /// Frees the live block at `addr`.
@@ -281,25 +294,26 @@ impl SharedPool {
     }
 
     fn free_as(&self, addr: usize, block_use: BlockUse) -> Result<(), PoolError> {
-        let state = self.state.lock()?;
-        let timing = self.counters.frees.start();
-        let (region_index, first) = Self::locate_block(&state, addr)?;
-        let region = &state.regions[region_index];
-        let granules = region.index.block_granules(first);
-        {
-            let _write = self.seqlock.write(&state.writer);
-            // SAFETY: `state` is the pool's lock, held.
-            let neighbours = unsafe { region.index.release(first, granules) };
-            adjust_runs(&self.counters.free_runs, 1, usize::from(neighbours.before) + usize::from(neighbours.after));
-            self.counters.used.subtract(granules * GRANULE);
-            self.counters.live_blocks.subtract(1);
-            if block_use == BlockUse::CacheSlab {
-                self.counters.slabs.subtract(1);
+        self.locked(|state| {
+            let timing = self.counters.frees.start();
+            let (region_index, first) = Self::locate_block(state, addr)?;
+            let region = &state.regions[region_index];
+            let granules = region.index.block_granules(first);
+            {
+                let _write = self.seqlock.write(&state.writer);
+                // SAFETY: `state` is the pool's lock, held.
+                let neighbours = unsafe { region.index.release(first, granules) };
+                adjust_runs(&self.counters.free_runs, 1, usize::from(neighbours.before) + usize::from(neighbours.after));
+                self.counters.used.subtract(granules * GRANULE);
+                self.counters.live_blocks.subtract(1);
+                if block_use == BlockUse::CacheSlab {
+                    self.counters.slabs.subtract(1);
+                }
+                self.counters.frees.count_one();
             }
-            self.counters.frees.count_one();
-        }
-        self.counters.frees.stop(timing);
-        Ok(())
+            self.counters.frees.stop(timing);
+            Ok(())
+        })
     }
 
     /// Resizes the live block at `addr` to `new_size` bytes (non-zero)
@@ -312,39 +326,40 @@ impl SharedPool {
             return Err(PoolError::ZeroSize);
         }
         let wanted = granules_for(new_size)?;
-        let state = self.state.lock()?;
-        let (region_index, first) = Self::locate_block(&state, addr)?;
-        let index = &state.regions[region_index].index;
-        let current = index.block_granules(first);
-        let end = first + current;
-        if wanted > current {
-            let extra = wanted - current;
-            if index.free_run_from(end, extra) < extra {
-                return Ok(None);
+        self.locked(|state| {
+            let (region_index, first) = Self::locate_block(state, addr)?;
+            let index = &state.regions[region_index].index;
+            let current = index.block_granules(first);
+            let end = first + current;
+            if wanted > current {
+                let extra = wanted - current;
+                if index.free_run_from(end, extra) < extra {
+                    return Ok(None);
+                }
+                let _write = self.seqlock.write(&state.writer);
+                // SAFETY: `state` is the pool's lock, held.
+                let neighbours = unsafe { index.extend_block(end, extra) };
+                // The free run the block grew into is used up unless some of
+                // it is left after the block.
+                if !neighbours.after {
+                    self.counters.free_runs.subtract(1);
+                }
+                self.counters.used.add(extra * GRANULE);
+                self.counters.peak_used.raise_to(self.counters.used.get());
+            } else if wanted < current {
+                let released = current - wanted;
+                let _write = self.seqlock.write(&state.writer);
+                // SAFETY: `state` is the pool's lock, held.
+                let neighbours = unsafe { index.truncate_block(end, released) };
+                // The freed tail is a new free run unless it joined the one
+                // after the block.
+                if !neighbours.after {
+                    self.counters.free_runs.add(1);
+                }
+                self.counters.used.subtract(released * GRANULE);
             }
-            let _write = self.seqlock.write(&state.writer);
-            // SAFETY: `state` is the pool's lock, held.
-            let neighbours = unsafe { index.extend_block(end, extra) };
-            // The free run the block grew into is used up unless some of
-            // it is left after the block.
-            if !neighbours.after {
-                self.counters.free_runs.subtract(1);
-            }
-            self.counters.used.add(extra * GRANULE);
-            self.counters.peak_used.raise_to(self.counters.used.get());
-        } else if wanted < current {
-            let released = current - wanted;
-            let _write = self.seqlock.write(&state.writer);
-            // SAFETY: `state` is the pool's lock, held.
-            let neighbours = unsafe { index.truncate_block(end, released) };
-            // The freed tail is a new free run unless it joined the one
-            // after the block.
-            if !neighbours.after {
-                self.counters.free_runs.add(1);
-            }
-            self.counters.used.subtract(released * GRANULE);
-        }
-        Ok(Some(wanted * GRANULE))
+            Ok(Some(wanted * GRANULE))
+        })
     }
 
     /// Grows the pool (by the growth factor, within the maximum size) so that
@@ -523,16 +538,17 @@ impl SharedPool {
             return Ok(());
         }
         let additional = align_up(additional, os::page_size()).ok_or(PoolError::SizeOverflow { size: additional })?;
-        let mut state = self.state.lock()?;
-        let old_size = self.counters.size.get();
-        let new_size = old_size.checked_add(additional).ok_or(PoolError::SizeOverflow { size: additional })?;
-        if let Some(max) = self.max_size {
-            if new_size > max {
-                return Err(PoolError::ExceedsMaxSize { requested: new_size, max });
+        let (old_size, new_size) = self.locked(|state| {
+            let old_size = self.counters.size.get();
+            let new_size = old_size.checked_add(additional).ok_or(PoolError::SizeOverflow { size: additional })?;
+            if let Some(max) = self.max_size {
+                if new_size > max {
+                    return Err(PoolError::ExceedsMaxSize { requested: new_size, max });
+                }
             }
-        }
-        self.add_capacity(&mut state, additional)?;
-        drop(state);
+            self.add_capacity(state, additional)?;
+            Ok((old_size, new_size))
+        })?;
         self.listeners.notify(ResizeEvent { old_size, new_size, reason: ResizeReason::Expand });
         Ok(())
     }
@@ -597,35 +613,35 @@ impl SharedPool {
     /// free regions are unmapped, and whole free pages inside free blocks are
     /// purged. Returns the bytes unmapped (by which `size` shrank).
     pub(crate) fn compact(&self) -> Result<usize, PoolError> {
-        let mut state = self.state.lock()?;
-        let old_size = self.counters.size.get();
         let handle = self.collector.register();
-        {
-            let table = Self::reserve_table(state.regions.len())?;
-            let guard = handle.pin();
-            let _write = self.seqlock.write(&state.writer);
-            let mut position = 0;
-            while position < state.regions.len() {
-                let tail = state.regions[position].releasable_tail();
-                // A region whose shorter index the heap refuses keeps its
-                // tail: compaction gives back what it can.
-                let cut = if tail > 0 { Self::trimmed(&state.regions[position], tail).ok() } else { None };
-                let removes_region = matches!(cut, Some(None));
-                if let Some(remainder) = cut {
-                    self.trim_region(&mut state, position, tail, remainder, &guard);
+        let (old_size, new_size) = self.locked(|state| {
+            let old_size = self.counters.size.get();
+            {
+                let table = Self::reserve_table(state.regions.len())?;
+                let guard = handle.pin();
+                let _write = self.seqlock.write(&state.writer);
+                let mut position = 0;
+                while position < state.regions.len() {
+                    let tail = state.regions[position].releasable_tail();
+                    // A region whose shorter index the heap refuses keeps its
+                    // tail: compaction gives back what it can.
+                    let cut = if tail > 0 { Self::trimmed(&state.regions[position], tail).ok() } else { None };
+                    let removes_region = matches!(cut, Some(None));
+                    if let Some(remainder) = cut {
+                        self.trim_region(state, position, tail, remainder, &guard);
+                    }
+                    if !removes_region {
+                        position += 1;
+                    }
                 }
-                if !removes_region {
-                    position += 1;
+                if self.counters.size.get() != old_size {
+                    self.publish(state, table, &guard);
+                    self.counters.compactions.add(1);
                 }
             }
-            if self.counters.size.get() != old_size {
-                self.publish(&state, table, &guard);
-                self.counters.compactions.add(1);
-            }
-        }
-        self.purge_free_pages(&state);
-        let new_size = self.counters.size.get();
-        drop(state);
+            self.purge_free_pages(state);
+            Ok((old_size, self.counters.size.get()))
+        })?;
         Self::collect_garbage(&handle);
         self.listeners.notify(ResizeEvent { old_size, new_size, reason: ResizeReason::Compact });
         Ok(old_size - new_size)
@@ -633,7 +649,7 @@ impl SharedPool {
 
     /// Purges whole pages inside free blocks. Called with the lock held, so
     /// no allocation can claim a page while it is purged.
-    fn purge_free_pages(&self, state: &BiasedGuard<'_, PoolState>) {
+    fn purge_free_pages(&self, state: &PoolState) {
         let page = os::page_size();
         for region in &state.regions {
             region.index.for_each_free_run(|first, count| {
@@ -661,57 +677,58 @@ impl SharedPool {
     /// All or nothing: on error the pool is exactly as before.
     pub(crate) fn resize(&self, new_size: usize) -> Result<(), PoolError> {
         let target = align_up(new_size, os::page_size()).ok_or(PoolError::SizeOverflow { size: new_size })?;
-        let mut state = self.state.lock()?;
-        let old_size = self.counters.size.get();
         let handle = self.collector.register();
-        if target > old_size {
-            if let Some(max) = self.max_size {
-                if target > max {
-                    return Err(PoolError::ExceedsMaxSize { requested: target, max });
+        let old_size = self.locked(|state| {
+            let old_size = self.counters.size.get();
+            if target > old_size {
+                if let Some(max) = self.max_size {
+                    if target > max {
+                        return Err(PoolError::ExceedsMaxSize { requested: target, max });
+                    }
                 }
-            }
-            self.add_capacity(&mut state, target - old_size)?;
-        } else if target < old_size {
-            let used = self.counters.used.get();
-            if target < used {
-                return Err(PoolError::ShrinkBelowUsed { requested: new_size, used });
-            }
-            // Plan first, from the highest addresses down, so that a refusal
-            // changes nothing.
-            let mut excess = old_size - target;
-            let refused = || out_of_memory(old_size - target);
-            let mut plan = Vec::new();
-            plan.try_reserve_exact(state.regions.len()).map_err(|_| refused())?;
-            for (position, region) in state.regions.iter().enumerate().rev() {
-                if excess == 0 {
-                    break;
+                self.add_capacity(state, target - old_size)?;
+            } else if target < old_size {
+                let used = self.counters.used.get();
+                if target < used {
+                    return Err(PoolError::ShrinkBelowUsed { requested: new_size, used });
                 }
-                let take = region.releasable_tail().min(excess);
-                if take > 0 {
-                    plan.push((position, take));
-                    excess -= take;
+                // Plan first, from the highest addresses down, so that a refusal
+                // changes nothing.
+                let mut excess = old_size - target;
+                let refused = || out_of_memory(old_size - target);
+                let mut plan = Vec::new();
+                plan.try_reserve_exact(state.regions.len()).map_err(|_| refused())?;
+                for (position, region) in state.regions.iter().enumerate().rev() {
+                    if excess == 0 {
+                        break;
+                    }
+                    let take = region.releasable_tail().min(excess);
+                    if take > 0 {
+                        plan.push((position, take));
+                        excess -= take;
+                    }
                 }
+                if excess > 0 {
+                    return Err(PoolError::ShrinkBlocked { requested: new_size, reachable: target + excess });
+                }
+                // Everything the cuts allocate, before the first cut.
+                let table = Self::reserve_table(state.regions.len())?;
+                let mut cuts = Vec::new();
+                cuts.try_reserve_exact(plan.len()).map_err(|_| refused())?;
+                for (position, take) in plan {
+                    cuts.push((position, take, Self::trimmed(&state.regions[position], take)?));
+                }
+                let guard = handle.pin();
+                let _write = self.seqlock.write(&state.writer);
+                // Highest positions first, so removals don't shift pending ones.
+                for (position, take, remainder) in cuts {
+                    self.trim_region(state, position, take, remainder, &guard);
+                }
+                self.publish(state, table, &guard);
+                self.counters.compactions.add(1);
             }
-            if excess > 0 {
-                return Err(PoolError::ShrinkBlocked { requested: new_size, reachable: target + excess });
-            }
-            // Everything the cuts allocate, before the first cut.
-            let table = Self::reserve_table(state.regions.len())?;
-            let mut cuts = Vec::new();
-            cuts.try_reserve_exact(plan.len()).map_err(|_| refused())?;
-            for (position, take) in plan {
-                cuts.push((position, take, Self::trimmed(&state.regions[position], take)?));
-            }
-            let guard = handle.pin();
-            let _write = self.seqlock.write(&state.writer);
-            // Highest positions first, so removals don't shift pending ones.
-            for (position, take, remainder) in cuts {
-                self.trim_region(&mut state, position, take, remainder, &guard);
-            }
-            self.publish(&state, table, &guard);
-            self.counters.compactions.add(1);
-        }
-        drop(state);
+            Ok(old_size)
+        })?;
         Self::collect_garbage(&handle);
         self.listeners.notify(ResizeEvent { old_size, new_size: target, reason: ResizeReason::Resize });
         Ok(())
@@ -804,12 +821,13 @@ impl SharedPool {
         if let Some(verdict) = optimistic {
             return verdict;
         }
-        let state = self.state.lock()?;
         // The lock keeps every writer out, so the regions it guards are the
         // published ones and nothing is retired meanwhile: no epoch guard is
         // needed.
-        let regions: Vec<&Region> = state.regions.iter().map(|region| &**region).collect();
-        self.audit(&regions)
+        self.locked(|state| {
+            let regions: Vec<&Region> = state.regions.iter().map(|region| &**region).collect();
+            self.audit(&regions)
+        })
     }
 
     /// The audit behind [`check`](Self::check), over `regions` in address
