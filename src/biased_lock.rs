@@ -49,10 +49,10 @@
 
 #[cfg(not(any(lle_mempool_model, lle_mempool_tsan)))]
 pub(crate) use biased::{BiasedMutex, ForkHold};
-#[cfg(all(lle_mempool_tsan, not(lle_mempool_model)))]
-pub(crate) use plain::ForkHold;
 #[cfg(any(lle_mempool_model, lle_mempool_tsan))]
 pub(crate) use plain::BiasedMutex;
+#[cfg(all(lle_mempool_tsan, not(lle_mempool_model)))]
+pub(crate) use plain::ForkHold;
 
 /// The calling thread already holds the lock: entering again would make a
 /// second `&mut` to the state.
@@ -255,9 +255,9 @@ mod biased {
 #[cfg(any(lle_mempool_model, lle_mempool_tsan))]
 mod plain {
     use super::Reentered;
-    use crate::sync::{lock, Mutex};
     #[cfg(not(lle_mempool_model))]
     use crate::sync::MutexGuard;
+    use crate::sync::{lock, Mutex};
 
     /// Under the models and ThreadSanitizer: a plain mutex.
     pub(crate) struct BiasedMutex<T>(Mutex<T>);
@@ -343,7 +343,11 @@ mod tests {
             for other in others {
                 other.join().unwrap();
             }
-            assert_eq!(lock.with(|value| *value).unwrap(), 3 * ROUNDS, "an increment was lost: two threads held the lock");
+            assert_eq!(
+                lock.with(|value| *value).unwrap(),
+                3 * ROUNDS,
+                "an increment was lost: two threads held the lock"
+            );
             if biased {
                 assert!(lock.revoked.load(Ordering::Relaxed), "another thread locked without revoking the bias");
             }

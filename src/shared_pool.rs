@@ -204,7 +204,8 @@ impl SharedPool {
             }
             let old_size = self.counters.size.get();
             self.grow(state, wanted * GRANULE)?;
-            growth = Some(ResizeEvent { old_size, new_size: self.counters.size.get(), reason: ResizeReason::AutoExpand });
+            growth =
+                Some(ResizeEvent { old_size, new_size: self.counters.size.get(), reason: ResizeReason::AutoExpand });
             Ok(self.claim_first_fit(state, granules, wanted, align, block_use))
         })?;
         if let Some(growth) = growth {
@@ -303,7 +304,11 @@ impl SharedPool {
                 let _write = self.seqlock.write(&state.writer);
                 // SAFETY: `state` is the pool's lock, held.
                 let neighbours = unsafe { region.index.release(first, granules) };
-                adjust_runs(&self.counters.free_runs, 1, usize::from(neighbours.before) + usize::from(neighbours.after));
+                adjust_runs(
+                    &self.counters.free_runs,
+                    1,
+                    usize::from(neighbours.before) + usize::from(neighbours.after),
+                );
                 self.counters.used.subtract(granules * GRANULE);
                 self.counters.live_blocks.subtract(1);
                 if block_use == BlockUse::CacheSlab {
