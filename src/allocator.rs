@@ -27,6 +27,17 @@ fn empty_block(align: usize) -> NonNull<[u8]> {
     block_slice(dangling, 0)
 }
 
+/// The bytes a block [`MemoryPool::allocate_for_layout`] returns for
+/// `layout` can hold: a cache block holds its class's size (the shared
+/// pool's stand-in, when the thread has no cache, holds at least as much);
+/// a shared block, the size rounded up to whole granules.
+fn usable_size(layout: Layout) -> usize {
+    match class_for_layout(layout) {
+        Some(class) => class_size(class),
+        None => layout.size().next_multiple_of(GRANULE),
+    }
+}
+
 /// Whether a cache block of `block_size` bytes should keep holding
 /// `new_size` bytes rather than move: it must fit, and the class `new_size`
 /// would get must be more than half the block, so moving would not even
@@ -36,20 +47,25 @@ pub(crate) fn stays_in_cache_block(new_size: usize, block_size: usize) -> bool {
 }
 
 impl MemoryPool {
-    /// Allocates a block for `layout` (non-zero size) and returns it with
-    /// the bytes it can hold: a cache block when a size class serves the
-    /// layout's alignment, else a shared block aligned as asked.
-    pub(crate) fn allocate_layout(&self, layout: Layout) -> Result<(NonNull<u8>, usize), PoolError> {
-        let size = layout.size();
-        debug_assert!(size > 0);
-        if let Some(class) = class_for_layout(layout) {
-            // A cache block holds its class's size; the shared pool's
-            // stand-in (when this thread has no cache) holds at least as
-            // much.
-            return Ok((self.allocate_fast(size)?, class_size(class)));
+    /// Allocates a block for `layout` (non-zero size): a cache block when a
+    /// size class serves the layout's alignment, else a shared block aligned
+    /// as asked. What a global allocator needs, and nothing more: the bytes
+    /// the block holds are [`usable_size`]'s to work out, for callers that
+    /// want them.
+    #[inline]
+    pub(crate) fn allocate_for_layout(&self, layout: Layout) -> Result<NonNull<u8>, PoolError> {
+        debug_assert!(layout.size() > 0);
+        match class_for_layout(layout) {
+            Some(class) => self.allocate_in_class(layout.size(), class),
+            None => self.allocate_aligned(layout.size(), layout.align()),
         }
-        let block = self.allocate_aligned(size, layout.align())?;
-        Ok((block, size.next_multiple_of(GRANULE)))
+    }
+
+    /// As [`allocate_for_layout`](Self::allocate_for_layout), with the
+    /// bytes the block can hold.
+    pub(crate) fn allocate_layout(&self, layout: Layout) -> Result<(NonNull<u8>, usize), PoolError> {
+        let block = self.allocate_for_layout(layout)?;
+        Ok((block, usable_size(layout)))
     }
 
     /// Resizes the live block at `block` to `new_layout` without moving it,

@@ -280,9 +280,9 @@ impl GlobalPool {
         }
         let _inside = InsidePool::enter()?;
         let abort_on_unwind = AbortOnUnwind;
-        let block = self.pool_or_initialise().and_then(|pool| pool.allocate_layout(layout).ok());
+        let block = self.pool_or_initialise().and_then(|pool| pool.allocate_for_layout(layout).ok());
         mem::forget(abort_on_unwind);
-        block.map(|(block, _)| block)
+        block
     }
 
     /// The pool and what `block` is to it (a slab's block or a shared
@@ -459,7 +459,7 @@ impl fmt::Debug for GlobalPool {
 /// }
 /// ```
 // SAFETY: blocks come from the pool (aligned to and at least as large as the
-// layout: `allocate_layout` picks a size class only when its blocks are, and
+// layout: `allocate_for_layout` picks a size class only when its blocks are, and
 // asks the shared pool for the layout's alignment otherwise) or from
 // `System`; `dealloc` and `realloc` send each block back to the one that
 // served it, told apart by the pool's map, which marks exactly the pool's

@@ -441,6 +441,20 @@ impl MemoryPool {
         self.allocate_fast_slow(size)
     }
 
+    /// [`allocate_fast`](Self::allocate_fast) of `size` bytes (non-zero, at
+    /// most [`MAX_FAST_SIZE`]), for a caller that knows the size class. The
+    /// same two steps; `allocate_fast` keeps its own copy of them, shaped to
+    /// inline into its callers: built on this one, its pair takes five
+    /// percent more instructions.
+    #[inline(always)]
+    pub(crate) fn allocate_in_class(&self, size: usize, class: usize) -> Result<NonNull<u8>, PoolError> {
+        debug_assert!(size > 0 && size <= MAX_FAST_SIZE && class == class_of(size));
+        if let Some(block) = thread_cache::try_allocate_cached(&self.inner, class) {
+            return Ok(block);
+        }
+        self.allocate_fast_slow(size)
+    }
+
     /// Everything `allocate_fast` does not do inline: errors, large sizes,
     /// refills, sampled timing, checked mode, the first use on a thread.
     #[inline(never)]
