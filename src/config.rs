@@ -64,6 +64,8 @@ pub struct PoolConfig {
     pub(crate) max_size: Option<usize>,
     pub(crate) growth_factor: f64,
     pub(crate) checked: bool,
+    /// `None` for the default (see [`PoolConfig::reserve`]).
+    pub(crate) reserve: Option<usize>,
 }
 
 /// The smallest default alignment a pool accepts: what `malloc` promises.
@@ -72,7 +74,8 @@ pub(crate) const MIN_DEFAULT_ALIGNMENT: usize = 16;
 impl PoolConfig {
     /// A configuration for a pool that starts with `initial_size` bytes
     /// (rounded up to whole pages), with alignment 16, no maximum size, a
-    /// growth factor of 2 and no double-free checks on the fast path.
+    /// growth factor of 2, the default [reservation](Self::reserve) and no
+    /// double-free checks on the fast path.
     ///
     /// # Examples
     ///
@@ -90,6 +93,7 @@ impl PoolConfig {
             max_size: None,
             growth_factor: 2.0,
             checked: false,
+            reserve: None,
         }
     }
 
@@ -160,6 +164,46 @@ impl PoolConfig {
         self
     }
 
+    /// How much address space the pool's first region reserves up front, in
+    /// bytes: the pool grows in place into it, one contiguous region that
+    /// never moves and has no boundaries inside, for as long as the
+    /// reservation lasts (past it the pool grows as without one). Reserved
+    /// address space is neither memory nor a promise of it: it costs no
+    /// resident pages and no commit charge until the pool grows into it,
+    /// and growing commits only what the pool's size says.
+    ///
+    /// By default the maximum size where there is one, else 16 GiB, the
+    /// largest a region can be (more is reserved as 16 GiB too). Where the
+    /// kernel refuses the reservation (an address-space limit, a small
+    /// address space), the pool halves it until it fits, down to no
+    /// reservation: creating a pool never fails for it. 0, or the initial
+    /// size, means no reservation. Anything else below the initial size,
+    /// or above the maximum size, is refused with
+    /// [`PoolError::InvalidConfig`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolConfig, PoolError};
+    ///
+    /// let pool = MemoryPool::with_config(PoolConfig::new(1 << 20).reserve(64 << 20))?;
+    /// let start = pool.regions()[0].start;
+    /// let block = pool.allocate(8 << 20)?;
+    /// // The pool grew in place: still one region, from the same address.
+    /// assert_eq!(pool.regions(), [start..start + pool.size()]);
+    /// assert!(pool.contains(block.as_ptr()));
+    ///
+    /// assert!(matches!(
+    ///     MemoryPool::with_config(PoolConfig::new(1 << 20).reserve(4096)),
+    ///     Err(PoolError::InvalidConfig { .. }),
+    /// ));
+    /// # Ok::<(), PoolError>(())
+    /// ```
+    pub fn reserve(mut self, bytes: usize) -> Self {
+        self.reserve = Some(bytes);
+        self
+    }
+
     /// Whether the fast path detects double frees. Off by default: it costs
     /// an atomic read-modify-write on every fast allocation and free.
     ///
@@ -198,6 +242,14 @@ impl PoolConfig {
         if let Some(max) = self.max_size {
             if self.initial_size > max {
                 return Err(PoolError::ExceedsMaxSize { requested: self.initial_size, max });
+            }
+        }
+        if let Some(reserve) = self.reserve {
+            if reserve != 0 && reserve < self.initial_size {
+                return Err(PoolError::InvalidConfig { reason: "reserve must be 0 or at least the initial size" });
+            }
+            if self.max_size.is_some_and(|max| reserve > max) {
+                return Err(PoolError::InvalidConfig { reason: "reserve must be at most the maximum size" });
             }
         }
         Ok(())

@@ -261,7 +261,7 @@ impl MemoryPool {
     /// ```
     pub fn with_config(config: PoolConfig) -> Result<MemoryPool, PoolError> {
         config.validate()?;
-        let shared = SharedPool::new(config.initial_size, config.max_size, config.growth_factor)?;
+        let shared = SharedPool::new(config.initial_size, config.max_size, config.growth_factor, config.reserve)?;
         let id = identity::next_pool_id();
         let caches = PoolCaches::new(id, config.checked);
         let pool = MemoryPool { inner: Box::new(PoolInner { id, config, shared, caches }) };

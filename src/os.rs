@@ -3,13 +3,16 @@
 //! The pool asks the OS for anonymous private memory that it owns as a
 //! [`Mapping`]: mapped zeroed, grown or cut back where it stands (never
 //! moved: a live allocation never moves), its pages' contents dropped while
-//! it stays mapped, and unmapped when the value is dropped. Outside the
-//! models a `Mapping` is a `memmap2::MmapRaw`; what memmap2 does not offer
-//! (the page size, `membarrier`, `pthread_atfork`, a plain `write` before an
-//! abort) is called through libc here, and nowhere else. `docs/DESIGN.md`
-//! says why each call goes where it does. Keeping it all behind this module lets the loom
-//! and shuttle models swap in heap memory, which they can reason about, for
-//! syscalls, which they can't.
+//! it stays mapped, and unmapped when the value is dropped. A mapping may
+//! hold address space beyond its read-write front, reserved: growth commits
+//! it, and cutting back decommits into it. Outside the models a `Mapping`
+//! without a reservation is a `memmap2::MmapRaw`; what memmap2 does not
+//! offer (a reservation and the protection changes that commit it, the page
+//! size, `membarrier`, `pthread_atfork`, a plain `write` before an abort) is
+//! called through libc here, and nowhere else. `docs/DESIGN.md` says why
+//! each call goes where it does. Keeping it all behind this module lets the
+//! loom and shuttle models swap in heap memory, which they can reason about,
+//! for syscalls, which they can't.
 
 /// Bytes per page; every mapping length is a multiple of it.
 pub(crate) fn page_size() -> usize {
@@ -110,11 +113,26 @@ mod imp {
         unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) == 0 }
     }
 
-    /// Anonymous, private, read-write memory that this value owns: dropping
-    /// it unmaps the memory (memmap2's `MmapRaw` does, with the length it
-    /// was last mapped or remapped to), so it cannot be unmapped twice, nor
-    /// forgotten.
-    pub(crate) struct Mapping(MmapRaw);
+    /// Anonymous, private memory that this value owns: `len` bytes at the
+    /// front are read-write, and any address space it holds past them is a
+    /// reservation, which growth commits before it asks the kernel for more.
+    /// Dropping the value unmaps all of it, so it cannot be unmapped twice,
+    /// nor forgotten.
+    pub(crate) struct Mapping {
+        memory: Memory,
+        /// The read-write bytes at the front of `memory`.
+        len: usize,
+    }
+
+    /// The address space a [`Mapping`] holds, and who maps and unmaps it.
+    enum Memory {
+        /// All of it read-write: memmap2's `MmapRaw`, which unmaps it with
+        /// the length it was last mapped or remapped to.
+        Whole(MmapRaw),
+        /// Read-write at the front, reserved past it. memmap2 maps nothing
+        /// `PROT_NONE` and changes no protection, so this is libc's.
+        Reserved(Reservation),
+    }
 
     impl From<std::io::Error> for OsError {
         fn from(error: std::io::Error) -> OsError {
@@ -122,14 +140,32 @@ mod imp {
         }
     }
 
+    /// The error of the libc call that just failed.
+    fn last_error() -> OsError {
+        std::io::Error::last_os_error().into()
+    }
+
     impl Mapping {
-        /// Maps `len` bytes of private, zeroed, read-write memory.
-        pub(crate) fn new(len: usize) -> Result<Mapping, OsError> {
-            debug_assert!(len > 0 && len % page_size() == 0);
-            let mapping = Mapping(MmapOptions::new().len(len).map_anon()?.into());
+        /// Maps `len` bytes of private, zeroed, read-write memory at the
+        /// front of `reserve` bytes of address space (both whole pages). A
+        /// reservation the kernel refuses (an address-space limit, a small
+        /// address space) is halved until it fits; one no larger than `len`
+        /// is no reservation, and the memory is mapped as it is.
+        pub(crate) fn new(len: usize, reserve: usize) -> Result<Mapping, OsError> {
+            let page = page_size();
+            debug_assert!(len > 0 && len % page == 0 && reserve % page == 0);
+            let mut reserve = reserve;
+            while reserve > len {
+                if let Ok(reservation) = Reservation::new(reserve) {
+                    reservation.commit(0, len)?;
+                    return Ok(Mapping { memory: Memory::Reserved(reservation), len });
+                }
+                reserve = reserve / 2 / page * page;
+            }
+            let mapping = Mapping { memory: Memory::Whole(MmapOptions::new().len(len).map_anon()?.into()), len };
             // The kernel never places a mapping it chooses at address 0;
             // checked once here so that `base` can rely on it.
-            if mapping.0.as_ptr().is_null() {
+            if mapping.memory.base().is_null() {
                 return Err(OsError(libc::ENOMEM));
             }
             Ok(mapping)
@@ -137,53 +173,83 @@ mod imp {
 
         /// Where the memory starts. It never changes: nothing here moves it.
         pub(crate) fn base(&self) -> NonNull<u8> {
-            // SAFETY: `new` refused a null base, and remapping without
-            // `may_move` keeps the base where it is.
-            unsafe { NonNull::new_unchecked(self.0.as_mut_ptr()) }
+            // SAFETY: `new` and `Reservation::new` refused a null base, and
+            // nothing here remaps with `may_move`, so the base stays put.
+            unsafe { NonNull::new_unchecked(self.memory.base()) }
         }
 
-        /// The bytes this value owns, and unmaps when dropped.
+        /// The read-write bytes at the front.
         pub(crate) fn len(&self) -> usize {
-            self.0.len()
+            self.len
         }
 
-        /// Grows the mapping to `new_len` bytes without moving it. `false`
-        /// when the kernel can't (the pages after the mapping are taken), in
+        /// The address space this value holds, read-write or reserved:
+        /// growth up to here only commits pages, which the kernel refuses
+        /// only when it has no memory to promise.
+        pub(crate) fn reserved(&self) -> usize {
+            self.memory.len()
+        }
+
+        /// Grows the read-write front to `new_len` bytes without moving it:
+        /// inside the reservation by committing pages, past it by extending
+        /// the mapping where it stands. `false` when the kernel can't (no
+        /// memory to commit, or the pages after the mapping are taken), in
         /// which case nothing changed.
         pub(crate) fn grow_in_place(&mut self, new_len: usize) -> bool {
             debug_assert!(new_len % page_size() == 0);
-            if new_len <= self.len() {
-                // A tail that `cut_back` could not cut is still ours, and
-                // purged: it serves as fresh memory.
+            if new_len <= self.len {
+                // A tail that `cut_back` could not give back is still ours,
+                // and purged: it serves as fresh memory.
                 return true;
             }
-            // SAFETY: growing changes no byte the program can already reach,
-            // and an anonymous mapping has no file whose end the new pages
-            // could pass. Without `may_move` the kernel extends the mapping
-            // where it stands or fails, so no pointer into it can dangle.
-            unsafe { self.0.remap(new_len, RemapOptions::new().may_move(false)) }.is_ok()
+            let held = self.memory.len();
+            if new_len <= held {
+                if self.memory.commit(self.len, new_len - self.len).is_err() {
+                    return false;
+                }
+            } else {
+                // The kernel extends a mapping only from a single record of
+                // it, which a reservation half read-write is not: the rest
+                // of the reservation is committed first.
+                if self.memory.commit(self.len, held - self.len).is_err() {
+                    return false;
+                }
+                if !self.memory.extend(new_len) {
+                    // SAFETY: the pages were committed just now and nobody
+                    // uses them. If the kernel will not take them back they
+                    // stay read-write past `len`, untouched: zero, and not
+                    // resident.
+                    let _ = unsafe { self.memory.decommit(self.len, held - self.len) };
+                    return false;
+                }
+            }
+            self.len = new_len;
+            true
         }
 
-        /// Cuts the mapping back to `new_len` bytes (not zero), where it
-        /// stands. If the kernel refuses (cutting would split its record of
-        /// the mapping past `vm.max_map_count`, or it has no memory for the
-        /// split), the bytes past `new_len` stay mapped and owned, unmapped
-        /// with the rest on drop, and their pages are purged.
+        /// Cuts the read-write front back to `new_len` bytes (not zero),
+        /// where it stands: the pages past it are unmapped, or, inside a
+        /// reservation, decommitted, so that the reservation stays whole
+        /// for growth. If the kernel refuses (the cut would split its
+        /// record of the mapping past `vm.max_map_count`, or it has no
+        /// memory for the split), the bytes past `new_len` stay read-write
+        /// and owned, released with the rest on drop, and their pages are
+        /// purged.
         ///
         /// # Safety
         /// Nothing may use the bytes past `new_len` any more.
         pub(crate) unsafe fn cut_back(&mut self, new_len: usize) {
-            let len = self.len();
+            let len = self.len;
             debug_assert!(new_len > 0 && new_len <= len && new_len % page_size() == 0);
             if new_len == len {
                 return;
             }
             // SAFETY: the caller guarantees nobody uses the bytes cut off;
-            // without `may_move` the kernel shrinks the mapping where it
-            // stands, so the bytes kept stay where they are.
-            let cut = unsafe { self.0.remap(new_len, RemapOptions::new().may_move(false)) };
-            if cut.is_err() {
-                // SAFETY: the bytes past `new_len` are still mapped, and
+            // neither call moves the bytes kept.
+            if unsafe { self.memory.decommit(new_len, len - new_len) }.is_ok() {
+                self.len = new_len;
+            } else {
+                // SAFETY: the bytes past `new_len` are still read-write, and
                 // the caller guarantees nobody needs them.
                 unsafe { self.purge(new_len, len - new_len) };
             }
@@ -194,20 +260,223 @@ mod imp {
         /// back as zeros.
         ///
         /// # Safety
-        /// The range must lie inside the mapping and hold no data anybody
-        /// still needs.
+        /// The range must lie inside the read-write front and hold no data
+        /// anybody still needs.
         pub(crate) unsafe fn purge(&self, offset: usize, len: usize) {
-            debug_assert!(offset % page_size() == 0 && len % page_size() == 0 && offset + len <= self.len());
-            // SAFETY: the caller guarantees the range holds nothing live, and
-            // MADV_DONTNEED on private anonymous memory only zero-fills it.
-            let _ = unsafe { self.0.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) };
+            debug_assert!(offset % page_size() == 0 && len % page_size() == 0 && offset + len <= self.len);
+            // SAFETY: per the caller.
+            unsafe { self.memory.purge(offset, len) };
         }
     }
+
+    impl Memory {
+        fn base(&self) -> *mut u8 {
+            match self {
+                Memory::Whole(mapping) => mapping.as_mut_ptr(),
+                Memory::Reserved(reservation) => reservation.base.as_ptr(),
+            }
+        }
+
+        /// The address space held.
+        fn len(&self) -> usize {
+            match self {
+                Memory::Whole(mapping) => mapping.len(),
+                Memory::Reserved(reservation) => reservation.len,
+            }
+        }
+
+        /// Makes bytes `offset..offset + len` read-write.
+        fn commit(&self, offset: usize, len: usize) -> Result<(), OsError> {
+            debug_assert!(offset + len <= self.len());
+            match self {
+                // All of it is read-write already.
+                Memory::Whole(_) => Ok(()),
+                Memory::Reserved(reservation) => reservation.commit(offset, len),
+            }
+        }
+
+        /// Gives the pages of bytes `offset..offset + len` back: a whole
+        /// mapping is cut there (the range must be its tail), a reservation
+        /// keeps the range, reserved again.
+        ///
+        /// # Safety
+        /// Nothing may use the range any more.
+        unsafe fn decommit(&mut self, offset: usize, len: usize) -> Result<(), OsError> {
+            if len == 0 {
+                return Ok(());
+            }
+            match self {
+                Memory::Whole(mapping) => {
+                    debug_assert_eq!(offset + len, mapping.len());
+                    // SAFETY: the caller guarantees nobody uses the tail cut
+                    // off; without `may_move` the kernel shrinks the mapping
+                    // where it stands, so the bytes kept stay where they are.
+                    Ok(unsafe { mapping.remap(offset, RemapOptions::new().may_move(false)) }?)
+                }
+                // SAFETY: per the caller.
+                Memory::Reserved(reservation) => unsafe { reservation.decommit(offset, len) },
+            }
+        }
+
+        /// Extends the mapping to `new_len` bytes where it stands; the new
+        /// bytes are read-write. `false`, with nothing changed, when the
+        /// kernel can't.
+        fn extend(&mut self, new_len: usize) -> bool {
+            match self {
+                // SAFETY: growing changes no byte the program can already
+                // reach, and an anonymous mapping has no file whose end the
+                // new pages could pass. Without `may_move` the kernel extends
+                // the mapping where it stands or fails, so no pointer into it
+                // can dangle.
+                Memory::Whole(mapping) => {
+                    unsafe { mapping.remap(new_len, RemapOptions::new().may_move(false)) }.is_ok()
+                }
+                Memory::Reserved(reservation) => reservation.extend(new_len),
+            }
+        }
+
+        /// # Safety
+        /// As for [`Mapping::purge`].
+        unsafe fn purge(&self, offset: usize, len: usize) {
+            match self {
+                Memory::Whole(mapping) => {
+                    // SAFETY: the caller guarantees the range holds nothing
+                    // live, and MADV_DONTNEED on private anonymous memory
+                    // only zero-fills it.
+                    let _ = unsafe { mapping.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) };
+                }
+                // SAFETY: as above.
+                Memory::Reserved(reservation) => unsafe { reservation.purge(offset, len) },
+            }
+        }
+    }
+
+    /// Address space mapped `PROT_NONE` with `MAP_NORESERVE`: no page and
+    /// no commit charge until a range is committed (made read-write), and
+    /// decommitting maps a range afresh the same way, which drops its pages
+    /// and its charge. Unmapped whole on drop.
+    struct Reservation {
+        base: NonNull<u8>,
+        len: usize,
+    }
+
+    impl Reservation {
+        fn new(len: usize) -> Result<Reservation, OsError> {
+            // SAFETY: a new anonymous mapping where the kernel likes: it
+            // replaces nothing.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                return Err(last_error());
+            }
+            match NonNull::new(base.cast::<u8>()) {
+                Some(base) => Ok(Reservation { base, len }),
+                None => {
+                    // The kernel never places a mapping it chooses at
+                    // address 0; `Mapping::base` relies on that.
+                    // SAFETY: the mapping just made, which nothing uses.
+                    unsafe { libc::munmap(base, len) };
+                    Err(OsError(libc::ENOMEM))
+                }
+            }
+        }
+
+        fn at(&self, offset: usize) -> *mut libc::c_void {
+            // SAFETY: callers pass offsets inside the reservation, so the
+            // pointer stays inside one mapping.
+            unsafe { self.base.as_ptr().add(offset).cast() }
+        }
+
+        fn commit(&self, offset: usize, len: usize) -> Result<(), OsError> {
+            debug_assert!(offset % page_size() == 0 && len % page_size() == 0);
+            if len == 0 {
+                return Ok(());
+            }
+            // SAFETY: the range lies inside the reservation, which this value
+            // owns; making reserved pages read-write changes no byte.
+            match unsafe { libc::mprotect(self.at(offset), len, libc::PROT_READ | libc::PROT_WRITE) } {
+                0 => Ok(()),
+                _ => Err(last_error()),
+            }
+        }
+
+        /// # Safety
+        /// Nothing may use the range any more.
+        unsafe fn decommit(&self, offset: usize, len: usize) -> Result<(), OsError> {
+            debug_assert!(offset % page_size() == 0 && len % page_size() == 0 && offset + len <= self.len);
+            // SAFETY: `MAP_FIXED` replaces the range, which lies inside the
+            // reservation this value owns, and whose contents the caller
+            // gives up; nothing outside it changes.
+            let mapped = unsafe {
+                libc::mmap(
+                    self.at(offset),
+                    len,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if mapped == libc::MAP_FAILED {
+                return Err(last_error());
+            }
+            debug_assert_eq!(mapped, self.at(offset));
+            Ok(())
+        }
+
+        /// Extends the reservation's mapping to `new_len` bytes where it
+        /// stands, read-write like its last page.
+        fn extend(&mut self, new_len: usize) -> bool {
+            // SAFETY: remapping without `MREMAP_MAYMOVE` extends the mapping
+            // where it stands or fails: no byte moves and no pointer into it
+            // can dangle; the new pages are fresh and zero.
+            let result = unsafe { libc::mremap(self.base.as_ptr().cast(), self.len, new_len, 0) };
+            if result == libc::MAP_FAILED {
+                return false;
+            }
+            self.len = new_len;
+            true
+        }
+
+        /// # Safety
+        /// The range must be read-write and hold no data anybody needs.
+        unsafe fn purge(&self, offset: usize, len: usize) {
+            // SAFETY: per the caller; MADV_DONTNEED on private anonymous
+            // memory only zero-fills it.
+            let _ = unsafe { libc::madvise(self.at(offset), len, libc::MADV_DONTNEED) };
+        }
+    }
+
+    impl Drop for Reservation {
+        fn drop(&mut self) {
+            // SAFETY: the whole reservation is this value's, mapped since
+            // `new` at this length (`extend` records every change), and
+            // nothing is used once the value is dropped.
+            unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        }
+    }
+
+    // SAFETY: as memmap2 makes `MmapRaw`: the value owns its memory and
+    // hands out raw pointers only.
+    unsafe impl Send for Reservation {}
+    // SAFETY: as above; the `&self` methods that change memory (`commit`,
+    // `purge`) have callers that own the range.
+    unsafe impl Sync for Reservation {}
 }
 
 /// Heap memory standing in for mappings under the models. Each "mapping"
-/// reserves twice its length so that in-place growth succeeds once and then
-/// fails, exercising both of the pool's growth paths.
+/// reserves twice its length, whatever reservation the pool asks for (the
+/// pool's default would be more memory than a model can hold), so that
+/// in-place growth succeeds once and then fails, exercising both of the
+/// pool's growth paths.
 #[cfg(lle_mempool_model)]
 mod imp {
     use super::OsError;
@@ -237,7 +506,7 @@ mod imp {
     unsafe impl Sync for Mapping {}
 
     impl Mapping {
-        pub(crate) fn new(len: usize) -> Result<Mapping, OsError> {
+        pub(crate) fn new(len: usize, _reserve: usize) -> Result<Mapping, OsError> {
             let refused = OsError(libc::ENOMEM);
             let reservation =
                 Layout::from_size_align(len.checked_mul(2).ok_or(refused)?, MODEL_PAGE_SIZE).map_err(|_| refused)?;
@@ -255,6 +524,10 @@ mod imp {
 
         pub(crate) fn len(&self) -> usize {
             self.len
+        }
+
+        pub(crate) fn reserved(&self) -> usize {
+            self.reservation.size()
         }
 
         /// As the real one: succeeds while the reservation has room. The
@@ -372,6 +645,106 @@ mod imp {
 
         pub(super) fn give_back() {
             unreachable!("no reservation comes from an arena without loom");
+        }
+    }
+}
+
+#[cfg(all(test, not(lle_mempool_model)))]
+mod tests {
+    use super::{page_size, Mapping};
+
+    /// Bytes `offset..offset + len` of `mapping`'s read-write front.
+    fn bytes(mapping: &Mapping, offset: usize, len: usize) -> &[u8] {
+        assert!(offset + len <= mapping.len());
+        // SAFETY: inside the read-write front, which the test owns.
+        unsafe { std::slice::from_raw_parts(mapping.base().as_ptr().add(offset), len) }
+    }
+
+    fn fill(mapping: &mut Mapping, offset: usize, len: usize, value: u8) {
+        assert!(offset + len <= mapping.len());
+        // SAFETY: as in `bytes`.
+        unsafe { mapping.base().as_ptr().add(offset).write_bytes(value, len) };
+    }
+
+    /// Whether `addr` is mapped read-write, per `/proc/self/maps`.
+    fn read_write(addr: usize) -> bool {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+        maps.lines().any(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next().and_then(|range| range.split_once('-'));
+            let Some((start, end)) = range else { return false };
+            let (start, end) = (usize::from_str_radix(start, 16).unwrap(), usize::from_str_radix(end, 16).unwrap());
+            (start..end).contains(&addr) && fields.next().is_some_and(|permissions| permissions.starts_with("rw"))
+        })
+    }
+
+    #[test]
+    fn growth_inside_the_reservation_commits_and_cutting_back_decommits() {
+        let page = page_size();
+        let mut mapping = Mapping::new(page, 8 * page).unwrap();
+        let base = mapping.base().as_ptr() as usize;
+        assert_eq!((mapping.len(), mapping.reserved()), (page, 8 * page));
+        assert!(read_write(base) && !read_write(base + page), "only the front is committed");
+        fill(&mut mapping, 0, page, 0xA1);
+
+        assert!(mapping.grow_in_place(4 * page));
+        assert_eq!((mapping.len(), mapping.reserved()), (4 * page, 8 * page));
+        assert_eq!(mapping.base().as_ptr() as usize, base);
+        assert!(read_write(base + 3 * page) && !read_write(base + 4 * page));
+        assert!(bytes(&mapping, page, 3 * page).iter().all(|&byte| byte == 0), "committed pages are zero");
+        fill(&mut mapping, page, 3 * page, 0xB2);
+
+        // SAFETY: nothing uses the pages past the first.
+        unsafe { mapping.cut_back(page) };
+        assert_eq!((mapping.len(), mapping.reserved()), (page, 8 * page), "the reservation is kept");
+        assert!(!read_write(base + page), "the tail is reserved again");
+        assert!(bytes(&mapping, 0, page).iter().all(|&byte| byte == 0xA1), "the front is intact");
+
+        // Recommitted, the decommitted pages read zero: their contents went.
+        assert!(mapping.grow_in_place(8 * page));
+        assert_eq!(mapping.len(), 8 * page);
+        assert!(bytes(&mapping, page, 7 * page).iter().all(|&byte| byte == 0), "a decommitted page kept its data");
+        assert!(bytes(&mapping, 0, page).iter().all(|&byte| byte == 0xA1));
+        fill(&mut mapping, 0, 8 * page, 0xC3);
+
+        // Past the reservation the mapping is extended where it stands, or
+        // stays as it was.
+        if mapping.grow_in_place(16 * page) {
+            assert_eq!((mapping.len(), mapping.reserved()), (16 * page, 16 * page));
+            assert!(bytes(&mapping, 8 * page, 8 * page).iter().all(|&byte| byte == 0));
+            // SAFETY: nothing uses the pages past the eighth.
+            unsafe { mapping.cut_back(8 * page) };
+            assert_eq!((mapping.len(), mapping.reserved()), (8 * page, 16 * page), "cut back into a reservation");
+        } else {
+            assert_eq!((mapping.len(), mapping.reserved()), (8 * page, 8 * page));
+        }
+        assert_eq!(mapping.base().as_ptr() as usize, base);
+        assert!(bytes(&mapping, 0, 8 * page).iter().all(|&byte| byte == 0xC3));
+    }
+
+    #[test]
+    fn purged_pages_read_zero_and_stay_committed() {
+        let page = page_size();
+        let mut mapping = Mapping::new(2 * page, 4 * page).unwrap();
+        fill(&mut mapping, 0, 2 * page, 0x5A);
+        // SAFETY: the second page holds nothing the test needs.
+        unsafe { mapping.purge(page, page) };
+        assert!(bytes(&mapping, 0, page).iter().all(|&byte| byte == 0x5A));
+        assert!(bytes(&mapping, page, page).iter().all(|&byte| byte == 0));
+        assert_eq!(mapping.len(), 2 * page);
+    }
+
+    #[test]
+    fn a_reservation_no_larger_than_the_length_is_none() {
+        let page = page_size();
+        for reserve in [0, page, 2 * page] {
+            let mut mapping = Mapping::new(2 * page, reserve).unwrap();
+            assert_eq!((mapping.len(), mapping.reserved()), (2 * page, 2 * page));
+            fill(&mut mapping, 0, 2 * page, 0x11);
+            // SAFETY: nothing uses the second page.
+            unsafe { mapping.cut_back(page) };
+            assert_eq!((mapping.len(), mapping.reserved()), (page, page), "without a reservation the tail is unmapped");
+            assert!(bytes(&mapping, 0, page).iter().all(|&byte| byte == 0x11));
         }
     }
 }

@@ -89,24 +89,33 @@ pub(crate) struct MappedRegion {
     /// pool's vector of regions reallocating or shifting.
     description: Box<Region>,
     /// At least as long as the description says: a tail that the kernel
-    /// refused to cut stays here, purged (see [`os::Mapping::cut_back`]).
+    /// refused to cut stays here, purged (see [`os::Mapping::cut_back`]);
+    /// and it may hold address space reserved past that, to grow into.
     mapping: os::Mapping,
 }
 
 impl MappedRegion {
-    /// Maps a fresh region of `len` bytes (a whole number of pages), all free.
-    /// The index is built first, so that the heap refusing it maps nothing.
-    pub(crate) fn map(len: usize) -> Result<MappedRegion, PoolError> {
+    /// Maps a fresh region of `len` bytes (a whole number of pages), all
+    /// free, with up to `reserve` bytes of address space reserved for it to
+    /// grow into (see [`os::Mapping::new`]). The index is built first, so
+    /// that the heap refusing it maps nothing.
+    pub(crate) fn map(len: usize, reserve: usize) -> Result<MappedRegion, PoolError> {
         let index = FreeIndex::new(len / GRANULE).map_err(|_| out_of_memory(len))?;
-        let mapping =
-            os::Mapping::new(len).map_err(|os::OsError(errno)| PoolError::OutOfMemory { requested: len, errno })?;
+        let mapping = os::Mapping::new(len, reserve)
+            .map_err(|os::OsError(errno)| PoolError::OutOfMemory { requested: len, errno })?;
         let description = Box::new(Region { base: mapping.base(), len, index, witness: ReclaimWitness::new() });
         Ok(MappedRegion { description, mapping })
     }
 
+    /// Whether growing to `new_len` bytes stays inside the address space
+    /// the mapping holds already, so that it only commits pages.
+    pub(crate) fn has_room_for(&self, new_len: usize) -> bool {
+        new_len <= self.mapping.reserved()
+    }
+
     /// Grows the mapping to `new_len` bytes where it stands, for a
     /// description of that length to be published. `false`, with nothing
-    /// changed, when the kernel has no room after it.
+    /// changed, when the kernel has no room after it or no memory to commit.
     pub(crate) fn grow_in_place(&mut self, new_len: usize) -> bool {
         debug_assert!(new_len > self.len());
         self.mapping.grow_in_place(new_len)

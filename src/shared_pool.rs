@@ -12,9 +12,11 @@
 //! mapping at once: readers read descriptions and indexes, never the pool's
 //! memory, and the slab map calls the tail foreign before it is cut.
 //!
-//! Growth never moves memory: the newest region is grown in place (mremap
-//! without `MREMAP_MAYMOVE`), and a new region is mapped when the kernel
-//! can't.
+//! Growth never moves memory. The first region reserves address space up
+//! front (`PoolConfig::reserve`) and growth commits it, so a pool that stays
+//! within its reservation is one region that grows in place. Past the
+//! reservation the newest region is grown in place (mremap without
+//! `MREMAP_MAYMOVE`), and a new region is mapped when the kernel can't.
 
 use crate::align::align_up;
 use crate::biased_lock::BiasedMutex;
@@ -59,12 +61,16 @@ pub(crate) struct SharedPool {
     pub(crate) map: SlabMap,
     max_size: Option<usize>,
     growth_factor: f64,
+    /// The address space the first region reserves (whole pages; no more
+    /// than its length means none).
+    reserve: usize,
 }
 
 pub(crate) struct PoolState {
     /// Sorted by address; the table readers see mirrors this.
     regions: Vec<MappedRegion>,
-    /// The base of the region mapped last: the one growth tries to extend.
+    /// The base of the region mapped last: the one growth tries to extend
+    /// when no reservation has room.
     newest: Option<usize>,
     /// The seqlock's write token: kept here, behind the writers' lock, so
     /// that opening a write bracket takes holding that lock.
@@ -135,8 +141,18 @@ fn granules_for(size: usize) -> Result<usize, PoolError> {
 }
 
 impl SharedPool {
-    pub(crate) fn new(initial_size: usize, max_size: Option<usize>, growth_factor: f64) -> Result<Self, PoolError> {
+    /// A pool of `initial_size` bytes. `reserve` is the address space its
+    /// first region reserves to grow into; `None` for the default, the
+    /// maximum size or else as much as a region can hold.
+    pub(crate) fn new(
+        initial_size: usize,
+        max_size: Option<usize>,
+        growth_factor: f64,
+        reserve: Option<usize>,
+    ) -> Result<Self, PoolError> {
         let (seqlock, writer) = SeqLock::new();
+        let page = os::page_size();
+        let reserve = reserve.or(max_size).unwrap_or(MAX_REGION_BYTES).min(MAX_REGION_BYTES) / page * page;
         let pool = SharedPool {
             state: BiasedMutex::new(PoolState { regions: Vec::new(), newest: None, writer }),
             seqlock,
@@ -148,6 +164,7 @@ impl SharedPool {
             map: SlabMap::new()?,
             max_size,
             growth_factor,
+            reserve,
         };
         if initial_size > 0 {
             let bytes =
@@ -395,7 +412,7 @@ impl SharedPool {
         debug_assert!(additional % os::page_size() == 0);
         let handle = self.collector.register();
         let guard = handle.pin();
-        if self.grow_newest_in_place(state, additional, &guard)? {
+        if self.grow_in_place(state, additional, &guard)? {
             return Ok(());
         }
         let count = additional.div_ceil(MAX_REGION_BYTES);
@@ -409,7 +426,11 @@ impl SharedPool {
         // them: they were never published.
         while remaining > 0 {
             let len = remaining.min(MAX_REGION_BYTES);
-            mapped.push(MappedRegion::map(len)?);
+            // Only the first region reserves: the pool is then one region
+            // for as long as the reservation lasts, and past it growth maps
+            // what it needs.
+            let reserve = if state.regions.is_empty() && mapped.is_empty() { self.reserve } else { 0 };
+            mapped.push(MappedRegion::map(len, reserve)?);
             remaining -= len;
         }
         self.mark_regions(&mapped)?;
@@ -446,14 +467,16 @@ impl SharedPool {
         self.counters.expansions.add(1);
     }
 
-    /// Grows the newest region by `additional` bytes where it stands.
-    /// `Ok(false)` when it can't (too large, or the kernel has no room after
-    /// it), with nothing changed.
-    fn grow_newest_in_place(&self, state: &mut PoolState, additional: usize, guard: &Guard) -> Result<bool, PoolError> {
-        let Some(newest) = state.newest else { return Ok(false) };
-        let Some(position) = state.regions.iter().position(|region| region.start() == newest) else {
-            return Ok(false);
-        };
+    /// Grows a region by `additional` bytes where it stands: the lowest
+    /// whose reservation has room for it, which only commits pages, else
+    /// the newest, which the kernel may extend. `Ok(false)` when it can't
+    /// (too large, or the kernel has no room after it or no memory to
+    /// commit), with nothing changed.
+    fn grow_in_place(&self, state: &mut PoolState, additional: usize, guard: &Guard) -> Result<bool, PoolError> {
+        let reserved = state.regions.iter().position(|region| region.has_room_for(region.len() + additional));
+        let newest =
+            || state.newest.and_then(|newest| state.regions.iter().position(|region| region.start() == newest));
+        let Some(position) = reserved.or_else(newest) else { return Ok(false) };
         let old_len = state.regions[position].len();
         let new_len = old_len + additional;
         if new_len > MAX_REGION_BYTES {
@@ -464,10 +487,11 @@ impl SharedPool {
         if !region.grow_in_place(new_len) {
             return Ok(false);
         }
-        // The index is built after growing the mapping, not before: the
-        // kernel refuses most in-place growth (new mappings go just below the
-        // newest), and an index built for nothing would double the cost of
-        // growing. Rolling back costs one mremap in the rare case.
+        // The index is built after growing the mapping, not before: past a
+        // reservation the kernel refuses most in-place growth (new mappings
+        // go just below the newest), and an index built for nothing would
+        // double the cost of growing. Rolling back costs one mremap or
+        // decommit in the rare case.
         let grown = match region.with_len(new_len) {
             Ok(grown) => Box::new(grown),
             Err(_) => {
@@ -901,7 +925,7 @@ mod tests {
 
     #[test]
     fn blocks_grow_into_free_neighbours_and_shrink_in_place() {
-        let pool = SharedPool::new(4096, None, 2.0).unwrap();
+        let pool = SharedPool::new(4096, None, 2.0, None).unwrap();
         let first = pool.allocate(100, 16).unwrap();
         let second = pool.allocate(100, 16).unwrap();
         let first_addr = first.as_ptr() as usize;
@@ -946,7 +970,7 @@ mod tests {
 
     #[test]
     fn resizing_refuses_what_is_not_a_live_block() {
-        let pool = SharedPool::new(4096, None, 2.0).unwrap();
+        let pool = SharedPool::new(4096, None, 2.0, None).unwrap();
         let block = pool.allocate(64, 16).unwrap();
         let addr = block.as_ptr() as usize;
         assert_eq!(pool.resize_in_place(addr, 0), Err(PoolError::ZeroSize));

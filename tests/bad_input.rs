@@ -496,7 +496,10 @@ fn the_os_refusing_memory_is_out_of_memory() {
         assert!(status.success(), "child process: {status}");
         return;
     }
-    let fixture = Fixture::new(PoolConfig::new(1 << 20));
+    // No reservation, so that growth asks the OS for address space, which
+    // the limit refuses; growth into a reservation needs none
+    // (tests/out_of_memory.rs covers it).
+    let fixture = Fixture::new(PoolConfig::new(1 << 20).reserve(0));
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let mapped = statm.split_whitespace().next().unwrap().parse::<usize>().unwrap() * page_size();
     let limit = libc::rlimit { rlim_cur: (mapped + (64 << 20)) as libc::rlim_t, rlim_max: libc::RLIM_INFINITY };

@@ -4,10 +4,17 @@
 //! grown region), growth fails with `OutOfMemory` (NULL or an error code in
 //! C), and the pool is exactly as it was: same size and regions, `check()`
 //! passes, live blocks keep their data, and it still serves allocations.
+//! A pool that reserved its address space up front grows by committing it,
+//! which the limit does not stop: there it is the index that the limit
+//! refuses, and the committed memory is decommitted again. Creating a pool
+//! under a limit its default reservation does not fit still works: the
+//! reservation shrinks until it fits.
 //!
 //! The kernel can also refuse to cut a free tail off a region, when the cut
 //! would split a mapping past `vm.max_map_count`: the tail is then purged
-//! and kept, still the pool's, and unmapped with the region.
+//! and kept, still the pool's, and unmapped with the region. Inside a
+//! reservation the tail is decommitted instead, which the limit does not
+//! stop.
 //!
 //! Each case runs in a child process (this test binary, re-run for that one
 //! test) so that the limit cannot disturb other tests, and so that an abort
@@ -16,7 +23,7 @@
 mod common;
 
 use common::{assert_intact, fill, page_size};
-use lle_mempool::{MemoryPool, PoolError};
+use lle_mempool::{MemoryPool, PoolConfig, PoolError};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::ptr::NonNull;
@@ -166,9 +173,43 @@ fn expect_out_of_memory<T: std::fmt::Debug>(what: &str, result: Result<T, PoolEr
     }
 }
 
+/// How a case's pool holds its address space.
+#[derive(Clone, Copy, Debug)]
+enum Reservation {
+    /// None: growth maps address space, which the limit refuses.
+    None,
+    /// The default: growth commits address space the pool holds already,
+    /// and only the index needs more, which the limit refuses.
+    Default,
+}
+
+impl Reservation {
+    const BOTH: [Reservation; 2] = [Reservation::None, Reservation::Default];
+
+    fn config(self, initial_size: usize) -> PoolConfig {
+        match self {
+            Reservation::None => PoolConfig::new(initial_size).reserve(0),
+            Reservation::Default => PoolConfig::new(initial_size),
+        }
+    }
+
+    /// The room to leave for a growth of `bytes` that must be refused: the
+    /// memory, not its index, where growth maps; nothing where it commits.
+    fn room_refusing(self, bytes: usize) -> usize {
+        match self {
+            Reservation::None => bytes,
+            Reservation::Default => 0,
+        }
+    }
+}
+
 /// A pool with some live blocks on both paths, stamped.
-fn pool_with_blocks() -> (MemoryPool, Live) {
-    let pool = MemoryPool::new(1 << 20).unwrap();
+fn pool_with_blocks(reservation: Reservation) -> (MemoryPool, Live) {
+    pool_with_blocks_from(reservation.config(1 << 20))
+}
+
+fn pool_with_blocks_from(config: PoolConfig) -> (MemoryPool, Live) {
+    let pool = MemoryPool::with_config(config).unwrap();
     let mut live = Live::new();
     for size in [100, 5000, 64 * 1024] {
         live.add(pool.allocate(size).unwrap(), size);
@@ -180,86 +221,100 @@ fn pool_with_blocks() -> (MemoryPool, Live) {
 #[test]
 fn expand_and_resize_beyond_the_limit_are_out_of_memory() {
     in_child("expand_and_resize_beyond_the_limit_are_out_of_memory", || {
-        let (pool, mut live) = pool_with_blocks();
-        let (size, regions) = (pool.size(), pool.regions());
-        // Room for the mapping, not for its index.
-        limit_address_space(8 * GIB);
-        expect_out_of_memory("expand(8 GiB)", pool.expand(8 * GIB));
-        assert_unchanged(&pool, "expand(8 GiB)", size, &regions, &mut live);
-        expect_out_of_memory("resize(+8 GiB)", pool.resize(size + 8 * GIB));
-        assert_unchanged(&pool, "resize(+8 GiB)", size, &regions, &mut live);
-        lift_limit();
-        live.free_all(&pool);
-        pool.check().unwrap();
+        for reservation in Reservation::BOTH {
+            let (pool, mut live) = pool_with_blocks(reservation);
+            let (size, regions) = (pool.size(), pool.regions());
+            limit_address_space(reservation.room_refusing(8 * GIB));
+            let what = format!("expand(8 GiB), {reservation:?}");
+            expect_out_of_memory(&what, pool.expand(8 * GIB));
+            assert_unchanged(&pool, &what, size, &regions, &mut live);
+            let what = format!("resize(+8 GiB), {reservation:?}");
+            expect_out_of_memory(&what, pool.resize(size + 8 * GIB));
+            assert_unchanged(&pool, &what, size, &regions, &mut live);
+            lift_limit();
+            live.free_all(&pool);
+            pool.check().unwrap();
+        }
     });
 }
 
 #[test]
 fn allocating_beyond_the_limit_is_out_of_memory() {
     in_child("allocating_beyond_the_limit_is_out_of_memory", || {
-        let (pool, mut live) = pool_with_blocks();
-        let (size, regions) = (pool.size(), pool.regions());
-        limit_address_space(4 * GIB);
-        expect_out_of_memory("allocate(4 GiB)", pool.allocate(4 * GIB));
-        assert_unchanged(&pool, "allocate(4 GiB)", size, &regions, &mut live);
-        expect_out_of_memory("allocate_aligned(4 GiB, 4096)", pool.allocate_aligned(4 * GIB, 4096));
-        assert_unchanged(&pool, "allocate_aligned(4 GiB, 4096)", size, &regions, &mut live);
-        lift_limit();
-        live.free_all(&pool);
-        pool.check().unwrap();
+        for reservation in Reservation::BOTH {
+            let (pool, mut live) = pool_with_blocks(reservation);
+            let (size, regions) = (pool.size(), pool.regions());
+            limit_address_space(reservation.room_refusing(4 * GIB));
+            let what = format!("allocate(4 GiB), {reservation:?}");
+            expect_out_of_memory(&what, pool.allocate(4 * GIB));
+            assert_unchanged(&pool, &what, size, &regions, &mut live);
+            let what = format!("allocate_aligned(4 GiB, 4096), {reservation:?}");
+            expect_out_of_memory(&what, pool.allocate_aligned(4 * GIB, 4096));
+            assert_unchanged(&pool, &what, size, &regions, &mut live);
+            lift_limit();
+            live.free_all(&pool);
+            pool.check().unwrap();
+        }
     });
 }
 
-/// A pool that grows by many small allocations until the limit stops it.
+/// A pool that grows by many small allocations until the limit stops it:
+/// one without a reservation, and one that runs past its reservation.
 #[test]
 fn a_pool_grown_by_small_allocations_stops_with_out_of_memory() {
     in_child("a_pool_grown_by_small_allocations_stops_with_out_of_memory", || {
-        let (pool, mut live) = pool_with_blocks();
-        limit_address_space(512 << 20);
-        let mut refusal = None;
-        for round in 0..100_000 {
-            let size = 16 * 1024 + round % 7 * 1000;
-            match pool.allocate(size) {
-                Ok(block) => live.add(block, 64),
-                Err(error) => {
-                    refusal = Some(error);
-                    break;
-                }
-            }
+        for reserve in [0, 64 << 20] {
+            grow_by_small_allocations_until_refused(PoolConfig::new(1 << 20).reserve(reserve));
         }
-        expect_out_of_memory("the shared path at the limit", refusal.map_or(Ok(()), Err));
-        pool.check().unwrap();
-        live.assert_intact();
-        // The fast path runs out too once no slab can be had.
-        let mut refusal = None;
-        for _ in 0..10_000_000 {
-            match pool.allocate_fast(512) {
-                Ok(block) => live.add(block, 16),
-                Err(error) => {
-                    refusal = Some(error);
-                    break;
-                }
-            }
-        }
-        expect_out_of_memory("the fast path at the limit", refusal.map_or(Ok(()), Err));
-        // The fast path may still have grown the pool by less than the
-        // shared path's last attempt asked for.
-        let (size, regions) = (pool.size(), pool.regions());
-        pool.check().unwrap();
-        live.assert_intact();
-        // Freeing makes room again, under the same limit.
-        let blocks = std::mem::take(&mut live.blocks);
-        let (freed, kept) = blocks.split_at(blocks.len() / 2);
-        for &(block, _, _) in freed {
-            // SAFETY: live blocks, freed once.
-            unsafe { pool.free(block).unwrap() };
-        }
-        live.blocks = kept.to_vec();
-        assert_unchanged(&pool, "after freeing half", size, &regions, &mut live);
-        lift_limit();
-        live.free_all(&pool);
-        pool.check().unwrap();
     });
+}
+
+fn grow_by_small_allocations_until_refused(config: PoolConfig) {
+    let (pool, mut live) = pool_with_blocks_from(config);
+    limit_address_space(512 << 20);
+    let mut refusal = None;
+    for round in 0..100_000 {
+        let size = 16 * 1024 + round % 7 * 1000;
+        match pool.allocate(size) {
+            Ok(block) => live.add(block, 64),
+            Err(error) => {
+                refusal = Some(error);
+                break;
+            }
+        }
+    }
+    expect_out_of_memory("the shared path at the limit", refusal.map_or(Ok(()), Err));
+    pool.check().unwrap();
+    live.assert_intact();
+    // The fast path runs out too once no slab can be had.
+    let mut refusal = None;
+    for _ in 0..10_000_000 {
+        match pool.allocate_fast(512) {
+            Ok(block) => live.add(block, 16),
+            Err(error) => {
+                refusal = Some(error);
+                break;
+            }
+        }
+    }
+    expect_out_of_memory("the fast path at the limit", refusal.map_or(Ok(()), Err));
+    // The fast path may still have grown the pool by less than the
+    // shared path's last attempt asked for.
+    let (size, regions) = (pool.size(), pool.regions());
+    pool.check().unwrap();
+    live.assert_intact();
+    // Freeing makes room again, under the same limit.
+    let blocks = std::mem::take(&mut live.blocks);
+    let (freed, kept) = blocks.split_at(blocks.len() / 2);
+    for &(block, _, _) in freed {
+        // SAFETY: live blocks, freed once.
+        unsafe { pool.free(block).unwrap() };
+    }
+    live.blocks = kept.to_vec();
+    assert_unchanged(&pool, "after freeing half", size, &regions, &mut live);
+    lift_limit();
+    live.free_all(&pool);
+    pool.check().unwrap();
 }
 
 /// In-place growth (mremap) succeeds, then the heap refuses the grown
@@ -271,8 +326,10 @@ fn growth_in_place_is_rolled_back_when_the_index_cannot_be_had() {
         // in glibc), whose reserved address space could otherwise serve it.
         const GROWTH: usize = 4 * GIB;
         // A region with a free gap after it: map it with room to spare, then
-        // let compact cut the free tail away.
-        let pool = MemoryPool::new(GROWTH + (1 << 20)).unwrap();
+        // let compact cut the free tail away. No reservation: with one, the
+        // gap would be the pool's, and growth would commit it (see the next
+        // case).
+        let pool = MemoryPool::with_config(PoolConfig::new(GROWTH + (1 << 20)).reserve(0)).unwrap();
         let mut live = Live::new();
         live.add(pool.allocate(1 << 20).unwrap(), 1 << 20);
         assert_eq!(pool.compact().unwrap(), GROWTH, "setup: compact cuts the free tail");
@@ -293,6 +350,76 @@ fn growth_in_place_is_rolled_back_when_the_index_cannot_be_had() {
         pool.expand(GROWTH).unwrap();
         assert_eq!(pool.regions(), vec![region.start..region.end + GROWTH], "growth in place after the rollback");
         assert_unchanged(&pool, "growth after the rollback", pool.size(), &pool.regions(), &mut live);
+        live.free_all(&pool);
+        pool.check().unwrap();
+    });
+}
+
+/// Growth into the reservation commits its pages, then the heap refuses
+/// the grown region's index: the pages must be decommitted again.
+#[test]
+fn growth_into_the_reservation_is_decommitted_when_the_index_cannot_be_had() {
+    in_child("growth_into_the_reservation_is_decommitted_when_the_index_cannot_be_had", || {
+        const GROWTH: usize = 4 * GIB;
+        let pool = MemoryPool::with_config(PoolConfig::new(1 << 20).reserve(8 * GIB)).unwrap();
+        let mut live = Live::new();
+        live.add(pool.allocate(64 * 1024).unwrap(), 64 * 1024);
+        let region = pool.regions()[0].clone();
+        let (size, regions) = (pool.size(), pool.regions());
+        assert_eq!(mapping_end(region.start), region.end, "setup: only the region's pages are read-write");
+
+        // No room at all: committing needs none, the index does.
+        limit_address_space(0);
+        expect_out_of_memory("expand into the reservation", pool.expand(GROWTH));
+        assert_eq!(mapping_end(region.start), region.end, "the committed pages were not decommitted");
+        assert_as_before(&pool, "expand into the reservation", size, &regions, &live);
+
+        // With the limit lifted the same growth works, in place.
+        lift_limit();
+        pool.expand(GROWTH).unwrap();
+        assert_eq!(pool.regions(), vec![region.start..region.end + GROWTH], "growth in place after the rollback");
+        assert_eq!(mapping_end(region.start), region.end + GROWTH, "the growth is read-write");
+        assert_unchanged(&pool, "growth after the rollback", pool.size(), &pool.regions(), &mut live);
+        live.free_all(&pool);
+        pool.check().unwrap();
+    });
+}
+
+/// Creating a pool under an address-space limit that its default
+/// reservation does not fit: the reservation shrinks until it fits, and
+/// the pool grows in place inside what it got.
+#[test]
+fn a_refused_reservation_falls_back_to_one_that_fits() {
+    in_child("a_refused_reservation_falls_back_to_one_that_fits", || {
+        const ROOM: usize = 64 << 20;
+        limit_address_space(ROOM);
+        let before = mapped_bytes();
+        let pool = MemoryPool::new(1 << 20).expect("a pool whose default reservation does not fit");
+        let reserved = mapped_bytes() - before;
+        assert!(reserved <= ROOM + MARGIN, "{reserved} bytes mapped under a limit of {ROOM} + {MARGIN}");
+        assert!(reserved >= 16 << 20, "the reservation was dropped rather than halved: {reserved} bytes mapped");
+        let start = pool.regions()[0].start;
+        let mut live = Live::new();
+        for _ in 0..14 {
+            live.add(pool.allocate(1 << 20).unwrap(), 1 << 20);
+        }
+        assert_eq!(pool.size(), 16 << 20);
+        assert_eq!(pool.regions(), vec![start..start + (16 << 20)], "growth inside the reservation is in place");
+        pool.check().unwrap();
+        live.assert_intact();
+
+        // Under no room but the margin, a pool is still created.
+        limit_address_space(0);
+        let small = MemoryPool::new(1 << 20).expect("a pool under no room");
+        live.add(small.allocate(4096).unwrap(), 4096);
+        small.check().unwrap();
+        lift_limit();
+        live.assert_intact();
+        let small_blocks = live.blocks.split_off(live.blocks.len() - 1);
+        for (block, _, _) in small_blocks {
+            // SAFETY: the small pool's live block, freed once.
+            unsafe { small.free(block).unwrap() };
+        }
         live.free_all(&pool);
         pool.check().unwrap();
     });
@@ -383,7 +510,8 @@ fn pool_with_neighbour(len: usize) -> (MemoryPool, TestMapping) {
     let page = page_size();
     let mut crowded = Vec::new();
     for _ in 0..16 {
-        let pool = MemoryPool::new(len).unwrap();
+        // No reservation: it would take the addresses after the region.
+        let pool = MemoryPool::with_config(PoolConfig::new(len).reserve(0)).unwrap();
         let end = pool.regions()[0].end;
         if let Some(neighbour) = TestMapping::try_new(end, page, libc::PROT_READ | libc::PROT_WRITE) {
             return (pool, neighbour);
@@ -447,6 +575,60 @@ fn a_tail_the_kernel_will_not_cut_is_purged_and_kept() {
     });
 }
 
+/// Inside a reservation the free tail is decommitted rather than cut: the
+/// range then reaches from the cut to the end of the read-write mapping,
+/// which leaves as many mappings as before, so the kernel does it even at
+/// `vm.max_map_count`, and the reservation stays whole for growth.
+#[test]
+fn a_tail_inside_the_reservation_is_decommitted_at_the_mapping_limit() {
+    in_child("a_tail_inside_the_reservation_is_decommitted_at_the_mapping_limit", || {
+        const REGION: usize = 2 << 20;
+        const KEPT: usize = 64 * 1024;
+        let pool = MemoryPool::with_config(PoolConfig::new(REGION).reserve(2 * REGION)).unwrap();
+        let region = pool.regions()[0].clone();
+        assert_eq!(region.len(), REGION);
+        let mut live = Live::new();
+        live.add(pool.allocate(KEPT).unwrap(), KEPT);
+        let stamped = pool.allocate(REGION / 2).unwrap();
+        // SAFETY: a fresh block of that size.
+        unsafe { fill(stamped, REGION / 2, 99) };
+        // SAFETY: a live block, freed once.
+        unsafe { pool.free(stamped).unwrap() };
+        assert_eq!(mapping_end(region.start), region.end, "setup: the region is one read-write mapping");
+
+        let Some(filler) = exhaust_mappings() else {
+            eprintln!("vm.max_map_count is too high to reach here; nothing checked");
+            return;
+        };
+        let released = pool.compact();
+        let decommitted_at = mapping_end(region.start);
+        drop(filler);
+        assert_eq!(released, Ok(REGION - KEPT), "compact gives the tail back");
+        let trimmed = region.start..region.start + KEPT;
+        assert_eq!(pool.regions(), std::slice::from_ref(&trimmed), "the region is trimmed");
+        assert_eq!(decommitted_at, trimmed.end, "the tail is decommitted: only the kept part is read-write");
+        pool.check().unwrap();
+        live.assert_intact();
+
+        // Growth in place recommits the tail, whose old contents are gone,
+        // and goes on into the reservation.
+        pool.expand(2 * REGION - KEPT).unwrap();
+        assert_eq!(pool.regions(), vec![region.start..region.end + REGION], "grown in place into the reservation");
+        // SAFETY: recommitted pool memory, free, which nobody uses.
+        let tail = unsafe { std::slice::from_raw_parts(stamped.as_ptr(), REGION / 2) };
+        assert!(tail.iter().all(|&byte| byte == 0), "the decommitted tail kept its contents");
+        live.add(pool.allocate(2 * REGION - KEPT).unwrap(), 2 * REGION - KEPT);
+        live.assert_intact();
+        pool.check().unwrap();
+        live.free_all(&pool);
+
+        // Dropping the pool unmaps all of it.
+        drop(pool);
+        let held = |addr: usize| mappings().into_iter().any(|(start, end)| (start..end).contains(&addr));
+        assert!(!held(region.start) && !held(region.end + REGION - 1), "the region was unmapped");
+    });
+}
+
 /// The C API: NULL and `LLE_ERROR_OUT_OF_MEMORY`, never an abort.
 #[cfg(feature = "capi")]
 #[test]
@@ -468,13 +650,15 @@ fn the_c_api_reports_out_of_memory() {
                 live.add(NonNull::new(block).expect("a block"), size);
             }
             let (size, regions) = (lle_get_pool_size(pool), rust_view.regions());
+            // The C API's pools have the default reservation.
+            let reservation = Reservation::Default;
 
-            limit_address_space(4 * GIB);
+            limit_address_space(reservation.room_refusing(4 * GIB));
             assert!(lle_pool_allocate(pool, 4 * GIB).is_null(), "lle_pool_allocate(4 GiB)");
             assert_unchanged(rust_view, "lle_pool_allocate(4 GiB)", size, &regions, &mut live);
             lift_limit();
 
-            limit_address_space(8 * GIB);
+            limit_address_space(reservation.room_refusing(8 * GIB));
             assert_eq!(lle_expand_pool_memory(pool, 8 * GIB), LleResult::ErrorOutOfMemory);
             assert_unchanged(rust_view, "lle_expand_pool_memory(8 GiB)", size, &regions, &mut live);
             assert_eq!(lle_atomic_pool_resize(pool, size + 8 * GIB), LleResult::ErrorOutOfMemory);

@@ -416,9 +416,10 @@ static size_t mapped_bytes(void) {
     return kib * 1024;
 }
 
-/* Under an address-space limit with room for 4 GiB of mapping but not for
- * the bookkeeping that goes with it, growth fails with NULL or
- * LLE_ERROR_OUT_OF_MEMORY, and the pool is as it was. */
+/* Under an address-space limit with no room for the bookkeeping of 4 GiB
+ * more (the pool reserved the address space of the memory itself when it
+ * was created), growth fails with NULL or LLE_ERROR_OUT_OF_MEMORY, and the
+ * pool is as it was. */
 static void test_out_of_memory(void) {
     const size_t gib = (size_t)1 << 30;
     lle_memory_pool_t *pool = lle_create_memory_pool(1u << 20, 0, LLE_POOL_BUFFER);
@@ -440,7 +441,7 @@ static void test_out_of_memory(void) {
     struct rlimit unlimited;
     CHECK(getrlimit(RLIMIT_AS, &unlimited) == 0);
     struct rlimit limited = unlimited;
-    limited.rlim_cur = (rlim_t)(mapped + 4 * gib + ((size_t)8 << 20));
+    limited.rlim_cur = (rlim_t)(mapped + ((size_t)8 << 20));
     CHECK(setrlimit(RLIMIT_AS, &limited) == 0);
     CHECK(lle_pool_allocate(pool, 4 * gib) == NULL);
     CHECK(lle_expand_pool_memory(pool, 4 * gib) == LLE_ERROR_OUT_OF_MEMORY);
