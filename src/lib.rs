@@ -40,8 +40,10 @@
 //!  +-----------+      +-----------+    +-----------+     with mremap, never moved
 //! ```
 //!
-//! - **Regions** (`region`): anonymous mappings. A region is grown in place
-//!   with `mremap` without `MREMAP_MAYMOVE`; when the kernel can't, a new
+//! - **Regions** (`region`): anonymous mappings. The first region reserves
+//!   address space up front ([`PoolConfig::reserve`]) and grows in place by
+//!   committing it; past the reservation a region is grown in place with
+//!   `mremap` without `MREMAP_MAYMOVE`, and when the kernel can't, a new
 //!   region is mapped. A live block never moves.
 //! - **Free-block index** (`free_index`): per region, one bit per 16-byte
 //!   granule for "free" and one for "a block starts here". Coalescing is
@@ -599,7 +601,8 @@ impl MemoryPool {
     }
 
     /// Grows the pool by `additional` bytes, rounded up to pages: in place
-    /// if the kernel can extend the newest region, else as a new region.
+    /// inside the first region's reservation, or if the kernel can extend
+    /// the newest region, else as a new region.
     /// Live blocks never move.
     ///
     /// # Errors
