@@ -2,6 +2,7 @@
 
 use crate::error::PoolError;
 use crate::shared_pool::MAX_ALIGNMENT;
+use std::time::Duration;
 
 /// What a pool is for, as the LLE line editor names its pools.
 ///
@@ -66,16 +67,21 @@ pub struct PoolConfig {
     pub(crate) checked: bool,
     /// `None` for the default (see [`PoolConfig::reserve`]).
     pub(crate) reserve: Option<usize>,
+    pub(crate) purge_delay: Option<Duration>,
 }
 
 /// The smallest default alignment a pool accepts: what `malloc` promises.
 pub(crate) const MIN_DEFAULT_ALIGNMENT: usize = 16;
 
+/// How long free pages stay resident, by default, before the pool purges
+/// them on its own (see [`PoolConfig::purge_delay`]).
+pub(crate) const DEFAULT_PURGE_DELAY: Duration = Duration::from_secs(1);
+
 impl PoolConfig {
     /// A configuration for a pool that starts with `initial_size` bytes
     /// (rounded up to whole pages), with alignment 16, no maximum size, a
-    /// growth factor of 2, the default [reservation](Self::reserve) and no
-    /// double-free checks on the fast path.
+    /// growth factor of 2, the default [reservation](Self::reserve), no
+    /// double-free checks on the fast path and a purge delay of one second.
     ///
     /// # Examples
     ///
@@ -94,6 +100,7 @@ impl PoolConfig {
             growth_factor: 2.0,
             checked: false,
             reserve: None,
+            purge_delay: Some(DEFAULT_PURGE_DELAY),
         }
     }
 
@@ -222,6 +229,71 @@ impl PoolConfig {
     /// ```
     pub fn checked(mut self, on: bool) -> Self {
         self.checked = on;
+        self
+    }
+
+    /// How long after it last gave free pages back the pool gives back
+    /// more on its own, without [`compact`]; `None` gives memory back only
+    /// on `compact` (and [`resize`]). The default is one second.
+    ///
+    /// The pool purges (with `madvise`, so the pages stop counting as
+    /// resident and read as zeros when used again) the whole free pages in
+    /// free blocks of at least 64 KiB: smaller holes between live blocks
+    /// are likely to be filled again soon, and a purged page faults when it
+    /// is. Nothing runs in the background: a free in the shared pool counts
+    /// its bytes, and only when an eighth of the pool (at least 4 MiB) has
+    /// been freed since the last purge does it look at the clock; the
+    /// purge itself walks one bit per KiB of the pool and makes one
+    /// `madvise` call per free block it purges, and is paid for by the free
+    /// that finds the delay passed. So memory freed just before a program
+    /// goes quiet stays resident until later frees, or `compact`, give it
+    /// back.
+    ///
+    /// Memory in the thread caches comes back the same way: a cache keeps
+    /// at most one empty slab per size class, and gives every other slab
+    /// back to the shared pool as soon as its last block is freed (and an
+    /// exiting thread's slabs once their blocks come home, or on
+    /// `compact`), where its 64 KiB are a free block like any other.
+    ///
+    /// Why one second: the check costs the hot path a subtraction per
+    /// shared-pool free either way, and the delay bounds how often a
+    /// purge's walk and its page faults can be paid. mimalloc purges after
+    /// 10 ms, which in a loop that frees and refills the same memory
+    /// purges pages only to fault them in again; jemalloc lets dirty pages
+    /// decay over 10 s, which holds memory long after a phase of a program
+    /// has ended. A second keeps the purge cost in such a loop negligible
+    /// while memory comes back soon after the program's frees. Every
+    /// duration is valid; zero purges whenever the threshold is reached.
+    ///
+    /// [`compact`]: crate::MemoryPool::compact
+    /// [`resize`]: crate::MemoryPool::resize
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolConfig};
+    /// use std::time::Duration;
+    ///
+    /// // Purge as soon as 4 MiB (the least threshold) have been freed.
+    /// let pool = MemoryPool::with_config(PoolConfig::new(16 << 20).purge_delay(Some(Duration::ZERO)))?;
+    /// let blocks = (0..8).map(|_| pool.allocate(1 << 20)).collect::<Result<Vec<_>, _>>()?;
+    /// for block in blocks {
+    ///     unsafe { pool.free(block)? };
+    /// }
+    /// assert_eq!(pool.stats().purges, 1, "the fifth free found the threshold passed");
+    ///
+    /// // Give memory back only when the program says so.
+    /// let manual = MemoryPool::with_config(PoolConfig::new(16 << 20).purge_delay(None))?;
+    /// let blocks = (0..8).map(|_| manual.allocate(1 << 20)).collect::<Result<Vec<_>, _>>()?;
+    /// for block in blocks {
+    ///     unsafe { manual.free(block)? };
+    /// }
+    /// assert_eq!(manual.stats().purges, 0);
+    /// manual.compact()?;
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn purge_delay(mut self, delay: Option<Duration>) -> Self {
+        self.purge_delay = delay;
         self
     }
 

@@ -124,6 +124,7 @@ mod identity;
 mod listeners;
 mod model_cells;
 mod os;
+mod purge;
 mod region;
 mod seqlock;
 mod shared_pool;
@@ -263,7 +264,13 @@ impl MemoryPool {
     /// ```
     pub fn with_config(config: PoolConfig) -> Result<MemoryPool, PoolError> {
         config.validate()?;
-        let shared = SharedPool::new(config.initial_size, config.max_size, config.growth_factor, config.reserve)?;
+        let shared = SharedPool::new(
+            config.initial_size,
+            config.max_size,
+            config.growth_factor,
+            config.reserve,
+            config.purge_delay,
+        )?;
         let id = identity::next_pool_id();
         let caches = PoolCaches::new(id, config.checked);
         let pool = MemoryPool { inner: Box::new(PoolInner { id, config, shared, caches }) };
@@ -664,7 +671,8 @@ impl MemoryPool {
     /// blocks this thread freed into other threads' slabs and still holds
     /// in its batch (see [`free_fast`](Self::free_fast)) are handed over.
     /// A region whose shorter index the heap can't provide keeps its free
-    /// tail.
+    /// tail. Without `compact`, the pool purges free pages on its own after
+    /// its [purge delay](PoolConfig::purge_delay).
     ///
     /// # Errors
     ///
@@ -788,6 +796,7 @@ impl MemoryPool {
             failed_allocations: shared.failed_allocations,
             expansions: shared.expansions,
             compactions: shared.compactions,
+            purges: shared.purges,
             avg_alloc_time: mean_duration(&[shared.alloc_time, fast.alloc_time]),
             avg_free_time: mean_duration(&[shared.free_time, fast.free_time]),
             fast: FastPathStats {

@@ -23,9 +23,10 @@ use crate::biased_lock::BiasedMutex;
 use crate::epoch_handles::EpochHandles;
 use crate::error::PoolError;
 use crate::fallible::out_of_memory;
-use crate::free_index::{GRANULE, MAX_REGION_GRANULES};
+use crate::free_index::{GRANULE, LEAF_GRANULES, MAX_REGION_GRANULES};
 use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
 use crate::os;
+use crate::purge::{PurgeSchedule, PURGE_MIN_RUN};
 use crate::region::{find_region, MappedRegion, Region, RegionTable};
 use crate::seqlock::{SeqLock, WriterToken};
 use crate::slab_map::SlabMap;
@@ -33,6 +34,7 @@ use crate::stats::{Counter, SampledTimer, SHARED_TIMING_PERIOD};
 use crate::sync::Ordering;
 use crossbeam_epoch::{Atomic, Collector, Guard, Owned};
 use std::ptr::NonNull;
+use std::time::{Duration, Instant};
 
 /// The largest region, in bytes; bigger requests span several regions.
 const MAX_REGION_BYTES: usize = MAX_REGION_GRANULES * GRANULE;
@@ -75,6 +77,8 @@ pub(crate) struct PoolState {
     /// The seqlock's write token: kept here, behind the writers' lock, so
     /// that opening a write bracket takes holding that lock.
     writer: WriterToken,
+    /// When frees next purge free pages on their own.
+    purge: PurgeSchedule,
 }
 
 /// Counters written under the pool's lock and read inside a seqlock read.
@@ -96,6 +100,8 @@ pub(crate) struct SharedCounters {
     pub(crate) failed_allocations: Counter<u64>,
     pub(crate) expansions: Counter<u64>,
     pub(crate) compactions: Counter<u64>,
+    /// Purges made after the purge delay (not by `compact`).
+    pub(crate) purges: Counter<u64>,
 }
 
 /// A consistent reading of the shared pool.
@@ -113,6 +119,7 @@ pub(crate) struct SharedSnapshot {
     pub(crate) failed_allocations: u64,
     pub(crate) expansions: u64,
     pub(crate) compactions: u64,
+    pub(crate) purges: u64,
     pub(crate) alloc_time: (u64, u64),
     pub(crate) free_time: (u64, u64),
 }
@@ -149,12 +156,14 @@ impl SharedPool {
         max_size: Option<usize>,
         growth_factor: f64,
         reserve: Option<usize>,
+        purge_delay: Option<Duration>,
     ) -> Result<Self, PoolError> {
         let (seqlock, writer) = SeqLock::new();
         let page = os::page_size();
         let reserve = reserve.or(max_size).unwrap_or(MAX_REGION_BYTES).min(MAX_REGION_BYTES) / page * page;
+        let purge = PurgeSchedule::new(purge_delay, initial_size);
         let pool = SharedPool {
-            state: BiasedMutex::new(PoolState { regions: Vec::new(), newest: None, writer }),
+            state: BiasedMutex::new(PoolState { regions: Vec::new(), newest: None, writer, purge }),
             seqlock,
             table: Atomic::new(RegionTable::new(Vec::new())),
             collector: Collector::new(),
@@ -334,8 +343,25 @@ impl SharedPool {
                 self.counters.frees.count_one();
             }
             self.counters.frees.stop(timing);
+            if state.purge.count_freed(granules * GRANULE) {
+                self.purge_if_due(state);
+            }
             Ok(())
         })
+    }
+
+    /// Purges free pages if the purge delay has passed since the last
+    /// purge; called by the free that spent the schedule's budget. The
+    /// walk reads one bit per KiB of the pool, plus one `madvise` per free
+    /// run it purges; the threshold makes it rare (see `purge`).
+    #[cold]
+    #[inline(never)]
+    fn purge_if_due(&self, state: &mut PoolState) {
+        if state.purge.purge_now(self.counters.size.get()) {
+            self.purge_free_pages(state, PURGE_MIN_RUN);
+            let _write = self.seqlock.write(&state.writer);
+            self.counters.purges.add(1);
+        }
     }
 
     /// Resizes the live block at `addr` to `new_size` bytes (non-zero)
@@ -668,7 +694,8 @@ impl SharedPool {
                     self.counters.compactions.add(1);
                 }
             }
-            self.purge_free_pages(state);
+            self.purge_free_pages(state, os::page_size());
+            state.purge.restart(Instant::now(), self.counters.size.get());
             Ok((old_size, self.counters.size.get()))
         })?;
         Self::collect_garbage(&handle);
@@ -676,12 +703,16 @@ impl SharedPool {
         Ok(old_size - new_size)
     }
 
-    /// Purges whole pages inside free blocks. Called with the lock held, so
-    /// no allocation can claim a page while it is purged.
-    fn purge_free_pages(&self, state: &PoolState) {
+    /// Purges whole pages inside free blocks of at least `min_run` bytes (a
+    /// multiple of the 1 KiB leaf: the walk sees wholly free leaves).
+    /// Called with the lock held, so no allocation can claim a page while it
+    /// is purged.
+    fn purge_free_pages(&self, state: &PoolState, min_run: usize) {
         let page = os::page_size();
+        let leaf_bytes = LEAF_GRANULES * GRANULE;
+        debug_assert!(min_run > 0 && min_run % leaf_bytes == 0);
         for region in &state.regions {
-            region.index.for_each_free_run(|first, count| {
+            region.index.for_each_free_leaf_run(min_run / leaf_bytes, |first, count| {
                 let start = region.address_of(first).as_ptr() as usize;
                 let end = start + count * GRANULE;
                 let (page_start, page_end) = (start.next_multiple_of(page), end / page * page);
@@ -810,6 +841,7 @@ impl SharedPool {
                 failed_allocations: counters.failed_allocations.get(),
                 expansions: counters.expansions.get(),
                 compactions: counters.compactions.get(),
+                purges: counters.purges.get(),
                 alloc_time: counters.allocations.time(),
                 free_time: counters.frees.time(),
             }
@@ -925,7 +957,7 @@ mod tests {
 
     #[test]
     fn blocks_grow_into_free_neighbours_and_shrink_in_place() {
-        let pool = SharedPool::new(4096, None, 2.0, None).unwrap();
+        let pool = SharedPool::new(4096, None, 2.0, None, None).unwrap();
         let first = pool.allocate(100, 16).unwrap();
         let second = pool.allocate(100, 16).unwrap();
         let first_addr = first.as_ptr() as usize;
@@ -970,7 +1002,7 @@ mod tests {
 
     #[test]
     fn resizing_refuses_what_is_not_a_live_block() {
-        let pool = SharedPool::new(4096, None, 2.0, None).unwrap();
+        let pool = SharedPool::new(4096, None, 2.0, None, None).unwrap();
         let block = pool.allocate(64, 16).unwrap();
         let addr = block.as_ptr() as usize;
         assert_eq!(pool.resize_in_place(addr, 0), Err(PoolError::ZeroSize));

@@ -104,6 +104,10 @@ pub struct PoolStats {
     pub expansions: u64,
     /// Times `compact` or `resize` gave memory back.
     pub compactions: u64,
+    /// Times the pool purged free pages on its own, after its purge delay
+    /// (see [`PoolConfig::purge_delay`](crate::PoolConfig::purge_delay));
+    /// the pages `compact` purges are not counted here.
+    pub purges: u64,
     /// Mean time of a sampled allocation, either path.
     pub avg_alloc_time: Duration,
     /// Mean time of a sampled free, either path.

@@ -273,3 +273,26 @@ fn resizing_keeps_blocks_and_frees_the_new_part() {
     assert_eq!(shrunk.trailing_free(), 30);
     assert_eq!(shrunk.audit().unwrap(), (30, 1, 1));
 }
+
+#[test]
+fn free_leaf_runs_cover_exactly_the_wholly_free_leaves() {
+    let index = FreeIndex::new(300 * LEAF_GRANULES).unwrap();
+    // Leaves 0-1 wholly free, leaf 2 partly used, leaves 3-9 free, leaf 10
+    // used, 11-139 free (crossing two words of the whole-leaf bitmap),
+    // 140 used, and a free tail to the end.
+    for first in [2 * LEAF_GRANULES + 5, 10 * LEAF_GRANULES, 140 * LEAF_GRANULES + 63] {
+        // SAFETY: the test's own index, on one thread: its only writer.
+        unsafe { index.claim(first, 1) };
+    }
+    let leaf_runs = |min_leaves| {
+        let mut runs = Vec::new();
+        index.for_each_free_leaf_run(min_leaves, |first, count| {
+            runs.push((first / LEAF_GRANULES, count / LEAF_GRANULES))
+        });
+        runs
+    };
+    assert_eq!(leaf_runs(1), vec![(0, 2), (3, 7), (11, 129), (141, 159)]);
+    assert_eq!(leaf_runs(8), vec![(11, 129), (141, 159)], "shorter runs are skipped");
+    assert_eq!(leaf_runs(159), vec![(141, 159)]);
+    assert_eq!(leaf_runs(160), vec![]);
+}
