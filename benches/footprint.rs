@@ -425,6 +425,9 @@ fn fill_byte(block: &LiveBlock) -> u8 {
 struct Workload {
     allocator: Box<dyn FootprintAllocator>,
     live: Vec<LiveBlock>,
+    /// Scratch for [`pages_holding_live_blocks`](Self::pages_holding_live_blocks),
+    /// allocated and touched before the baseline like `live`.
+    pages: Vec<usize>,
     rng: SmallRng,
     baseline_rss: usize,
     /// Minor faults at the baseline.
@@ -444,19 +447,24 @@ impl Workload {
         let mut live = Vec::with_capacity(plan.max_live_blocks());
         live.resize_with(plan.max_live_blocks(), || LiveBlock { ptr: NonNull::dangling(), size: 0 });
         live.clear();
+        // A live block spans at most this many pages.
+        let pages_per_block = LARGE_SIZES.end().div_ceil(page_size()) + 1;
+        let mut pages = vec![0usize; plan.max_live_blocks() * pages_per_block];
+        pages.clear();
         // One reading per interval, plus one at the start, one at the end of
         // each phase and one after `compact()`.
         let readings = plan.total_operations() / SAMPLE_INTERVAL as usize + PHASES.len() + 2;
         let mut samples = Vec::with_capacity(readings);
         samples.resize(samples.capacity(), Sample::default());
         samples.clear();
-        std::hint::black_box((&mut live, &mut samples));
+        std::hint::black_box((&mut live, &mut pages, &mut samples));
 
         let baseline_rss = resident_bytes();
         let baseline_faults = minor_faults();
         let mut workload = Workload {
             allocator: kind.create(scale),
             live,
+            pages,
             rng: SmallRng::seed_from_u64(SEED),
             baseline_rss,
             baseline_faults,
@@ -519,6 +527,26 @@ impl Workload {
         sample
     }
 
+    /// The bytes of the pages that hold at least one byte of a live block:
+    /// what an allocator that never moves a block could at best keep
+    /// resident with its blocks where they are.
+    fn pages_holding_live_blocks(&mut self) -> usize {
+        let page = page_size();
+        self.pages.clear();
+        for block in &self.live {
+            let first = block.ptr.as_ptr() as usize / page;
+            let last = (block.ptr.as_ptr() as usize + block.size - 1) / page;
+            assert!(
+                self.pages.len() + (last - first + 1) <= self.pages.capacity(),
+                "the page list outgrew its baseline capacity"
+            );
+            self.pages.extend(first..=last);
+        }
+        self.pages.sort_unstable();
+        self.pages.dedup();
+        self.pages.len() * page
+    }
+
     /// Reads the end of the current phase and starts `next`.
     fn end_phase(&mut self, next: usize) -> Sample {
         let sample = self.sample();
@@ -576,6 +604,8 @@ struct Report {
     end_live: u64,
     die_off_rss: u64,
     die_off_live: u64,
+    /// The bytes of the pages that held a live block after the die-off.
+    die_off_live_pages: u64,
     compacted_rss: u64,
     compacted_live: u64,
     minor_faults: u64,
@@ -584,7 +614,7 @@ struct Report {
 
 impl Report {
     /// Every field by name, for one printer and one parser.
-    fn fields(&mut self) -> [(&'static str, &mut u64); 11] {
+    fn fields(&mut self) -> [(&'static str, &mut u64); 12] {
         [
             ("baseline_rss", &mut self.baseline_rss),
             ("peak_rss", &mut self.peak_rss),
@@ -593,6 +623,7 @@ impl Report {
             ("end_live", &mut self.end_live),
             ("die_off_rss", &mut self.die_off_rss),
             ("die_off_live", &mut self.die_off_live),
+            ("die_off_live_pages", &mut self.die_off_live_pages),
             ("compacted_rss", &mut self.compacted_rss),
             ("compacted_live", &mut self.compacted_live),
             ("minor_faults", &mut self.minor_faults),
@@ -642,6 +673,7 @@ fn run_child(kind: AllocatorKind, run: ChildRun, scale: f64) -> Report {
         baseline_rss: workload.baseline_rss as u64,
         die_off_rss: die_off.rss_bytes as u64,
         die_off_live: die_off.live_bytes as u64,
+        die_off_live_pages: workload.pages_holding_live_blocks() as u64,
         ..Report::default()
     };
     match run {
@@ -764,8 +796,13 @@ fn print_table(rows: &[Row], scale: f64) {
     );
     println!("Each cell: RSS / live bytes (RSS).");
     println!();
-    println!("| allocator | peak RSS / peak live | end RSS / end live | after the big die-off | after the die-off and `compact()` | minor page faults |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "The floor after the die-off: the pages that still hold a byte of a live block, which no allocator that \
+         keeps its blocks where they are can give back."
+    );
+    println!();
+    println!("| allocator | peak RSS / peak live | end RSS / end live | after the big die-off | after the die-off and `compact()` | floor after the die-off | minor page faults |");
+    println!("|---|---|---|---|---|---|---|");
     for row in rows {
         let report = &row.full;
         let compacted = row.compacted.as_ref().map_or_else(
@@ -773,12 +810,13 @@ fn print_table(rows: &[Row], scale: f64) {
             |compacted| ratio_cell(compacted.compacted_rss, compacted.compacted_live),
         );
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             row.kind.name(),
             ratio_cell(report.peak_rss, report.peak_live),
             ratio_cell(report.end_rss, report.end_live),
             ratio_cell(report.die_off_rss, report.die_off_live),
             compacted,
+            ratio_cell(report.die_off_live_pages, report.die_off_live),
             report.minor_faults,
         );
     }
