@@ -86,8 +86,6 @@ pub(crate) struct PoolState {
 pub(crate) struct SharedCounters {
     pub(crate) size: Counter<usize>,
     pub(crate) used: Counter<usize>,
-    /// Live blocks, for callers and for cache slabs alike.
-    pub(crate) live_blocks: Counter<usize>,
     /// Of those, the blocks that back the thread caches' slabs.
     pub(crate) slabs: Counter<usize>,
     pub(crate) free_runs: Counter<usize>,
@@ -102,6 +100,15 @@ pub(crate) struct SharedCounters {
     pub(crate) compactions: Counter<u64>,
     /// Purges made after the purge delay (not by `compact`).
     pub(crate) purges: Counter<u64>,
+}
+
+impl SharedCounters {
+    /// Live blocks, for callers and for cache slabs alike: every block is
+    /// counted once when claimed and once when released, so the difference
+    /// needs no counter of its own on the hot paths.
+    fn live_blocks(&self) -> usize {
+        (self.allocations.operations() - self.frees.operations()) as usize
+    }
 }
 
 /// A consistent reading of the shared pool.
@@ -267,7 +274,6 @@ impl SharedPool {
             adjust_runs(&self.counters.free_runs, usize::from(neighbours.before) + usize::from(neighbours.after), 1);
             let bytes = granules * GRANULE;
             self.counters.used.add(bytes);
-            self.counters.live_blocks.add(1);
             if block_use == BlockUse::CacheSlab {
                 self.counters.slabs.add(1);
             }
@@ -336,7 +342,6 @@ impl SharedPool {
                     usize::from(neighbours.before) + usize::from(neighbours.after),
                 );
                 self.counters.used.subtract(granules * GRANULE);
-                self.counters.live_blocks.subtract(1);
                 if block_use == BlockUse::CacheSlab {
                     self.counters.slabs.subtract(1);
                 }
@@ -833,7 +838,7 @@ impl SharedPool {
                     regions.iter().map(|region| region.index.longest_free() * GRANULE).max().unwrap_or(0)
                 }),
                 free_blocks: counters.free_runs.get(),
-                live_blocks: counters.live_blocks.get(),
+                live_blocks: counters.live_blocks(),
                 slabs: counters.slabs.get(),
                 peak_used: counters.peak_used.get(),
                 total_allocations: counters.allocations.operations(),
@@ -920,7 +925,7 @@ impl SharedPool {
         expect("size", size, counters.size.get())?;
         expect("bytes in use", size - free, counters.used.get())?;
         expect("free blocks", runs, counters.free_runs.get())?;
-        expect("live blocks", live, counters.live_blocks.get())?;
+        expect("live blocks", live, counters.live_blocks())?;
         let slabs = counters.slabs.get();
         if slabs > live {
             return Err(corrupted(format!("{slabs} cache slabs, but only {live} live blocks")));
