@@ -34,7 +34,7 @@ pub(crate) use imp::{heavy_barrier, heavy_barrier_available};
 #[cfg(not(lle_mempool_model))]
 mod imp {
     use super::OsError;
-    use memmap2::{MmapOptions, MmapRaw, RemapOptions, UncheckedAdvice};
+    use memmap2::{Advice, MmapOptions, MmapRaw, RemapOptions, UncheckedAdvice};
     use std::ptr::NonNull;
 
     /// memmap2 keeps its page size to itself, so it is asked of libc.
@@ -267,6 +267,24 @@ mod imp {
             // SAFETY: per the caller.
             unsafe { self.memory.purge(offset, len) };
         }
+
+        /// Faults in bytes `offset..offset + len` of the read-write front in
+        /// one call, where the kernel can (`MADV_POPULATE_WRITE`, Linux
+        /// 5.14): one system call instead of a fault per page. Best effort:
+        /// a kernel without it, or without the memory, leaves the pages to
+        /// fault one by one when they are first written, as they would
+        /// anyway. Contents do not change.
+        pub(crate) fn populate(&self, offset: usize, len: usize) {
+            debug_assert!(offset % page_size() == 0 && len % page_size() == 0 && offset + len <= self.len);
+            static UNSUPPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if len == 0 || UNSUPPORTED.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            if let Err(OsError(libc::EINVAL)) = self.memory.populate(offset, len) {
+                // The kernel does not know the advice: never ask again.
+                UNSUPPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     impl Memory {
@@ -282,6 +300,14 @@ mod imp {
             match self {
                 Memory::Whole(mapping) => mapping.len(),
                 Memory::Reserved(reservation) => reservation.len,
+            }
+        }
+
+        /// Faults in bytes `offset..offset + len`, which are read-write.
+        fn populate(&self, offset: usize, len: usize) -> Result<(), OsError> {
+            match self {
+                Memory::Whole(mapping) => Ok(mapping.advise_range(Advice::PopulateWrite, offset, len)?),
+                Memory::Reserved(reservation) => reservation.populate(offset, len),
             }
         }
 
@@ -453,6 +479,17 @@ mod imp {
             // memory only zero-fills it.
             let _ = unsafe { libc::madvise(self.at(offset), len, libc::MADV_DONTNEED) };
         }
+
+        /// Faults in a read-write range; its contents do not change.
+        fn populate(&self, offset: usize, len: usize) -> Result<(), OsError> {
+            // SAFETY: the range lies inside the reservation; populating
+            // writes nothing a reader could see (it maps the zero-filled or
+            // existing pages as they are).
+            match unsafe { libc::madvise(self.at(offset), len, libc::MADV_POPULATE_WRITE) } {
+                0 => Ok(()),
+                _ => Err(last_error()),
+            }
+        }
     }
 
     impl Drop for Reservation {
@@ -559,6 +596,11 @@ mod imp {
             // SAFETY: the caller guarantees the range is ours and holds
             // nothing live.
             unsafe { std::ptr::write_bytes(self.base.as_ptr().add(offset), 0, len) };
+        }
+
+        /// Heap memory has no pages to fault in ahead.
+        pub(crate) fn populate(&self, offset: usize, len: usize) {
+            debug_assert!(offset + len <= self.len);
         }
     }
 

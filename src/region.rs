@@ -15,6 +15,7 @@ use crate::fallible::out_of_memory;
 use crate::free_index::{FreeIndex, GRANULE};
 use crate::model_cells::ReclaimWitness;
 use crate::os;
+use std::cell::Cell;
 use std::collections::TryReserveError;
 use std::ops::Deref;
 use std::ptr::NonNull;
@@ -92,7 +93,19 @@ pub(crate) struct MappedRegion {
     /// refused to cut stays here, purged (see [`os::Mapping::cut_back`]);
     /// and it may hold address space reserved past that, to grow into.
     mapping: os::Mapping,
+    /// The offset (a page boundary) from which the region's memory has
+    /// never been handed out nor faulted in: every page past it is fresh,
+    /// and its first write would fault (see [`fault_in_ahead`](Self::fault_in_ahead)).
+    /// Only writers touch it, under the pool's lock.
+    fresh_from: Cell<usize>,
 }
+
+/// How much fresh memory a block that reaches it has faulted in at once,
+/// ahead of the blocks that will follow it there: first fit hands out a
+/// region's memory from the bottom up, so a pool filling up takes one system
+/// call per this many bytes instead of a fault per page. It bounds what is
+/// resident beyond the blocks handed out, per region.
+const FAULT_AHEAD: usize = 256 << 10;
 
 impl MappedRegion {
     /// Maps a fresh region of `len` bytes (a whole number of pages), all
@@ -104,7 +117,7 @@ impl MappedRegion {
         let mapping = os::Mapping::new(len, reserve)
             .map_err(|os::OsError(errno)| PoolError::OutOfMemory { requested: len, errno })?;
         let description = Box::new(Region { base: mapping.base(), len, index, witness: ReclaimWitness::new() });
-        Ok(MappedRegion { description, mapping })
+        Ok(MappedRegion { description, mapping, fresh_from: Cell::new(0) })
     }
 
     /// Whether growing to `new_len` bytes stays inside the address space
@@ -132,6 +145,29 @@ impl MappedRegion {
         debug_assert!(len <= self.len());
         // SAFETY: the caller guarantees nobody uses the bytes cut off.
         unsafe { self.mapping.cut_back(len) };
+        self.fresh_from.set(self.fresh_from.get().min(len));
+    }
+
+    /// Called for a block just handed out that ends at offset `end`: if it
+    /// reaches fresh memory, faults in the fresh pages up to
+    /// [`FAULT_AHEAD`] past the first of them, in one call. A block that
+    /// reaches further than that (a large one, whose caller may never
+    /// write it all) moves the mark past itself and faults nothing in: its
+    /// pages fault as they are written, as they would without this.
+    pub(crate) fn fault_in_ahead(&self, end: usize) {
+        let fresh = self.fresh_from.get();
+        if end <= fresh {
+            return;
+        }
+        let page = os::page_size();
+        if end - fresh <= FAULT_AHEAD {
+            let until = (fresh + FAULT_AHEAD).min(self.len());
+            debug_assert!(until % page == 0 && until >= end);
+            self.mapping.populate(fresh, until - fresh);
+            self.fresh_from.set(until);
+        } else {
+            self.fresh_from.set(end.next_multiple_of(page).min(self.len()));
+        }
     }
 
     /// Purges `addr..addr + len`, whole pages inside the region.

@@ -268,17 +268,26 @@ impl SharedPool {
             let aligned = run_address.next_multiple_of(align.max(GRANULE));
             let first = region.granule_of(aligned);
             debug_assert!(first + granules <= run_start + wanted);
-            let _write = self.seqlock.write(&state.writer);
-            // SAFETY: as above, the lock is held.
-            let neighbours = unsafe { region.index.claim(first, granules) };
-            adjust_runs(&self.counters.free_runs, usize::from(neighbours.before) + usize::from(neighbours.after), 1);
-            let bytes = granules * GRANULE;
-            self.counters.used.add(bytes);
-            if block_use == BlockUse::CacheSlab {
-                self.counters.slabs.add(1);
+            {
+                let _write = self.seqlock.write(&state.writer);
+                // SAFETY: as above, the lock is held.
+                let neighbours = unsafe { region.index.claim(first, granules) };
+                adjust_runs(
+                    &self.counters.free_runs,
+                    usize::from(neighbours.before) + usize::from(neighbours.after),
+                    1,
+                );
+                let bytes = granules * GRANULE;
+                self.counters.used.add(bytes);
+                if block_use == BlockUse::CacheSlab {
+                    self.counters.slabs.add(1);
+                }
+                self.counters.allocations.count_one();
+                self.counters.peak_used.raise_to(self.counters.used.get());
             }
-            self.counters.allocations.count_one();
-            self.counters.peak_used.raise_to(self.counters.used.get());
+            // Outside the write bracket: readers need not wait on a
+            // system call.
+            region.fault_in_ahead((first + granules) * GRANULE);
             return Some(region.address_of(first));
         }
         None

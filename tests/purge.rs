@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{assert_intact, fill, page_size};
+use common::{assert_intact, fill, page_size, resident_pages};
 use lle_mempool::{MemoryPool, PoolConfig};
 use std::ptr::NonNull;
 use std::time::Duration;
@@ -26,23 +26,6 @@ const LATE_BLOCK: usize = 1 << 20;
 const LATE_BLOCKS: usize = 12;
 const POOL: usize = 64 << 20;
 const DELAY: Duration = Duration::from_millis(20);
-
-/// The resident pages among the whole pages of `block..block + len`.
-fn resident_pages(block: NonNull<u8>, len: usize) -> usize {
-    let page = page_size();
-    let start = (block.as_ptr() as usize).next_multiple_of(page);
-    let end = (block.as_ptr() as usize + len) / page * page;
-    if end <= start {
-        return 0;
-    }
-    let mut residency = vec![0u8; (end - start) / page];
-    // SAFETY: the range is whole pages of the pool's mapping, which the
-    // pool keeps mapped while it lives; mincore only reads page tables
-    // and writes one byte per page into `residency`, which is that long.
-    let status = unsafe { libc::mincore(start as *mut libc::c_void, end - start, residency.as_mut_ptr()) };
-    assert_eq!(status, 0, "mincore: {}", std::io::Error::last_os_error());
-    residency.iter().filter(|&&byte| byte & 1 != 0).count()
-}
 
 /// A pool holding the die-off blocks (every page written), then the late
 /// blocks, then one last block that keeps the region's tail from being cut

@@ -81,6 +81,23 @@ pub fn page_size() -> usize {
     usize::try_from(reported).unwrap_or(4096)
 }
 
+/// The resident pages among the whole pages of `block..block + len`.
+pub fn resident_pages(block: NonNull<u8>, len: usize) -> usize {
+    let page = page_size();
+    let start = (block.as_ptr() as usize).next_multiple_of(page);
+    let end = (block.as_ptr() as usize + len) / page * page;
+    if end <= start {
+        return 0;
+    }
+    let mut residency = vec![0u8; (end - start) / page];
+    // SAFETY: the range is whole pages of the pool's mapping, which the
+    // pool keeps mapped while it lives; mincore only reads page tables
+    // and writes one byte per page into `residency`, which is that long.
+    let status = unsafe { libc::mincore(start as *mut libc::c_void, end - start, residency.as_mut_ptr()) };
+    assert_eq!(status, 0, "mincore: {}", std::io::Error::last_os_error());
+    residency.iter().filter(|&&byte| byte & 1 != 0).count()
+}
+
 /// The process's resident memory, in bytes, from `/proc/self/statm`.
 pub fn resident_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
