@@ -81,7 +81,10 @@ impl MemoryPool {
             let block_size = class_size(slab.class());
             return stays_in_cache_block(new_layout.size(), block_size).then(|| block_slice(block, block_size));
         }
-        match inner.shared.resize_in_place(addr, new_layout.size()) {
+        // SAFETY: callers (the `Allocator` impl's `grow` and `shrink`, the
+        // global allocator's `realloc`) pass a live block of the pool and
+        // keep only the new layout's bytes of it.
+        match unsafe { inner.resize_shared_in_place(block, new_layout.size()) } {
             Ok(Some(bytes)) => Some(block_slice(block, bytes)),
             Ok(None) => None,
             Err(error) => {

@@ -68,6 +68,8 @@ pub struct PoolConfig {
     /// `None` for the default (see [`PoolConfig::reserve`]).
     pub(crate) reserve: Option<usize>,
     pub(crate) purge_delay: Option<Duration>,
+    pub(crate) zero_on_free: bool,
+    pub(crate) huge_pages: bool,
 }
 
 /// The smallest default alignment a pool accepts: what `malloc` promises.
@@ -81,7 +83,8 @@ impl PoolConfig {
     /// A configuration for a pool that starts with `initial_size` bytes
     /// (rounded up to whole pages), with alignment 16, no maximum size, a
     /// growth factor of 2, the default [reservation](Self::reserve), no
-    /// double-free checks on the fast path and a purge delay of one second.
+    /// double-free checks on the fast path, a purge delay of one second, no
+    /// wipe on free and no huge pages.
     ///
     /// # Examples
     ///
@@ -101,6 +104,8 @@ impl PoolConfig {
             checked: false,
             reserve: None,
             purge_delay: Some(DEFAULT_PURGE_DELAY),
+            zero_on_free: false,
+            huge_pages: false,
         }
     }
 
@@ -295,6 +300,87 @@ impl PoolConfig {
     pub fn purge_delay(mut self, delay: Option<Duration>) -> Self {
         self.purge_delay = delay;
         self
+    }
+
+    /// Whether every block is zeroed as it is freed, on both paths, by
+    /// local and remote frees alike, so that no freed data stays readable
+    /// in the pool's memory. Off by default.
+    ///
+    /// The zeros are written with volatile stores, which the compiler must
+    /// keep even though nothing reads the block before it is reused (a plain
+    /// `memset` before a free is a dead store it may drop). A shared block
+    /// (from [`allocate`]) reads all zeros once freed, and so does the tail
+    /// that shrinking a shared block in place gives back. A cache block
+    /// (from [`allocate_fast`]) reads zeros except for its first 8 bytes,
+    /// which the pool reuses as the link of the free list the block joins:
+    /// they hold the address of the next free block, or zero. A block is
+    /// not zeroed when it is handed out: memory never handed out is zero
+    /// already, as the kernel maps it, but a cache block keeps its link.
+    ///
+    /// Costs a store per word of every block freed; and the pool's frees
+    /// and allocations take the full paths, as [checked](Self::checked)
+    /// pools' do, instead of the inline ones.
+    ///
+    /// [`allocate`]: crate::MemoryPool::allocate
+    /// [`allocate_fast`]: crate::MemoryPool::allocate_fast
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolConfig};
+    ///
+    /// let pool = MemoryPool::with_config(PoolConfig::new(1 << 20).zero_on_free(true))?;
+    /// let secret = pool.allocate(64)?;
+    /// unsafe {
+    ///     secret.as_ptr().write_bytes(0x5A, 64);
+    ///     pool.free(secret)?;
+    ///     // The pool's memory stays mapped: the freed bytes read zero.
+    ///     assert!((0..64).all(|offset| secret.as_ptr().add(offset).read_volatile() == 0));
+    /// }
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn zero_on_free(mut self, on: bool) -> Self {
+        self.zero_on_free = on;
+        self
+    }
+
+    /// Whether the pool asks the kernel for transparent huge pages
+    /// (`madvise(MADV_HUGEPAGE)`) on its regions and reservations of 2 MiB
+    /// or more, whose start it aligns to 2 MiB so that the kernel can map
+    /// whole huge pages in them. Off by default.
+    ///
+    /// A pool that holds many blocks spends much of its time faulting pages
+    /// in and missing the TLB; a huge page replaces 512 faults and TLB
+    /// entries with one. It takes effect where the kernel's transparent
+    /// huge pages are `always` or `madvise`
+    /// (`/sys/kernel/mm/transparent_hugepage/enabled`), and only in the
+    /// 2 MiB-aligned stretches of a region that are mapped read-write
+    /// whole; elsewhere, or where the kernel has no huge page free, memory
+    /// comes in ordinary pages as without it. Purging free pages (see
+    /// [`purge_delay`](Self::purge_delay)) inside a huge page splits it:
+    /// the purged pages go back, the rest stays.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolConfig};
+    ///
+    /// let pool = MemoryPool::with_config(PoolConfig::new(4 << 20).huge_pages(true))?;
+    /// assert_eq!(pool.regions()[0].start % (2 << 20), 0, "aligned for huge pages");
+    /// let block = pool.allocate(3 << 20)?;
+    /// unsafe { block.as_ptr().write_bytes(1, 3 << 20) };
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn huge_pages(mut self, on: bool) -> Self {
+        self.huge_pages = on;
+        self
+    }
+
+    /// Whether the pool's allocations and frees must all take the full
+    /// paths, which mark, check or wipe blocks, rather than the inline
+    /// ones, which do none of that.
+    pub(crate) fn takes_full_paths(&self) -> bool {
+        self.checked || self.zero_on_free
     }
 
     pub(crate) fn validate(&self) -> Result<(), PoolError> {

@@ -134,6 +134,7 @@ mod slab_map;
 mod stats;
 mod sync;
 mod thread_cache;
+mod wipe;
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
@@ -213,7 +214,9 @@ impl PoolInner {
     /// `owner`: the one place that decides where a freed pointer goes. A
     /// slab's block goes back to its slab (see `thread_cache`), a shared
     /// block to the shared pool, which checks that it is a live block;
-    /// anything else is refused.
+    /// anything else is refused. With `zero_on_free` every block is zeroed
+    /// here or in `free_to_slab`, after it is known to be a live block and
+    /// before the pool can hand it out again.
     ///
     /// # Safety
     /// If `block` is a live block of the pool, the caller gives it up. A
@@ -224,9 +227,56 @@ impl PoolInner {
         match owner {
             // SAFETY: as the caller guarantees.
             Owner::Slab(slab) => unsafe { thread_cache::free_to_slab(self, slab, block) },
-            Owner::Shared => self.shared.free(block.as_ptr() as usize),
+            Owner::Shared => {
+                if self.config.zero_on_free {
+                    // SAFETY: as the caller guarantees.
+                    unsafe { self.wipe_shared_from(block, 0) }?;
+                }
+                self.shared.free(block.as_ptr() as usize)
+            }
             Owner::Foreign => Err(PoolError::ForeignPointer { addr: block.as_ptr() as usize }),
         }
+    }
+
+    /// Zeroes the live shared block at `block` from byte `keep` to its end
+    /// (nothing if it is no longer than `keep`); refuses, touching nothing,
+    /// what is not a live shared block. Outside the pool's lock, which a
+    /// large block would hold up: the block is the caller's until it frees
+    /// it or gives its tail back.
+    ///
+    /// # Safety
+    /// If `block` is a live shared block, its bytes from `keep` on are the
+    /// caller's to give up.
+    unsafe fn wipe_shared_from(&self, block: NonNull<u8>, keep: usize) -> Result<(), PoolError> {
+        let len = self.shared.block_size(block.as_ptr() as usize)?;
+        if keep < len {
+            // SAFETY: `keep..len` lies inside the live block, which the caller
+            // gives up from `keep` on; `keep` is a multiple of the granule,
+            // so the start stays aligned.
+            unsafe { wipe::wipe(NonNull::new_unchecked(block.as_ptr().add(keep)), len - keep) };
+        }
+        Ok(())
+    }
+
+    /// Resizes the live shared block at `block` to `new_size` bytes in
+    /// place, as [`SharedPool::resize_in_place`]; with `zero_on_free` the
+    /// tail that a shrink gives back is zeroed first.
+    ///
+    /// # Safety
+    /// If `block` is a live shared block and `new_size` is below its size,
+    /// the bytes past `new_size` are the caller's to give up.
+    pub(crate) unsafe fn resize_shared_in_place(
+        &self,
+        block: NonNull<u8>,
+        new_size: usize,
+    ) -> Result<Option<usize>, PoolError> {
+        // A zero size is refused below, with nothing touched.
+        if self.config.zero_on_free && new_size > 0 {
+            let kept = shared_pool::granules_for(new_size)? * free_index::GRANULE;
+            // SAFETY: as the caller guarantees.
+            unsafe { self.wipe_shared_from(block, kept) }?;
+        }
+        self.shared.resize_in_place(block.as_ptr() as usize, new_size)
     }
 
     fn failed<T>(&self, error: PoolError) -> Result<T, PoolError> {
@@ -270,9 +320,10 @@ impl MemoryPool {
             config.growth_factor,
             config.reserve,
             config.purge_delay,
+            config.huge_pages,
         )?;
         let id = identity::next_pool_id();
-        let caches = PoolCaches::new(id, config.checked);
+        let caches = PoolCaches::new(id, config.takes_full_paths());
         let pool = MemoryPool { inner: Box::new(PoolInner { id, config, shared, caches }) };
         fork::register(&pool.inner)?;
         Ok(pool)

@@ -9,7 +9,8 @@
 //! without a reservation is a `memmap2::MmapRaw`; what memmap2 does not
 //! offer (a reservation and the protection changes that commit it, the page
 //! size, `membarrier`, `pthread_atfork`, a plain `write` before an abort) is
-//! called through libc here, and nowhere else. `docs/DESIGN.md` says why
+//! called through libc here, and nowhere else. A mapping may ask for
+//! transparent huge pages; it is then placed on a huge page boundary. `docs/DESIGN.md` says why
 //! each call goes where it does. Keeping it all behind this module lets the
 //! loom and shuttle models swap in heap memory, which they can reason about,
 //! for syscalls, which they can't.
@@ -36,6 +37,10 @@ mod imp {
     use super::OsError;
     use memmap2::{Advice, MmapOptions, MmapRaw, RemapOptions, UncheckedAdvice};
     use std::ptr::NonNull;
+
+    /// The transparent huge page of x86-64 and of arm64 with 4 KiB pages:
+    /// the span one page-middle-directory entry maps.
+    const HUGE_PAGE_SIZE: usize = 2 << 20;
 
     /// memmap2 keeps its page size to itself, so it is asked of libc.
     pub(crate) fn page_size() -> usize {
@@ -151,22 +156,45 @@ mod imp {
         /// reservation the kernel refuses (an address-space limit, a small
         /// address space) is halved until it fits; one no larger than `len`
         /// is no reservation, and the memory is mapped as it is.
-        pub(crate) fn new(len: usize, reserve: usize) -> Result<Mapping, OsError> {
+        ///
+        /// With `huge_pages`, address space of at least a huge page (2 MiB)
+        /// starts on a huge page boundary and is advised `MADV_HUGEPAGE`,
+        /// so that the kernel can back each 2 MiB-aligned stretch of it
+        /// that is read-write whole with one huge page. Such a mapping
+        /// without a reservation is a reservation of its own length, all
+        /// committed: memmap2 maps where the kernel chooses, and only a
+        /// reservation can be placed (see [`Reservation::new`]).
+        pub(crate) fn new(len: usize, reserve: usize, huge_pages: bool) -> Result<Mapping, OsError> {
             let page = page_size();
             debug_assert!(len > 0 && len % page == 0 && reserve % page == 0);
+            let huge = |bytes: usize| huge_pages && bytes >= HUGE_PAGE_SIZE;
             let mut reserve = reserve;
             while reserve > len {
-                if let Ok(reservation) = Reservation::new(reserve) {
+                if let Ok(reservation) = Reservation::new(reserve, huge(reserve)) {
                     reservation.commit(0, len)?;
                     return Ok(Mapping { memory: Memory::Reserved(reservation), len });
                 }
                 reserve = reserve / 2 / page * page;
+            }
+            if huge(len) {
+                if let Ok(reservation) = Reservation::new(len, true) {
+                    reservation.commit(0, len)?;
+                    return Ok(Mapping { memory: Memory::Reserved(reservation), len });
+                }
             }
             let mapping = Mapping { memory: Memory::Whole(MmapOptions::new().len(len).map_anon()?.into()), len };
             // The kernel never places a mapping it chooses at address 0;
             // checked once here so that `base` can rely on it.
             if mapping.memory.base().is_null() {
                 return Err(OsError(libc::ENOMEM));
+            }
+            if huge(len) {
+                if let Memory::Whole(whole) = &mapping.memory {
+                    // The kernel refused the aligned reservation: the advice
+                    // still serves the 2 MiB-aligned stretches inside.
+                    // Best effort, as in `Reservation::advise_huge_pages`.
+                    let _ = whole.advise(Advice::HugePage);
+                }
             }
             Ok(mapping)
         }
@@ -384,34 +412,74 @@ mod imp {
     struct Reservation {
         base: NonNull<u8>,
         len: usize,
+        /// Advised `MADV_HUGEPAGE`, and so every range mapped afresh is.
+        huge_pages: bool,
     }
 
     impl Reservation {
-        fn new(len: usize) -> Result<Reservation, OsError> {
+        /// Reserves `len` bytes; with `huge_pages`, from a huge page
+        /// boundary, and advised for huge pages.
+        fn new(len: usize, huge_pages: bool) -> Result<Reservation, OsError> {
+            // The kernel places a mapping on a page boundary only: a huge
+            // page boundary is found inside a reservation longer by all but
+            // a page of a huge page, and the slack around it given back.
+            let slack = if huge_pages { HUGE_PAGE_SIZE - page_size() } else { 0 };
+            let mapped_len = len.checked_add(slack).ok_or(OsError(libc::ENOMEM))?;
             // SAFETY: a new anonymous mapping where the kernel likes: it
             // replaces nothing.
-            let base = unsafe {
+            let mapped = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
-                    len,
+                    mapped_len,
                     libc::PROT_NONE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                     -1,
                     0,
                 )
             };
-            if base == libc::MAP_FAILED {
+            if mapped == libc::MAP_FAILED {
                 return Err(last_error());
             }
-            match NonNull::new(base.cast::<u8>()) {
-                Some(base) => Ok(Reservation { base, len }),
-                None => {
-                    // The kernel never places a mapping it chooses at
-                    // address 0; `Mapping::base` relies on that.
-                    // SAFETY: the mapping just made, which nothing uses.
-                    unsafe { libc::munmap(base, len) };
-                    Err(OsError(libc::ENOMEM))
+            if mapped.is_null() {
+                // The kernel never places a mapping it chooses at address 0;
+                // `Mapping::base` relies on that.
+                // SAFETY: the mapping just made, which nothing uses.
+                unsafe { libc::munmap(mapped, mapped_len) };
+                return Err(OsError(libc::ENOMEM));
+            }
+            let before =
+                if huge_pages { (mapped as usize).next_multiple_of(HUGE_PAGE_SIZE) - mapped as usize } else { 0 };
+            // SAFETY: `before` is less than a huge page, and so than the
+            // slack: the pointer stays inside the mapping, past its start.
+            let base = unsafe { NonNull::new_unchecked(mapped.cast::<u8>().add(before)) };
+            let after = slack - before;
+            // SAFETY: the slack before and after the kept range, whole pages
+            // at the ends of the mapping just made, which nothing uses.
+            // Cutting a mapping's ends splits nothing, so it needs no memory;
+            // were it refused, the slack would stay reserved, unused.
+            unsafe {
+                if before > 0 {
+                    libc::munmap(mapped, before);
                 }
+                if after > 0 {
+                    libc::munmap(base.as_ptr().add(len).cast(), after);
+                }
+            }
+            let reservation = Reservation { base, len, huge_pages };
+            reservation.advise_huge_pages(0, len);
+            Ok(reservation)
+        }
+
+        /// Asks for transparent huge pages on a range of a reservation made
+        /// for them; the kernel keeps the advice on the range as it is
+        /// committed, decommitted or extended, but not when it is mapped
+        /// afresh. Best effort: a kernel without transparent huge pages
+        /// says `EINVAL`, and the memory comes in ordinary pages.
+        fn advise_huge_pages(&self, offset: usize, len: usize) {
+            if self.huge_pages {
+                // SAFETY: the range lies inside the reservation; the advice
+                // changes how pages are backed, never their contents.
+                let _ = unsafe { libc::madvise(self.at(offset), len, libc::MADV_HUGEPAGE) };
             }
         }
 
@@ -455,6 +523,9 @@ mod imp {
                 return Err(last_error());
             }
             debug_assert_eq!(mapped, self.at(offset));
+            // The fresh range would otherwise lack the advice, and split the
+            // kernel's record of the reservation where its neighbours have it.
+            self.advise_huge_pages(offset, len);
             Ok(())
         }
 
@@ -543,7 +614,7 @@ mod imp {
     unsafe impl Sync for Mapping {}
 
     impl Mapping {
-        pub(crate) fn new(len: usize, _reserve: usize) -> Result<Mapping, OsError> {
+        pub(crate) fn new(len: usize, _reserve: usize, _huge_pages: bool) -> Result<Mapping, OsError> {
             let refused = OsError(libc::ENOMEM);
             let reservation =
                 Layout::from_size_align(len.checked_mul(2).ok_or(refused)?, MODEL_PAGE_SIZE).map_err(|_| refused)?;
@@ -723,7 +794,7 @@ mod tests {
     #[test]
     fn growth_inside_the_reservation_commits_and_cutting_back_decommits() {
         let page = page_size();
-        let mut mapping = Mapping::new(page, 8 * page).unwrap();
+        let mut mapping = Mapping::new(page, 8 * page, false).unwrap();
         let base = mapping.base().as_ptr() as usize;
         assert_eq!((mapping.len(), mapping.reserved()), (page, 8 * page));
         assert!(read_write(base) && !read_write(base + page), "only the front is committed");
@@ -767,7 +838,7 @@ mod tests {
     #[test]
     fn purged_pages_read_zero_and_stay_committed() {
         let page = page_size();
-        let mut mapping = Mapping::new(2 * page, 4 * page).unwrap();
+        let mut mapping = Mapping::new(2 * page, 4 * page, false).unwrap();
         fill(&mut mapping, 0, 2 * page, 0x5A);
         // SAFETY: the second page holds nothing the test needs.
         unsafe { mapping.purge(page, page) };
@@ -776,11 +847,73 @@ mod tests {
         assert_eq!(mapping.len(), 2 * page);
     }
 
+    /// The kernel's record of the mapping that holds `addr`, from
+    /// `/proc/self/smaps`: its range, its `VmFlags` and its `AnonHugePages`
+    /// in KiB.
+    fn smaps_entry(addr: usize) -> Option<(std::ops::Range<usize>, String, usize)> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read /proc/self/smaps");
+        let mut found = None;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+                if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+                    if found.is_some() {
+                        break;
+                    }
+                    if (start..end).contains(&addr) {
+                        found = Some((start..end, String::new(), 0));
+                    }
+                    continue;
+                }
+            }
+            if let Some((_, flags, huge)) = found.as_mut() {
+                if let Some(rest) = line.strip_prefix("VmFlags:") {
+                    *flags = rest.trim().to_owned();
+                } else if let Some(rest) = line.strip_prefix("AnonHugePages:") {
+                    *huge = rest.trim().trim_end_matches("kB").trim().parse().unwrap();
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn huge_page_mappings_start_on_a_huge_page_and_keep_the_advice() {
+        const HUGE: usize = 2 << 20;
+        let advised = |addr: usize| smaps_entry(addr).unwrap().1.split(' ').any(|flag| flag == "hg");
+        // A reservation, part committed; and a region without one.
+        for (len, reserve) in [(HUGE / 2, 8 * HUGE), (3 * HUGE, 0)] {
+            let mut mapping = Mapping::new(len, reserve, true).unwrap();
+            let base = mapping.base().as_ptr() as usize;
+            assert_eq!(base % HUGE, 0, "not on a huge page boundary");
+            assert_eq!((mapping.len(), mapping.reserved()), (len, reserve.max(len)));
+            assert!(advised(base), "the front is not advised for huge pages");
+            fill(&mut mapping, 0, len, 0x3C);
+            // Inside what the mapping holds: past it, the kernel may have
+            // placed another mapping.
+            let grown = mapping.reserved().min(4 * HUGE);
+            assert!(mapping.grow_in_place(grown));
+            fill(&mut mapping, len, grown - len, 0x4D);
+            assert!(advised(base + grown - HUGE), "grown memory is not advised");
+            // SAFETY: nothing uses the bytes past the first huge page.
+            unsafe { mapping.cut_back(HUGE) };
+            assert!(mapping.grow_in_place(2 * HUGE));
+            assert!(advised(base + HUGE), "memory committed again lost the advice");
+            assert!(bytes(&mapping, 0, len.min(HUGE)).iter().all(|&byte| byte == 0x3C));
+            assert!(bytes(&mapping, HUGE, HUGE).iter().all(|&byte| byte == 0), "a decommitted page kept its data");
+        }
+        // Below a huge page there is nothing to ask for.
+        let small = Mapping::new(HUGE / 2, 0, true).unwrap();
+        assert!(!advised(small.base().as_ptr() as usize));
+        let plain = Mapping::new(HUGE, 4 * HUGE, false).unwrap();
+        assert!(!advised(plain.base().as_ptr() as usize));
+    }
+
     #[test]
     fn a_reservation_no_larger_than_the_length_is_none() {
         let page = page_size();
         for reserve in [0, page, 2 * page] {
-            let mut mapping = Mapping::new(2 * page, reserve).unwrap();
+            let mut mapping = Mapping::new(2 * page, reserve, false).unwrap();
             assert_eq!((mapping.len(), mapping.reserved()), (2 * page, 2 * page));
             fill(&mut mapping, 0, 2 * page, 0x11);
             // SAFETY: nothing uses the second page.

@@ -110,11 +110,12 @@ const FAULT_AHEAD: usize = 256 << 10;
 impl MappedRegion {
     /// Maps a fresh region of `len` bytes (a whole number of pages), all
     /// free, with up to `reserve` bytes of address space reserved for it to
-    /// grow into (see [`os::Mapping::new`]). The index is built first, so
-    /// that the heap refusing it maps nothing.
-    pub(crate) fn map(len: usize, reserve: usize) -> Result<MappedRegion, PoolError> {
+    /// grow into (see [`os::Mapping::new`]), asking for transparent huge
+    /// pages with `huge_pages`. The index is built first, so that the heap
+    /// refusing it maps nothing.
+    pub(crate) fn map(len: usize, reserve: usize, huge_pages: bool) -> Result<MappedRegion, PoolError> {
         let index = FreeIndex::new(len / GRANULE).map_err(|_| out_of_memory(len))?;
-        let mapping = os::Mapping::new(len, reserve)
+        let mapping = os::Mapping::new(len, reserve, huge_pages)
             .map_err(|os::OsError(errno)| PoolError::OutOfMemory { requested: len, errno })?;
         let description = Box::new(Region { base: mapping.base(), len, index, witness: ReclaimWitness::new() });
         Ok(MappedRegion { description, mapping, fresh_from: Cell::new(0) })

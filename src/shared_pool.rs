@@ -66,6 +66,9 @@ pub(crate) struct SharedPool {
     /// The address space the first region reserves (whole pages; no more
     /// than its length means none).
     reserve: usize,
+    /// Whether regions ask for transparent huge pages (see
+    /// `PoolConfig::huge_pages`).
+    huge_pages: bool,
 }
 
 pub(crate) struct PoolState {
@@ -146,7 +149,7 @@ fn adjust_runs(counter: &Counter<usize>, added: usize, removed: usize) {
 }
 
 /// Granules for `size` bytes.
-fn granules_for(size: usize) -> Result<usize, PoolError> {
+pub(crate) fn granules_for(size: usize) -> Result<usize, PoolError> {
     let granules = size.checked_add(GRANULE - 1).ok_or(PoolError::SizeOverflow { size })? / GRANULE;
     if granules > MAX_REGION_GRANULES {
         return Err(PoolError::SizeOverflow { size });
@@ -157,13 +160,15 @@ fn granules_for(size: usize) -> Result<usize, PoolError> {
 impl SharedPool {
     /// A pool of `initial_size` bytes. `reserve` is the address space its
     /// first region reserves to grow into; `None` for the default, the
-    /// maximum size or else as much as a region can hold.
+    /// maximum size or else as much as a region can hold. With `huge_pages`
+    /// its regions ask for transparent huge pages.
     pub(crate) fn new(
         initial_size: usize,
         max_size: Option<usize>,
         growth_factor: f64,
         reserve: Option<usize>,
         purge_delay: Option<Duration>,
+        huge_pages: bool,
     ) -> Result<Self, PoolError> {
         let (seqlock, writer) = SeqLock::new();
         let page = os::page_size();
@@ -181,6 +186,7 @@ impl SharedPool {
             max_size,
             growth_factor,
             reserve,
+            huge_pages,
         };
         if initial_size > 0 {
             let bytes =
@@ -470,7 +476,7 @@ impl SharedPool {
             // for as long as the reservation lasts, and past it growth maps
             // what it needs.
             let reserve = if state.regions.is_empty() && mapped.is_empty() { self.reserve } else { 0 };
-            mapped.push(MappedRegion::map(len, reserve)?);
+            mapped.push(MappedRegion::map(len, reserve, self.huge_pages)?);
             remaining -= len;
         }
         self.mark_regions(&mapped)?;
@@ -971,7 +977,7 @@ mod tests {
 
     #[test]
     fn blocks_grow_into_free_neighbours_and_shrink_in_place() {
-        let pool = SharedPool::new(4096, None, 2.0, None, None).unwrap();
+        let pool = SharedPool::new(4096, None, 2.0, None, None, false).unwrap();
         let first = pool.allocate(100, 16).unwrap();
         let second = pool.allocate(100, 16).unwrap();
         let first_addr = first.as_ptr() as usize;
@@ -1016,7 +1022,7 @@ mod tests {
 
     #[test]
     fn resizing_refuses_what_is_not_a_live_block() {
-        let pool = SharedPool::new(4096, None, 2.0, None, None).unwrap();
+        let pool = SharedPool::new(4096, None, 2.0, None, None, false).unwrap();
         let block = pool.allocate(64, 16).unwrap();
         let addr = block.as_ptr() as usize;
         assert_eq!(pool.resize_in_place(addr, 0), Err(PoolError::ZeroSize));

@@ -45,11 +45,13 @@ pub(crate) use registry::RegistryState;
 
 use crate::error::PoolError;
 use crate::fallible::out_of_memory;
+use crate::size_class::class_size;
 use crate::slab::{OwnedSlab, Slab, SlabOwner, SLAB_SIZE};
 use crate::stats::Counter;
 use crate::sync::Arc;
 #[cfg(not(lle_mempool_model))]
 use crate::sync::MutexGuard;
+use crate::wipe::wipe;
 use crate::PoolInner;
 use abandoned::AbandonedSlabs;
 use heap::ThreadHeap;
@@ -57,7 +59,8 @@ use heap_table::{arm_exit_guard, with_thread_heaps, HeapTable};
 use registry::{CacheRegistry, FastCounts};
 use std::ptr::NonNull;
 
-/// The inline key of a checked pool: no heap is filed under it.
+/// The inline key of a pool whose operations take the full paths (see
+/// `PoolConfig::takes_full_paths`): no heap is filed under it.
 const NO_INLINE_KEY: u64 = u64::MAX;
 
 /// The pool's side of its thread caches.
@@ -78,10 +81,10 @@ pub(crate) struct PoolCaches {
 }
 
 impl PoolCaches {
-    pub(crate) fn new(pool_id: u64, checked: bool) -> Self {
+    pub(crate) fn new(pool_id: u64, full_paths: bool) -> Self {
         debug_assert!(pool_id != 0 && pool_id != NO_INLINE_KEY);
         PoolCaches {
-            inline_key: if checked { NO_INLINE_KEY } else { pool_id },
+            inline_key: if full_paths { NO_INLINE_KEY } else { pool_id },
             registry: Arc::new(CacheRegistry::new()),
             abandoned: AbandonedSlabs::new(),
             slab_blocks: Counter::new(0),
@@ -182,7 +185,8 @@ pub(crate) fn reclaim_abandoned(pool: &PoolInner) {
 #[inline]
 pub(crate) fn try_allocate_cached(pool: &PoolInner, class: usize) -> Option<NonNull<u8>> {
     with_thread_heaps(|heaps| {
-        // A checked pool's inline key is no heap's: its heap never passes.
+        // A checked or wiping pool's inline key is no heap's: its heap never
+        // passes.
         let heap = heaps.front(pool.caches.inline_key)?;
         // SAFETY: the front entry is this thread's live heap for `pool`.
         let heap = unsafe { &*heap };
@@ -217,7 +221,8 @@ pub(crate) unsafe fn try_free_cached(pool: &PoolInner, block: NonNull<u8>) -> bo
 /// As [`try_free_cached`].
 #[inline]
 unsafe fn try_free_owned(heaps: &HeapTable<ThreadHeap>, pool: &PoolInner, block: NonNull<u8>) -> bool {
-    // A checked pool's inline key is no heap's (see `try_allocate_cached`).
+    // A checked or wiping pool's inline key is no heap's (see
+    // `try_allocate_cached`).
     let Some(heap) = heaps.front(pool.caches.inline_key) else { return false };
     // SAFETY: the front entry is this thread's live heap for `pool`.
     let heap = unsafe { &*heap };
@@ -241,7 +246,10 @@ unsafe fn try_free_owned(heaps: &HeapTable<ThreadHeap>, pool: &PoolInner, block:
 /// Frees a cache block of `slab`, on any thread: onto the owner's list when
 /// this thread owns the slab (no table lookup, no atomic read-modify-write),
 /// else into this thread's batch for the slab, or, with no heap, onto the
-/// slab's thread-free list.
+/// slab's thread-free list. With `zero_on_free` the block is zeroed first,
+/// once it is known to be one the caller may give up: every way a cache
+/// block is freed passes here, and the lists it joins reuse only its first
+/// word.
 ///
 /// # Safety
 /// If `block` starts a block of `slab`, it is a handed-out block the caller
@@ -251,6 +259,11 @@ pub(crate) unsafe fn free_to_slab(pool: &PoolInner, slab: &Slab, block: NonNull<
     let index = slab.block_index(block.as_ptr() as usize)?;
     if slab.is_checked() && !slab.mark_freed(index) {
         return Err(PoolError::NotAllocated { addr: block.as_ptr() as usize });
+    }
+    if pool.config.zero_on_free {
+        // SAFETY: a block of the slab, of its class's size and aligned to at
+        // least a word, which the caller gives up.
+        unsafe { wipe(block, class_size(slab.class())) };
     }
     if let Some(owned) = slab.owned_by_current_thread() {
         // SAFETY: a slab owned by this thread has an owner, this thread's
@@ -333,10 +346,11 @@ mod tests {
     use crate::{MemoryPool, PoolConfig};
 
     #[test]
-    fn checked_pools_never_take_the_inline_paths() {
+    fn checked_and_wiping_pools_never_take_the_inline_paths() {
         let plain = MemoryPool::new(1 << 20).unwrap();
         let checked = MemoryPool::with_config(PoolConfig::new(1 << 20).checked(true)).unwrap();
-        for pool in [&plain, &checked] {
+        let wiping = MemoryPool::with_config(PoolConfig::new(1 << 20).zero_on_free(true)).unwrap();
+        for pool in [&plain, &checked, &wiping] {
             // The first allocation makes the heap and is timed: full path.
             let first = pool.allocate_fast(64).unwrap();
             let inline = try_allocate_cached(&pool.inner, class_of(64));
@@ -350,10 +364,16 @@ mod tests {
                 }
             }
         }
+        for pool in [&checked, &wiping] {
+            let block = pool.allocate_fast(64).unwrap();
+            // SAFETY: a live block, which the inline path refuses untouched.
+            assert!(!unsafe { try_free_cached(&pool.inner, block) });
+            // SAFETY: a live block, freed once.
+            unsafe { pool.free_fast(block).unwrap() };
+        }
         let block = checked.allocate_fast(64).unwrap();
-        // SAFETY: a live block, freed once.
-        assert!(!unsafe { try_free_cached(&checked.inner, block) });
-        // SAFETY: as above; then a double free, which checked mode refuses.
+        // SAFETY: a live block, freed once; then a double free, which
+        // checked mode refuses.
         unsafe {
             checked.free_fast(block).unwrap();
             assert!(matches!(checked.free_fast(block), Err(PoolError::NotAllocated { .. })));
