@@ -258,7 +258,12 @@ impl PoolConfig {
     /// at most one empty slab per size class, and gives every other slab
     /// back to the shared pool as soon as its last block is freed (and an
     /// exiting thread's slabs once their blocks come home, or on
-    /// `compact`), where its 64 KiB are a free block like any other.
+    /// `compact`), where its 64 KiB are a free block like any other. A slab
+    /// that keeps a few live blocks gives back the pages inside it that hold
+    /// only free blocks: each thread's cache purges its own slabs when it
+    /// next takes its slow path (a slab runs dry) after the delay has passed
+    /// since its last purge, and `compact` purges the calling thread's
+    /// slabs and the abandoned ones. The fast path never looks at the clock.
     ///
     /// Why one second: the check costs the hot path a subtraction per
     /// shared-pool free either way, and the delay bounds how often a

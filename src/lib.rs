@@ -721,6 +721,11 @@ impl MemoryPool {
     /// exited threads are released first if their blocks have come home, and
     /// blocks this thread freed into other threads' slabs and still holds
     /// in its batch (see [`free_fast`](Self::free_fast)) are handed over.
+    /// Inside the cache slabs that still hold live blocks, the calling
+    /// thread's own and the abandoned ones, the pages that hold only free
+    /// blocks are purged too; other threads' slabs are theirs to purge,
+    /// which they do on their own after the [purge
+    /// delay](PoolConfig::purge_delay).
     /// A region whose shorter index the heap can't provide keeps its free
     /// tail. Without `compact`, the pool purges free pages on its own after
     /// its [purge delay](PoolConfig::purge_delay).
@@ -744,6 +749,7 @@ impl MemoryPool {
     pub fn compact(&self) -> Result<usize, PoolError> {
         thread_cache::hand_over_remote_frees(&self.inner);
         thread_cache::reclaim_abandoned(&self.inner);
+        thread_cache::purge_own_slabs(&self.inner);
         self.inner.shared.compact()
     }
 

@@ -97,8 +97,9 @@ pub(crate) unsafe fn write_block_link<T>(link: *mut *mut T, next: *mut T) {
     unsafe { link.write(next) };
 }
 
-/// Forgets every link kept in `start..end`, the memory of a slab being
-/// created: its blocks begin with no link. Nothing without loom.
+/// Forgets every link kept in `start..end`, memory whose contents are
+/// dropped (a slab being created, or pages of a slab purged): its blocks
+/// begin with no link. Nothing without loom.
 #[inline(always)]
 pub(crate) fn forget_block_links(start: usize, end: usize) {
     #[cfg(lle_mempool_loom)]

@@ -28,6 +28,23 @@ pub(crate) struct OsError(pub(crate) i32);
 #[cfg(not(lle_mempool_model))]
 pub(crate) use imp::register_fork_handlers;
 pub(crate) use imp::Mapping;
+
+/// Drops the contents of the page-aligned range `start..start + len` of the
+/// pool's memory, which stays mapped: the pages stop counting as resident
+/// and read back as zeros. For ranges inside a live block of a mapping
+/// (a cache slab purging its own free pages), which need neither the
+/// mapping nor the pool's lock: a live block's memory stays mapped where it
+/// is.
+///
+/// # Safety
+/// The range must lie inside the read-write front of a live [`Mapping`] and
+/// hold no data anybody still needs.
+pub(crate) unsafe fn purge_pool_memory(start: std::ptr::NonNull<u8>, len: usize) {
+    debug_assert!(start.as_ptr() as usize % page_size() == 0 && len % page_size() == 0);
+    // SAFETY: as the caller guarantees.
+    unsafe { imp::purge_range(start, len) };
+}
+
 /// Only the biased lock uses these, and only outside the models and TSan.
 #[cfg(not(any(lle_mempool_model, lle_mempool_tsan)))]
 pub(crate) use imp::{heavy_barrier, heavy_barrier_available};
@@ -41,6 +58,14 @@ mod imp {
     /// The transparent huge page of x86-64 and of arm64 with 4 KiB pages:
     /// the span one page-middle-directory entry maps.
     const HUGE_PAGE_SIZE: usize = 2 << 20;
+
+    /// # Safety
+    /// As for [`super::purge_pool_memory`].
+    pub(super) unsafe fn purge_range(start: NonNull<u8>, len: usize) {
+        // SAFETY: per the caller; MADV_DONTNEED on private anonymous memory
+        // only zero-fills it.
+        let _ = unsafe { libc::madvise(start.as_ptr().cast(), len, libc::MADV_DONTNEED) };
+    }
 
     /// memmap2 keeps its page size to itself, so it is asked of libc.
     pub(crate) fn page_size() -> usize {
@@ -595,6 +620,16 @@ mod imp {
 
     pub(crate) fn page_size() -> usize {
         MODEL_PAGE_SIZE
+    }
+
+    /// Zero-fills, as the kernel's purged pages read back.
+    ///
+    /// # Safety
+    /// As for [`super::purge_pool_memory`].
+    pub(super) unsafe fn purge_range(start: NonNull<u8>, len: usize) {
+        // SAFETY: the caller guarantees the range is mapped and holds
+        // nothing live.
+        unsafe { std::ptr::write_bytes(start.as_ptr(), 0, len) };
     }
 
     /// A heap reservation, of which the first `len` bytes are "mapped".

@@ -16,6 +16,10 @@
 //! Nothing runs in the background: memory freed just before a program goes
 //! quiet stays resident until later frees reach the budget, or until
 //! `compact` purges it at once.
+//!
+//! A thread's cache purges the free pages inside its own slabs on the same
+//! delay ([`HeapPurgeSchedule`]), looked at only when the thread's cache
+//! takes its slow path (a slab runs dry), never on the fast path.
 
 use crate::slab::SLAB_SIZE;
 use std::time::{Duration, Instant};
@@ -86,7 +90,7 @@ impl PurgeSchedule {
             return false;
         };
         let now = Instant::now();
-        if now.duration_since(self.last_purge) >= delay {
+        if delay_passed(delay, self.last_purge, now) {
             self.restart(now, pool_size);
             true
         } else {
@@ -103,6 +107,47 @@ impl PurgeSchedule {
             Some(_) => purge_threshold(pool_size),
             None => usize::MAX,
         };
+    }
+}
+
+/// Whether `delay` has passed between `last_purge` and `now`: the one
+/// test both schedules make.
+fn delay_passed(delay: Duration, last_purge: Instant, now: Instant) -> bool {
+    now.duration_since(last_purge) >= delay
+}
+
+/// When a thread's cache next purges the free pages inside its slabs on its
+/// own. Its thread alone uses it; it is asked only on the cache's slow path,
+/// which is rare enough to read the clock each time.
+#[derive(Clone, Copy)]
+pub(crate) struct HeapPurgeSchedule {
+    /// `None`: purge only on `compact`.
+    delay: Option<Duration>,
+    /// When the cache last purged (or was made).
+    last_purge: Instant,
+}
+
+impl HeapPurgeSchedule {
+    /// A schedule that purges `delay` after the last purge.
+    pub(crate) fn new(delay: Option<Duration>) -> HeapPurgeSchedule {
+        HeapPurgeSchedule { delay, last_purge: Instant::now() }
+    }
+
+    /// Whether to purge now: `true` when the delay has passed since the last
+    /// purge, and then the schedule counts the purge as done.
+    pub(crate) fn purge_now(&mut self) -> bool {
+        let Some(delay) = self.delay else { return false };
+        let now = Instant::now();
+        let due = delay_passed(delay, self.last_purge, now);
+        if due {
+            self.last_purge = now;
+        }
+        due
+    }
+
+    /// Records a purge made by `compact`.
+    pub(crate) fn restart(&mut self) {
+        self.last_purge = Instant::now();
     }
 }
 
@@ -134,6 +179,24 @@ mod tests {
         let step = recheck_step(POOL);
         assert!(!schedule.count_freed(step));
         assert!(schedule.count_freed(1), "the next look comes after the recheck step");
+    }
+
+    #[test]
+    fn a_heap_purges_once_per_delay() {
+        let mut zero = HeapPurgeSchedule::new(Some(Duration::ZERO));
+        assert!(zero.purge_now() && zero.purge_now(), "a zero delay has always passed");
+        assert!(!HeapPurgeSchedule::new(Some(Duration::from_secs(3600))).purge_now(), "an hour has not passed");
+        assert!(!HeapPurgeSchedule::new(None).purge_now(), "no delay: only compact purges");
+
+        let mut short = HeapPurgeSchedule::new(Some(Duration::from_millis(20)));
+        let made = short.last_purge;
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(short.purge_now(), "the delay has passed");
+        assert!(short.last_purge > made, "the purge restarted the delay");
+        let purged = short.last_purge;
+        std::thread::sleep(Duration::from_millis(1));
+        short.restart();
+        assert!(short.last_purge > purged, "compact restarts it too");
     }
 
     #[test]

@@ -108,9 +108,12 @@ pub(crate) struct SharedCounters {
 impl SharedCounters {
     /// Live blocks, for callers and for cache slabs alike: every block is
     /// counted once when claimed and once when released, so the difference
-    /// needs no counter of its own on the hot paths.
+    /// needs no counter of its own on the hot paths. Wrapping: a seqlock
+    /// reader may read the two counts torn (a claim missed, a later release
+    /// seen), which must not trap, since the reading is thrown away and
+    /// retried.
     fn live_blocks(&self) -> usize {
-        (self.allocations.operations() - self.frees.operations()) as usize
+        self.allocations.operations().wrapping_sub(self.frees.operations()) as usize
     }
 }
 

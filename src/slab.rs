@@ -16,10 +16,22 @@
 //! owner may touch (the local list, the counts, the ring links) is reached
 //! through an [`OwnedSlab`], a view whose existence proves that the calling
 //! thread holds the owner's rights.
+//!
+//! A slab that keeps one live block keeps all its memory, so the owner can
+//! give back the pages inside it that hold only free blocks
+//! ([`OwnedSlab::purge_free_pages`]). A free block's link lives in its first
+//! word, which a purge zeroes, so the blocks that start in a purged page are
+//! taken off the free list and *parked*: the header records the page, not
+//! the blocks, and all blocks that start in a parked page are free. When
+//! the list and the never-handed-out blocks run out, `pop` relinks the
+//! blocks of one parked page (which faults it back in) before it reports
+//! the slab full. Free blocks at the end of the slab go back to the bump
+//! index instead, which needs no links at all.
 
 use crate::error::PoolError;
 use crate::identity::current_thread_token;
 use crate::model_cells::{forget_block_links, read_block_link, write_block_link};
+use crate::os;
 use crate::size_class::class_size;
 use crate::sync::{compiler_fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
@@ -37,6 +49,13 @@ pub(crate) const SLAB_SHIFT: u32 = SLAB_SIZE.trailing_zeros();
 /// The most blocks a slab holds (of the smallest class, 16 bytes).
 const MAX_BLOCKS: usize = SLAB_SIZE / 16;
 const BITMAP_WORDS: usize = MAX_BLOCKS / 64;
+
+/// The smallest page a slab is purged in; with larger pages a slab has
+/// fewer of them.
+const MIN_PAGE_SIZE: usize = 4096;
+/// One bit per page of a slab in [`Slab::parked_pages`].
+type PageMask = u16;
+const _: () = assert!(SLAB_SIZE / MIN_PAGE_SIZE <= PageMask::BITS as usize);
 
 /// A free block's first word links it to the next.
 #[repr(C)]
@@ -116,6 +135,10 @@ pub(crate) struct Slab {
     /// mirrored here so a free that empties a slab can tell, from the line
     /// it already holds, whether to keep it.
     current: Cell<bool>,
+    /// One bit per page of the slab whose free blocks are parked: every
+    /// block that starts in the page is free, on no list, and below `bump`
+    /// (see the module docs).
+    parked_pages: Cell<PageMask>,
     // Fixed while the slab exists; read by any thread.
     block_size: u32,
     capacity: u32,
@@ -196,6 +219,7 @@ impl Slab {
             bump: Cell::new(0),
             used: Cell::new(0),
             current: Cell::new(false),
+            parked_pages: Cell::new(0),
             next: Cell::new(slab),
             previous: Cell::new(slab),
             thread_free: CachePadded::new(AtomicPtr::new(ptr::null_mut())),
@@ -325,7 +349,67 @@ impl Slab {
     /// The index of a block `pop` handed out.
     #[inline]
     pub(crate) fn index_of(&self, block: NonNull<u8>) -> usize {
-        (block.as_ptr() as usize - self.base() - DATA_OFFSET) / self.block_size as usize
+        self.index_at(block.as_ptr() as usize)
+    }
+
+    /// The index of the block that starts at `addr`.
+    #[inline]
+    fn index_at(&self, addr: usize) -> usize {
+        (addr - self.base() - DATA_OFFSET) / self.block_size as usize
+    }
+
+    /// The address of block `index`.
+    #[inline]
+    fn block_address(&self, index: usize) -> usize {
+        self.base() + DATA_OFFSET + index * self.block_size as usize
+    }
+
+    /// The blocks whose first byte lies in page `page` of the slab
+    /// (`page_size` bytes each, past the header's), as a range of indices.
+    fn blocks_starting_in(&self, page: usize, page_size: usize) -> std::ops::Range<usize> {
+        debug_assert!(page * page_size >= DATA_OFFSET, "page {page} holds the header");
+        let size = self.block_size as usize;
+        let (start, end) = (page * page_size - DATA_OFFSET, (page + 1) * page_size - DATA_OFFSET);
+        start.div_ceil(size).min(self.capacity())..end.div_ceil(size).min(self.capacity())
+    }
+
+    /// The blocks that overlap page `page` (as [`blocks_starting_in`]), as
+    /// a range of indices.
+    ///
+    /// [`blocks_starting_in`]: Self::blocks_starting_in
+    fn blocks_overlapping(&self, page: usize, page_size: usize) -> std::ops::Range<usize> {
+        let size = self.block_size as usize;
+        let start = (page * page_size - DATA_OFFSET) / size;
+        start.min(self.capacity())..self.blocks_starting_in(page, page_size).end
+    }
+}
+
+/// The pages a slab is purged in: those of the OS's size, from the first
+/// that holds no byte of the header, while the slab has at most one bit of
+/// [`PageMask`] per page. `None`: the slab has no such page.
+fn purgeable_pages() -> Option<(usize, std::ops::Range<usize>)> {
+    let page_size = os::page_size();
+    if !(MIN_PAGE_SIZE..=SLAB_SIZE).contains(&page_size) {
+        return None;
+    }
+    let pages = DATA_OFFSET.div_ceil(page_size)..SLAB_SIZE / page_size;
+    (!pages.is_empty()).then_some((page_size, pages))
+}
+
+/// One bit per block of a slab.
+struct BlockBitmap([u64; BITMAP_WORDS]);
+
+impl BlockBitmap {
+    fn set(&mut self, index: usize) {
+        self.0[index / 64] |= 1 << (index % 64);
+    }
+
+    fn get(&self, index: usize) -> bool {
+        self.0[index / 64] & 1 << (index % 64) != 0
+    }
+
+    fn all(&self, mut indices: std::ops::Range<usize>) -> bool {
+        indices.all(|index| self.get(index))
     }
 }
 
@@ -433,9 +517,22 @@ impl OwnedSlab<'_> {
         self.previous.set(previous);
     }
 
-    /// Takes a block.
+    /// Takes a block; from a parked page (see the module docs) once the
+    /// local list and the bump index have run out.
     #[inline]
     pub(crate) fn pop(self) -> Option<NonNull<u8>> {
+        match self.pop_ready() {
+            Some(block) => Some(block),
+            None => self.pop_parked(),
+        }
+    }
+
+    /// Takes a block from the local list or the bump index, never from a
+    /// parked page: the inline fast path's `pop`, which makes no call and so
+    /// keeps its caller's registers; a `None` sends it to the full path,
+    /// which uses [`pop`](Self::pop).
+    #[inline]
+    pub(crate) fn pop_ready(self) -> Option<NonNull<u8>> {
         let head = self.local_free.get();
         let block = if !head.is_null() {
             // SAFETY: blocks on the local list are free blocks of this slab,
@@ -512,7 +609,129 @@ impl OwnedSlab<'_> {
     pub(crate) fn has_free_block(self) -> bool {
         !self.local_free.get().is_null()
             || self.bump.get() < self.capacity
+            || self.parked_pages.get() != 0
             || !self.thread_free.load(Ordering::Relaxed).is_null()
+    }
+
+    /// `pop` once the local list and the bump index have run out: relinks
+    /// the blocks of the lowest parked page, if any, and takes one of them.
+    #[cold]
+    #[inline(never)]
+    fn pop_parked(self) -> Option<NonNull<u8>> {
+        let parked = self.parked_pages.get();
+        if parked == 0 {
+            return None;
+        }
+        let page = parked.trailing_zeros() as usize;
+        let (page_size, _) = purgeable_pages()?;
+        // The page leaves the mask before its blocks join the list: a
+        // forked child that finds this thread stopped in between loses
+        // them, rather than handing them out twice.
+        self.parked_pages.set(parked & (parked - 1));
+        let blocks = self.blocks_starting_in(page, page_size);
+        debug_assert!(!blocks.is_empty(), "a parked page without blocks");
+        debug_assert!(self.local_free.get().is_null());
+        // SAFETY: the blocks starting in a parked page are free blocks of
+        // this slab on no list, which the owner alone may link.
+        let head = unsafe { self.link_blocks(blocks.rev(), ptr::null_mut()) };
+        compiler_fence(Ordering::Release);
+        self.local_free.set(head);
+        self.pop_ready()
+    }
+
+    /// Links `blocks` (indices, last to first) into a list ending in
+    /// `tail`, and returns its head, which the caller stores.
+    ///
+    /// # Safety
+    /// The blocks are free blocks of this slab, on no list (or on the local
+    /// list, which the caller then replaces), in pages that are mapped.
+    unsafe fn link_blocks(self, blocks: impl Iterator<Item = usize>, tail: *mut FreeBlock) -> *mut FreeBlock {
+        let mut head = tail;
+        for index in blocks {
+            let block = self.block_address(index) as *mut FreeBlock;
+            // SAFETY: as the caller guarantees.
+            unsafe { FreeBlock::set_next(block, head) };
+            head = block;
+        }
+        head
+    }
+
+    /// Gives back to the OS the pages of the slab (past the header's) that
+    /// hold free blocks only, and returns how many it purged. Frees by other
+    /// threads are collected first. The free blocks that start in a purged
+    /// page are parked, the free blocks at the slab's end go back to the bump
+    /// index, and the rest are relinked in address order; `used` does not
+    /// change.
+    pub(crate) fn purge_free_pages(self) -> usize {
+        self.collect_remote();
+        let Some((page_size, pages)) = purgeable_pages() else { return 0 };
+        let capacity = self.capacity();
+        let mut free = BlockBitmap([0; BITMAP_WORDS]);
+        let mut head = self.local_free.get();
+        while !head.is_null() {
+            let index = self.index_at(head as usize);
+            debug_assert!(!free.get(index), "block {index} twice on the local list");
+            free.set(index);
+            // SAFETY: blocks on the local list are free blocks of this slab,
+            // whose links the owner wrote.
+            head = unsafe { FreeBlock::next(head) };
+        }
+        (self.bump.get() as usize..capacity).for_each(|index| free.set(index));
+        let parked = self.parked_pages.get();
+        for page in pages.clone().filter(|&page| parked & 1 << page != 0) {
+            self.blocks_starting_in(page, page_size).for_each(|index| free.set(index));
+        }
+
+        // The free blocks at the end need no link: they go to the bump
+        // index. A page whose blocks start below it parks them, and all the
+        // blocks that start in it: the bump index moves past the page.
+        let mut bump = (0..capacity).rev().find(|&index| !free.get(index)).map_or(0, |index| index + 1);
+        let (mut purged, mut now_parked): (PageMask, PageMask) = (0, 0);
+        for page in pages.clone() {
+            let purgeable = free.all(self.blocks_overlapping(page, page_size));
+            if purgeable {
+                purged |= 1 << page;
+            }
+            let starting = self.blocks_starting_in(page, page_size);
+            if (purgeable || parked & 1 << page != 0) && !starting.is_empty() && starting.start < bump {
+                now_parked |= 1 << page;
+                bump = bump.max(starting.end);
+            }
+        }
+        // Linked last to first, so that the list runs in address order.
+        let listed = (0..bump).rev().filter(|&index| {
+            let page = (self.block_address(index) - self.base()) / page_size;
+            free.get(index) && now_parked & 1 << page == 0
+        });
+        // SAFETY: the listed blocks are free, on the local list (or beyond
+        // the old bump index, handed out by nobody) and in no parked page,
+        // so mapped and holding nothing; the list is replaced whole below.
+        let head = unsafe { self.link_blocks(listed, ptr::null_mut()) };
+        compiler_fence(Ordering::Release);
+        self.local_free.set(head);
+        debug_assert!(pages
+            .clone()
+            .all(|page| { now_parked & 1 << page == 0 || self.blocks_starting_in(page, page_size).end <= bump }));
+        self.bump.set(bump as u32);
+        self.parked_pages.set(now_parked);
+
+        let mut page = pages.start;
+        while page < pages.end {
+            if purged & 1 << page == 0 {
+                page += 1;
+                continue;
+            }
+            let run_start = page;
+            while page < pages.end && purged & 1 << page != 0 {
+                page += 1;
+            }
+            let (start, end) = (self.base() + run_start * page_size, self.base() + page * page_size);
+            // SAFETY: the pages lie in this slab's memory, a live block of
+            // the pool, and hold free blocks only, none of them on a list.
+            unsafe { os::purge_pool_memory(NonNull::new(start as *mut u8).expect("non-null"), end - start) };
+            forget_block_links(start, end);
+        }
+        purged.count_ones() as usize
     }
 }
 
@@ -692,5 +911,170 @@ mod tests {
             let rest = unsafe { std::slice::from_raw_parts(block.as_ptr().add(8), 24) };
             assert!(rest.iter().all(|&byte| byte == expected as u8));
         }
+    }
+}
+
+#[cfg(all(test, not(lle_mempool_model)))]
+mod purge_tests {
+    use super::test_support::SlabMemory;
+    use super::*;
+    use crate::size_class::CLASS_COUNT;
+    use std::collections::BTreeSet;
+
+    /// Block `index`'s bytes, as `(start, end)` offsets in the slab.
+    fn extent(slab: OwnedSlab<'_>, index: usize) -> (usize, usize) {
+        let start = slab.block_address(index) - slab.base();
+        (start, start + slab.block_size as usize)
+    }
+
+    fn fill(block: NonNull<u8>, size: usize, value: u8) {
+        // SAFETY: a handed-out block of `size` bytes.
+        unsafe { block.as_ptr().write_bytes(value, size) };
+    }
+
+    fn holds(block: NonNull<u8>, size: usize, value: u8) -> bool {
+        // SAFETY: as in `fill`.
+        unsafe { std::slice::from_raw_parts(block.as_ptr(), size) }.iter().all(|&byte| byte == value)
+    }
+
+    /// The pattern of block `index`: never zero, so a purge shows.
+    fn pattern(index: usize) -> u8 {
+        (index % 251) as u8 + 1
+    }
+
+    /// Fills a slab of `class`, frees every block `keep` refuses (every
+    /// third of them from "another thread"), purges, and takes blocks until
+    /// the slab is full again: the purge must give back exactly the data
+    /// pages that no live block touches, leave the live blocks alone, and
+    /// every free block must come back exactly once. Then frees the blocks
+    /// taken last and purges once more, with some pages still parked.
+    fn purge_and_refill(class: usize, keep: impl Fn(usize, usize) -> bool) {
+        let memory = SlabMemory::new();
+        // SAFETY: fresh, aligned, exclusively ours.
+        let slab = unsafe { Slab::create(memory.base(0), class, None, true) };
+        let (size, capacity) = (slab.block_size as usize, slab.capacity());
+        let blocks: Vec<NonNull<u8>> = std::iter::from_fn(|| slab.pop()).collect();
+        assert_eq!(blocks.len(), capacity);
+        for (index, &block) in blocks.iter().enumerate() {
+            slab.mark_allocated(index);
+            fill(block, size, pattern(index));
+        }
+        let live: BTreeSet<usize> = (0..capacity).filter(|&index| keep(index, capacity)).collect();
+        for (index, &block) in blocks.iter().enumerate().filter(|(index, _)| !live.contains(index)) {
+            assert!(slab.mark_freed(index));
+            // SAFETY: handed out above, given up here.
+            unsafe {
+                if index % 3 == 0 {
+                    slab.push_remote(block);
+                } else {
+                    slab.push_local(block);
+                }
+            }
+        }
+
+        let page = os::page_size();
+        let touched = |index: usize| {
+            let (start, end) = extent(slab, index);
+            start / page..end.div_ceil(page)
+        };
+        let busy: BTreeSet<usize> = live.iter().flat_map(|&index| touched(index)).collect();
+        let expected: Vec<usize> =
+            (DATA_OFFSET.div_ceil(page)..SLAB_SIZE / page).filter(|p| !busy.contains(p)).collect();
+        assert_eq!(slab.purge_free_pages(), expected.len(), "class {class}: the pages no live block touches");
+        assert_eq!(slab.used(), live.len(), "parked blocks are free");
+        let base = slab.base();
+        for &purged in &expected {
+            // SAFETY: a page of the test's memory; reading it is harmless.
+            let bytes = unsafe { std::slice::from_raw_parts((base + purged * page) as *const u8, page) };
+            assert!(bytes.iter().all(|&byte| byte == 0), "class {class}: page {purged} was purged");
+        }
+        for &index in &live {
+            assert!(holds(blocks[index], size, pattern(index)), "class {class}: live block {index} intact");
+        }
+
+        let mut again: Vec<NonNull<u8>> = Vec::new();
+        while let Some(block) = slab.pop() {
+            let index = slab.block_index(block.as_ptr() as usize).expect("a block start");
+            assert!(!live.contains(&index), "class {class}: live block {index} handed out");
+            slab.mark_allocated(index);
+            fill(block, size, pattern(index));
+            again.push(block);
+        }
+        let distinct: BTreeSet<usize> = again.iter().map(|block| block.as_ptr() as usize).collect();
+        assert_eq!((again.len(), distinct.len()), (capacity - live.len(), again.len()), "class {class}: each once");
+        assert!(!slab.has_free_block());
+        for (index, &block) in blocks.iter().enumerate() {
+            assert!(holds(block, size, pattern(index)), "class {class}: block {index} intact after refilling");
+        }
+
+        // A second purge with parked pages left over: free what the refill
+        // took last (the blocks of the pages it unparked last), purge, and
+        // take them all back.
+        let returned = again.len() / 2;
+        for &block in &again[again.len() - returned..] {
+            assert!(slab.mark_freed(slab.index_of(block)));
+            // SAFETY: handed out above, given up here.
+            unsafe { slab.push_local(block) };
+        }
+        slab.purge_free_pages();
+        let mut last: BTreeSet<usize> = BTreeSet::new();
+        while let Some(block) = slab.pop() {
+            slab.mark_allocated(slab.index_of(block));
+            assert!(last.insert(block.as_ptr() as usize), "class {class}: handed out twice");
+        }
+        let expected: BTreeSet<usize> =
+            again[again.len() - returned..].iter().map(|block| block.as_ptr() as usize).collect();
+        assert_eq!(last, expected, "class {class}: exactly the returned blocks come back");
+    }
+
+    #[test]
+    fn parked_blocks_come_back_exactly_once_in_every_class() {
+        let page = os::page_size();
+        for class in 0..CLASS_COUNT {
+            let size = class_size(class);
+            let page_of = |index: usize| (DATA_OFFSET + index * size) / page;
+            // A live block in every third page, and the last block: whole
+            // free pages between live ones, blocks straddling their edges.
+            purge_and_refill(class, |index, capacity| page_of(index) % 3 == 1 || index == capacity - 1);
+            // Live blocks at the start only: the free end goes back to the
+            // bump index.
+            purge_and_refill(class, |index, _| index < 2);
+            // Nothing live: every data page goes.
+            purge_and_refill(class, |_, _| false);
+            // Everything live: nothing goes.
+            purge_and_refill(class, |_, _| true);
+        }
+    }
+
+    #[test]
+    fn a_free_block_reaching_into_a_purged_page_stays_listed() {
+        // 1024-byte blocks: the page after the header holds blocks that
+        // start before it and reach into it.
+        let class = (0..CLASS_COUNT).find(|&class| class_size(class) == 1024).unwrap();
+        let page = os::page_size();
+        let memory = SlabMemory::new();
+        // SAFETY: fresh, aligned, exclusively ours.
+        let slab = unsafe { Slab::create(memory.base(0), class, None, false) };
+        let blocks: Vec<NonNull<u8>> = std::iter::from_fn(|| slab.pop()).collect();
+        // Keep the first block and the last: pages 1 onward are free but for
+        // the last block's pages.
+        let straddler = (0..blocks.len())
+            .find(|&index| {
+                let (start, end) = extent(slab, index);
+                start / page == 0 && end > page
+            })
+            .expect("a block from the header's page into the next");
+        for (index, &block) in blocks.iter().enumerate() {
+            if index != 0 && index != blocks.len() - 1 {
+                // SAFETY: handed out above, given up here.
+                unsafe { slab.push_local(block) };
+            }
+        }
+        assert!(slab.purge_free_pages() > 0);
+        // The list runs in address order: the free blocks that start in the
+        // header's page come first, the straddler last of them.
+        let first: Vec<_> = (1..=straddler).map(|_| slab.pop()).collect();
+        let expected: Vec<_> = blocks[1..=straddler].iter().copied().map(Some).collect();
+        assert_eq!(first, expected, "its link lies in the header's page: listed");
     }
 }

@@ -4,7 +4,7 @@
 //! each slab that still has live blocks here ([`abandon`]). Other threads
 //! of the same pool take such slabs over when they need a slab of the class
 //! ([`adopt`]), and `compact` gives back those whose blocks have all come
-//! home ([`reclaim`]). While a slab is listed, the list's lock stands in for
+//! home, and the free pages inside the rest ([`reclaim`]). While a slab is listed, the list's lock stands in for
 //! its owner: whoever holds the lock may use the slab's owner-only state.
 //!
 //! Abandoning runs at thread exit and must not fail, so the list never
@@ -92,7 +92,8 @@ impl AbandonedSlabs {
     }
 
     /// Hands every listed slab whose blocks have all come home to
-    /// `release`, out of the list by then.
+    /// `release`, out of the list by then, and purges the free pages inside
+    /// the slabs that stay.
     pub(super) fn reclaim(&self, mut release: impl FnMut(OwnedSlab<'_>)) {
         let mut listed = lock(&self.slabs);
         listed.retain(|&slab| {
@@ -102,6 +103,8 @@ impl AbandonedSlabs {
             let home = slab.used() == 0;
             if home {
                 release(slab);
+            } else {
+                slab.purge_free_pages();
             }
             !home
         });

@@ -13,6 +13,11 @@
 //! further empty slabs go back to the shared pool at once. A retired heap
 //! releases its empty slabs and abandons the rest.
 //!
+//! Memory inside slabs that still hold live blocks goes back to the OS page
+//! by page ([`purge_slabs`]): on `compact`, and on the heap's slow path once
+//! the pool's purge delay has passed since the heap last purged. The fast
+//! paths never look at the clock.
+//!
 //! In a forked child the heaps of the threads that did not survive are
 //! retired by the one that did ([`retire_vanished`]), though their threads
 //! may have stopped at any instruction of an operation on them. The fast
@@ -23,6 +28,7 @@
 //!
 //! [`retire_vanished`]: ThreadHeap::retire_vanished
 //! [`edit`]: ThreadHeap::edit
+//! [`purge_slabs`]: ThreadHeap::purge_slabs
 
 use super::heap_table::TableEntry;
 use super::owned_filter::OwnedFilter;
@@ -32,6 +38,7 @@ use super::slab_ring::SlabRing;
 use super::{new_slab, release_slab};
 use crate::error::PoolError;
 use crate::fallible::out_of_memory;
+use crate::purge::HeapPurgeSchedule;
 use crate::size_class::{class_size, CLASS_COUNT};
 use crate::slab::{OwnedSlab, Slab, SlabOwner, SLAB_SIZE};
 use crate::stats::{Counter, SampledTimer, FAST_TIMING_PERIOD};
@@ -88,6 +95,8 @@ pub(crate) struct ThreadHeap {
     /// One bit per class whose ring or spare the heap's thread is changing
     /// (see [`edit`](Self::edit)).
     editing: Cell<u64>,
+    /// When the slow path next purges the free pages inside the slabs.
+    purge: Cell<HeapPurgeSchedule>,
 }
 
 impl ThreadHeap {
@@ -103,6 +112,7 @@ impl ThreadHeap {
             remote_batch: RemoteBatch::new(),
             owned: OwnedFilter::new(),
             editing: Cell::new(0),
+            purge: Cell::new(HeapPurgeSchedule::new(pool.config.purge_delay)),
         }));
         pool.caches.registry.add(heap);
         heap
@@ -184,10 +194,48 @@ impl ThreadHeap {
         result
     }
 
-    /// Finds a block when the current slab has none.
+    /// Finds a block when the current slab has none; first purges the
+    /// slabs' free pages if the purge delay has passed.
     #[cold]
     fn refill(&self, class: usize) -> Result<NonNull<u8>, PoolError> {
+        let mut schedule = self.purge.get();
+        if schedule.purge_now() {
+            self.purge_slabs();
+        }
+        self.purge.set(schedule);
         self.edit(class, || self.refill_marked(class))
+    }
+
+    /// Gives back to the OS the pages inside this heap's slabs (those in
+    /// its rings and its spares) that hold only free blocks; returns how
+    /// many. A class caught being edited by this thread (a resize listener
+    /// running inside a change) is left alone.
+    pub(super) fn purge_slabs(&self) -> usize {
+        let mut purged = 0;
+        for (class, cache) in self.classes.iter().enumerate() {
+            if self.editing.get() & 1 << class != 0 {
+                continue;
+            }
+            // The purge relinks the slabs' free lists.
+            self.edit(class, || {
+                cache.ring.for_each(|slab| purged += slab.purge_free_pages());
+                let spare = cache.spare.get();
+                if !spare.is_null() {
+                    // SAFETY: the spare is owned by this heap, on its thread.
+                    purged += unsafe { OwnedSlab::new(spare) }.purge_free_pages();
+                }
+            });
+        }
+        purged
+    }
+
+    /// [`purge_slabs`](Self::purge_slabs) for `compact`, which restarts the
+    /// purge delay.
+    pub(super) fn compact(&self) -> usize {
+        let mut schedule = self.purge.get();
+        schedule.restart();
+        self.purge.set(schedule);
+        self.purge_slabs()
     }
 
     /// [`refill`](Self::refill), inside its edit of the class.

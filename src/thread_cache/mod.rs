@@ -171,7 +171,8 @@ unsafe fn release_slab(pool: &PoolInner, slab: OwnedSlab<'_>) {
     debug_assert!(released.is_ok(), "slab was not a live block: {released:?}");
 }
 
-/// Releases the abandoned slabs whose blocks have all come home.
+/// Releases the abandoned slabs whose blocks have all come home, and purges
+/// the free pages inside the rest.
 pub(crate) fn reclaim_abandoned(pool: &PoolInner) {
     // SAFETY: `reclaim` hands over slabs it has taken off its list, which
     // nothing else refers to.
@@ -179,9 +180,10 @@ pub(crate) fn reclaim_abandoned(pool: &PoolInner) {
 }
 
 /// Takes a block of `class` from this thread's heap for `pool` if that is
-/// the thread's most recently used heap and its current slab has one.
-/// `None` sends the caller to the full path, which also handles the sampled
-/// timing and checked mode, so that this one stays a handful of instructions.
+/// the thread's most recently used heap and its current slab has one ready
+/// (not in a parked page). `None` sends the caller to the full path, which
+/// also handles the sampled timing, checked mode and parked pages, so that
+/// this one stays a handful of instructions.
 #[inline]
 pub(crate) fn try_allocate_cached(pool: &PoolInner, class: usize) -> Option<NonNull<u8>> {
     with_thread_heaps(|heaps| {
@@ -195,7 +197,7 @@ pub(crate) fn try_allocate_cached(pool: &PoolInner, class: usize) -> Option<NonN
         let number = heap.counters.allocations.next_untimed()?;
         // SAFETY: callers pass `class_of` of a size the fast path serves,
         // which is below CLASS_COUNT.
-        let block = unsafe { heap.current_slab(class) }?.pop()?;
+        let block = unsafe { heap.current_slab(class) }?.pop_ready()?;
         heap.counters.allocations.count_untimed(number);
         Some(block)
     })
@@ -319,6 +321,17 @@ pub(crate) fn hand_over_remote_frees(pool: &PoolInner) {
             unsafe { &*heap }.hand_over_remote_batch();
         }
     });
+}
+
+/// Gives back to the OS the pages inside this thread's cache slabs of
+/// `pool` that hold only free blocks, and returns how many; creates no heap.
+pub(crate) fn purge_own_slabs(pool: &PoolInner) -> usize {
+    with_thread_heaps(|heaps| {
+        // SAFETY: heaps in the table are alive, and `pool` is alive for the
+        // whole call.
+        heaps.get(pool.id).map_or(0, |heap| unsafe { &*heap }.compact())
+    })
+    .unwrap_or(0)
 }
 
 /// In a forked child, whose only thread is the one that forked: retires

@@ -101,6 +101,16 @@ impl SlabRing {
         None
     }
 
+    /// Hands every slab of the ring, the current one first, to `visit`.
+    pub(super) fn for_each(&self, mut visit: impl FnMut(OwnedSlab<'_>)) {
+        let Some(current) = self.current() else { return };
+        visit(current);
+        self.find_after_current(usize::MAX, |slab| {
+            visit(slab);
+            None::<()>
+        });
+    }
+
     /// Empties the ring, handing every slab, out of the ring by then, to
     /// `take`, which may give it up.
     pub(super) fn take_all(&self, mut take: impl FnMut(OwnedSlab<'_>)) {
