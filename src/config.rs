@@ -70,6 +70,7 @@ pub struct PoolConfig {
     pub(crate) purge_delay: Option<Duration>,
     pub(crate) zero_on_free: bool,
     pub(crate) huge_pages: bool,
+    pub(crate) soft_limit: Option<usize>,
 }
 
 /// The smallest default alignment a pool accepts: what `malloc` promises.
@@ -106,6 +107,7 @@ impl PoolConfig {
             purge_delay: Some(DEFAULT_PURGE_DELAY),
             zero_on_free: false,
             huge_pages: false,
+            soft_limit: None,
         }
     }
 
@@ -388,6 +390,56 @@ impl PoolConfig {
         self.checked || self.zero_on_free
     }
 
+    /// The bytes in use above which the pool calls its memory-pressure
+    /// callbacks (see [`MemoryPool::on_memory_pressure`]): at most the
+    /// maximum size, if there is one, else [`PoolError::InvalidConfig`].
+    /// None by default. It limits nothing: allocations above it succeed.
+    ///
+    /// The callbacks are called once per crossing: by the allocation that
+    /// takes the bytes in use ([`PoolStats::used`], which counts the thread
+    /// caches' 64 KiB slabs, not their blocks) from at most the limit to
+    /// above it, and again only after frees have brought them back to the
+    /// limit or below. [`MemoryPool::set_soft_limit`] changes it later.
+    ///
+    /// [`MemoryPool::on_memory_pressure`]: crate::MemoryPool::on_memory_pressure
+    /// [`MemoryPool::set_soft_limit`]: crate::MemoryPool::set_soft_limit
+    /// [`PoolStats::used`]: crate::PoolStats::used
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolConfig, PoolError};
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let pool = MemoryPool::with_config(PoolConfig::new(1 << 20).soft_limit(4096))?;
+    /// let calls = Arc::new(AtomicUsize::new(0));
+    /// let counter = Arc::clone(&calls);
+    /// pool.on_memory_pressure(move |_| { counter.fetch_add(1, Ordering::SeqCst); });
+    /// let below = pool.allocate(4096)?;
+    /// assert_eq!(calls.load(Ordering::SeqCst), 0, "at the limit, not above it");
+    /// let above = pool.allocate(16)?;
+    /// let further = pool.allocate(16)?;
+    /// assert_eq!(calls.load(Ordering::SeqCst), 1, "once per crossing");
+    /// unsafe {
+    ///     pool.free(above)?;
+    ///     pool.free(further)?;
+    /// }
+    /// let again = pool.allocate(16)?;
+    /// assert_eq!(calls.load(Ordering::SeqCst), 2, "back at the limit, then above it again");
+    ///
+    /// assert!(matches!(
+    ///     MemoryPool::with_config(PoolConfig::new(4096).max_size(8192).soft_limit(1 << 20)),
+    ///     Err(PoolError::InvalidConfig { .. }),
+    /// ));
+    /// # let _ = (below, again);
+    /// # Ok::<(), PoolError>(())
+    /// ```
+    pub fn soft_limit(mut self, bytes: usize) -> Self {
+        self.soft_limit = Some(bytes);
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), PoolError> {
         if !self.alignment.is_power_of_two() {
             return Err(PoolError::InvalidAlignment { align: self.alignment });
@@ -413,6 +465,11 @@ impl PoolConfig {
             }
             if self.max_size.is_some_and(|max| reserve > max) {
                 return Err(PoolError::InvalidConfig { reason: "reserve must be at most the maximum size" });
+            }
+        }
+        if let (Some(soft), Some(max)) = (self.soft_limit, self.max_size) {
+            if soft > max {
+                return Err(PoolError::InvalidConfig { reason: "soft limit must be at most the maximum size" });
             }
         }
         Ok(())

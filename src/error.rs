@@ -5,9 +5,14 @@ use std::fmt;
 /// Why a pool operation was refused.
 ///
 /// Every refusal leaves the pool exactly as it was: [`MemoryPool::check`]
-/// passes afterwards and the pool stays usable.
+/// passes afterwards and the pool stays usable. The one exception is an
+/// allocation that the maximum size refuses: before refusing it, the pool
+/// has compacted (given free memory back, as [`MemoryPool::compact`] does)
+/// and tried once more (see [`MemoryPool::on_memory_pressure`]).
 ///
 /// [`MemoryPool::check`]: crate::MemoryPool::check
+/// [`MemoryPool::compact`]: crate::MemoryPool::compact
+/// [`MemoryPool::on_memory_pressure`]: crate::MemoryPool::on_memory_pressure
 ///
 /// # Examples
 ///
@@ -68,7 +73,9 @@ pub enum PoolError {
         /// The pointer's address.
         addr: usize,
     },
-    /// Growing would take the pool past its configured maximum size.
+    /// Growing would take the pool past its configured maximum size. For an
+    /// allocation, this is the answer after the pool compacted, called its
+    /// memory-pressure callbacks and tried once more.
     ExceedsMaxSize {
         /// The size the pool would have reached.
         requested: usize,

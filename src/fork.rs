@@ -9,8 +9,10 @@
 //!
 //! - **prepare** takes the registry's lock, then every lock of every pool,
 //!   one kind after another across all pools, in the order in which the
-//!   pool's own code nests them: the resize listeners (a listener may call
-//!   anything), the cache registry (a retiring heap flushes into the other
+//!   pool's own code nests them: the memory-pressure callbacks (a callback
+//!   may call anything, resize listeners included, and a listener never
+//!   waits for them: see `pressure`), the resize listeners (a listener may
+//!   call anything), the cache registry (a retiring heap flushes into the other
 //!   two), the abandoned slabs (reclaiming one frees it to the shared pool),
 //!   and the shared pool's biased lock, which excludes its owner too (see
 //!   `biased_lock`). A pool that serves the global allocator comes after
@@ -84,6 +86,7 @@ mod handlers {
     use crate::global::InsidePool;
     use crate::listeners::ListenerList;
     use crate::os;
+    use crate::pressure::CallbackList;
     use crate::shared_pool::PoolState;
     use crate::sync::{const_thread_local, lock, Mutex, MutexGuard};
     use crate::thread_cache::{retire_heaps_of_vanished_threads, AbandonedHold, RegistryState};
@@ -95,7 +98,7 @@ mod handlers {
     use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
     /// Locks one pool holds, one kind per pool.
-    const LOCKS_PER_POOL: usize = 4;
+    const LOCKS_PER_POOL: usize = 5;
 
     struct Registry {
         pools: Vec<Entry>,
@@ -117,6 +120,7 @@ mod handlers {
     /// is what unlocks them.
     #[allow(dead_code)]
     enum HeldLock {
+        Pressure(MutexGuard<'static, CallbackList>),
         Listeners(MutexGuard<'static, ListenerList>),
         Caches(MutexGuard<'static, RegistryState>),
         Abandoned(AbandonedHold<'static>),
@@ -229,9 +233,10 @@ mod handlers {
                     // child) only after every guard below.
                     let pool: &'static PoolInner = unsafe { &*entry.pool };
                     let held = match kind {
-                        0 => HeldLock::Listeners(pool.shared.listeners.hold_for_fork()),
-                        1 => HeldLock::Caches(pool.caches.hold_registry_for_fork()),
-                        2 => HeldLock::Abandoned(pool.caches.hold_abandoned_for_fork()),
+                        0 => HeldLock::Pressure(pool.shared.pressure.hold_for_fork()),
+                        1 => HeldLock::Listeners(pool.shared.listeners.hold_for_fork()),
+                        2 => HeldLock::Caches(pool.caches.hold_registry_for_fork()),
+                        3 => HeldLock::Abandoned(pool.caches.hold_abandoned_for_fork()),
                         _ => HeldLock::Shared(pool.shared.hold_for_fork()),
                     };
                     debug_assert!(registry.held.len() < registry.held.capacity(), "prepare allocating");

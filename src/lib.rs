@@ -124,6 +124,7 @@ mod identity;
 mod listeners;
 mod model_cells;
 mod os;
+mod pressure;
 mod purge;
 mod region;
 mod seqlock;
@@ -146,9 +147,10 @@ pub use config::{PoolConfig, PoolKind};
 pub use error::PoolError;
 pub use global::GlobalPool;
 pub use listeners::{ListenerId, ResizeEvent, ResizeReason};
+pub use pressure::{PressureCallbackId, PressureEvent, PressureReason};
 pub use stats::{FastPathStats, PoolStats};
 
-use shared_pool::{SharedPool, MAX_ALIGNMENT};
+use shared_pool::{Relieve, SharedPool, MAX_ALIGNMENT};
 use size_class::{class_of, class_size, MAX_FAST_SIZE};
 use slab::SLAB_SIZE;
 use slab_map::Owner;
@@ -279,9 +281,32 @@ impl PoolInner {
         self.shared.resize_in_place(block.as_ptr() as usize, new_size)
     }
 
+    /// Allocates from the shared pool, which retries a refusal by the
+    /// maximum size once, after [`release_cached`](Self::release_cached)
+    /// and a compaction (see `pressure`).
+    #[inline(always)]
+    pub(crate) fn allocate_shared(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
+        self.shared.allocate(size, align, self)
+    }
+
+    /// Gives the shared pool back what the thread caches can spare without
+    /// a thread's help: the blocks this thread freed into other threads'
+    /// slabs and still holds in its batch, and the slabs of exited threads
+    /// whose blocks have all come home.
+    pub(crate) fn release_cached(&self) {
+        thread_cache::hand_over_remote_frees(self);
+        thread_cache::reclaim_abandoned(self);
+    }
+
     fn failed<T>(&self, error: PoolError) -> Result<T, PoolError> {
         self.shared.counters.failed_allocations.add_concurrent(1);
         Err(error)
+    }
+}
+
+impl Relieve for PoolInner {
+    fn relieve(&self) {
+        self.release_cached();
     }
 }
 
@@ -324,6 +349,7 @@ impl MemoryPool {
         )?;
         let id = identity::next_pool_id();
         let caches = PoolCaches::new(id, config.takes_full_paths());
+        shared.pressure.set_soft_limit(config.soft_limit);
         let pool = MemoryPool { inner: Box::new(PoolInner { id, config, shared, caches }) };
         fork::register(&pool.inner)?;
         Ok(pool)
@@ -374,7 +400,10 @@ impl MemoryPool {
     ///
     /// [`PoolError::ZeroSize`], [`PoolError::SizeOverflow`], or, when the
     /// pool can't grow, [`PoolError::ExceedsMaxSize`] or
-    /// [`PoolError::OutOfMemory`].
+    /// [`PoolError::OutOfMemory`]. An allocation is refused with
+    /// `ExceedsMaxSize` only after the pool has compacted, called its
+    /// [memory-pressure callbacks](Self::on_memory_pressure) and tried once
+    /// more (on every allocation path).
     ///
     /// # Examples
     ///
@@ -419,7 +448,7 @@ impl MemoryPool {
         if align > MAX_ALIGNMENT {
             return self.inner.failed(PoolError::AlignmentTooLarge { align });
         }
-        self.inner.shared.allocate(size, align)
+        self.inner.allocate_shared(size, align)
     }
 
     /// Frees a block from any of this pool's allocation methods.
@@ -524,7 +553,7 @@ impl MemoryPool {
             return inner.failed(PoolError::ZeroSize);
         }
         if size > MAX_FAST_SIZE {
-            return inner.shared.allocate(size, config::MIN_DEFAULT_ALIGNMENT);
+            return inner.allocate_shared(size, config::MIN_DEFAULT_ALIGNMENT);
         }
         let class = class_of(size);
         match with_heap(inner, |heap| heap.allocate(class)) {
@@ -532,7 +561,7 @@ impl MemoryPool {
             // A heap fails only when the shared pool refuses it a slab, and
             // the shared pool has counted that failure already.
             Some(Err(error)) => Err(error),
-            None => inner.shared.allocate(class_size(class), config::MIN_DEFAULT_ALIGNMENT),
+            None => inner.allocate_shared(class_size(class), config::MIN_DEFAULT_ALIGNMENT),
         }
     }
 
@@ -747,8 +776,7 @@ impl MemoryPool {
     /// # Ok::<(), lle_mempool::PoolError>(())
     /// ```
     pub fn compact(&self) -> Result<usize, PoolError> {
-        thread_cache::hand_over_remote_frees(&self.inner);
-        thread_cache::reclaim_abandoned(&self.inner);
+        self.inner.release_cached();
         thread_cache::purge_own_slabs(&self.inner);
         self.inner.shared.compact()
     }
@@ -854,6 +882,8 @@ impl MemoryPool {
             expansions: shared.expansions,
             compactions: shared.compactions,
             purges: shared.purges,
+            low_memory_retries: inner.shared.pressure.retries.get(),
+            low_memory_recoveries: inner.shared.pressure.recoveries.get(),
             avg_alloc_time: mean_duration(&[shared.alloc_time, fast.alloc_time]),
             avg_free_time: mean_duration(&[shared.free_time, fast.free_time]),
             fast: FastPathStats {
@@ -950,6 +980,135 @@ impl MemoryPool {
     /// ```
     pub fn resize_listener_count(&self) -> usize {
         self.inner.shared.listeners.count()
+    }
+
+    /// Registers `callback`, called when memory runs low:
+    ///
+    /// - when an allocation takes the bytes in use above the
+    ///   [soft limit](PoolConfig::soft_limit), once per crossing
+    ///   ([`PressureReason::SoftLimit`]);
+    /// - when the maximum size refuses an allocation, on any path
+    ///   ([`PressureReason::MaxSize`]). The pool has then compacted (as
+    ///   [`compact`](Self::compact) does: this thread's remote frees handed
+    ///   over, exited threads' slabs reclaimed, free tails unmapped); after
+    ///   the callbacks it tries the allocation once more. A callback that
+    ///   frees memory thus lets the allocation succeed: the statistics'
+    ///   [`low_memory_retries`](PoolStats::low_memory_retries) and
+    ///   [`low_memory_recoveries`](PoolStats::low_memory_recoveries) count
+    ///   the retries and those that succeeded, and an allocation that still
+    ///   fails returns [`PoolError::ExceedsMaxSize`].
+    ///
+    /// It runs on the thread whose allocation crossed the limit or was
+    /// refused, after the pool's lock is released, and is told the bytes in
+    /// use, the soft limit and the maximum size. It may free, allocate
+    /// (from this pool too), compact or do nothing, but not register or
+    /// remove callbacks. Pressure raised while the thread is inside a
+    /// pressure callback or a resize listener calls no callback: such an
+    /// allocation is still retried after compaction.
+    ///
+    /// # Examples
+    ///
+    /// A consumer told to catch up when its producer gets ahead:
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolConfig, PressureReason};
+    /// use std::ptr::NonNull;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let pool = Arc::new(MemoryPool::with_config(PoolConfig::new(4096).max_size(4096))?);
+    /// let queue: Arc<Mutex<Vec<usize>>> = Arc::default();
+    /// let (consumer_pool, backlog) = (Arc::clone(&pool), Arc::clone(&queue));
+    /// pool.on_memory_pressure(move |event| {
+    ///     assert_eq!(event.reason, PressureReason::MaxSize { requested: 1024 });
+    ///     for block in backlog.lock().unwrap().drain(..) {
+    ///         unsafe { consumer_pool.free(NonNull::new(block as *mut u8).unwrap()).unwrap() };
+    ///     }
+    /// });
+    /// for _ in 0..8 {
+    ///     let block = pool.allocate(1024)?;
+    ///     queue.lock().unwrap().push(block.as_ptr() as usize);
+    /// }
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.low_memory_retries, stats.low_memory_recoveries), (1, 1));
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn on_memory_pressure<F>(&self, callback: F) -> PressureCallbackId
+    where
+        F: Fn(&PressureEvent) + Send + Sync + 'static,
+    {
+        self.inner.shared.pressure.add(Box::new(callback))
+    }
+
+    /// Removes a memory-pressure callback; `false` if it was not
+    /// registered. Once this returns, the callback is not running and will
+    /// not be called again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::with_config(lle_mempool::PoolConfig::new(4096).soft_limit(0))?;
+    /// let id = pool.on_memory_pressure(|_| panic!("not called after removal"));
+    /// assert!(pool.remove_memory_pressure_callback(id));
+    /// pool.allocate(16)?;
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn remove_memory_pressure_callback(&self, id: PressureCallbackId) -> bool {
+        self.inner.shared.pressure.remove(id)
+    }
+
+    /// How many memory-pressure callbacks are registered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::new(4096)?;
+    /// pool.on_memory_pressure(|_| {});
+    /// assert_eq!(pool.memory_pressure_callback_count(), 1);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn memory_pressure_callback_count(&self) -> usize {
+        self.inner.shared.pressure.count()
+    }
+
+    /// The soft limit (see [`PoolConfig::soft_limit`]), if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::with_config(lle_mempool::PoolConfig::new(4096).soft_limit(2048))?;
+    /// assert_eq!(pool.soft_limit(), Some(2048));
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn soft_limit(&self) -> Option<usize> {
+        self.inner.shared.pressure.soft_limit()
+    }
+
+    /// Sets or clears the soft limit (see [`PoolConfig::soft_limit`]). The
+    /// next crossing is measured from the bytes in use then: a pool already
+    /// above the new limit reports when it next goes from at most the limit
+    /// to above it.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::InvalidConfig`] for a limit above the maximum size; the
+    /// limit is then unchanged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = lle_mempool::MemoryPool::with_config(lle_mempool::PoolConfig::new(4096).max_size(8192))?;
+    /// pool.set_soft_limit(Some(4096))?;
+    /// assert_eq!(pool.soft_limit(), Some(4096));
+    /// assert!(pool.set_soft_limit(Some(1 << 20)).is_err());
+    /// pool.set_soft_limit(None)?;
+    /// assert_eq!(pool.soft_limit(), None);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn set_soft_limit(&self, soft_limit: Option<usize>) -> Result<(), PoolError> {
+        let config = PoolConfig { soft_limit, ..self.inner.config.clone() };
+        config.validate()?;
+        self.inner.shared.pressure.set_soft_limit(soft_limit);
+        Ok(())
     }
 }
 

@@ -90,6 +90,11 @@ pub(crate) struct ListenerList {
     entries: Vec<(ListenerId, Listener)>,
 }
 
+/// Whether this thread is calling resize listeners now, of any pool.
+pub(crate) fn delivering_on_this_thread() -> bool {
+    DELIVERING.try_with(|delivering| !delivering.borrow().is_empty()).unwrap_or(false)
+}
+
 impl Listeners {
     pub(crate) fn new() -> Self {
         Listeners { list: Mutex::new(ListenerList { next_id: 1, entries: Vec::new() }) }

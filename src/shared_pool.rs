@@ -26,6 +26,7 @@ use crate::fallible::out_of_memory;
 use crate::free_index::{GRANULE, LEAF_GRANULES, MAX_REGION_GRANULES};
 use crate::listeners::{Listeners, ResizeEvent, ResizeReason};
 use crate::os;
+use crate::pressure::{MemoryPressure, PressureEvent, PressureReason};
 use crate::purge::{PurgeSchedule, PURGE_MIN_RUN};
 use crate::region::{find_region, MappedRegion, Region, RegionTable};
 use crate::seqlock::{SeqLock, WriterToken};
@@ -58,6 +59,8 @@ pub(crate) struct SharedPool {
     reader_handles: EpochHandles,
     pub(crate) counters: SharedCounters,
     pub(crate) listeners: Listeners,
+    /// The soft limit and the memory-pressure callbacks.
+    pub(crate) pressure: MemoryPressure,
     /// Which memory is the pool's: every region's pages are marked here
     /// while the region holds them (see `slab_map`).
     pub(crate) map: SlabMap,
@@ -145,6 +148,29 @@ enum BlockUse {
     CacheSlab,
 }
 
+/// What the shared pool's owner can give back when the maximum size
+/// refuses an allocation, before the pool compacts and retries it: the
+/// pool is told with a thin reference, one register on the hot path.
+pub(crate) trait Relieve {
+    /// Frees what can be freed without the program's help.
+    fn relieve(&self);
+}
+
+/// Nothing to give back: the shared pool on its own, in its tests.
+#[cfg(test)]
+impl Relieve for () {
+    fn relieve(&self) {}
+}
+
+/// What an allocation has to tell once the pool's lock is released.
+#[derive(Clone, Copy)]
+struct AfterAllocation {
+    /// The pool grew for it.
+    growth: Option<ResizeEvent>,
+    /// It took the bytes in use above the soft limit.
+    crossed_soft_limit: bool,
+}
+
 /// Applies a signed change to the count of free runs.
 fn adjust_runs(counter: &Counter<usize>, added: usize, removed: usize) {
     counter.add(added);
@@ -185,6 +211,7 @@ impl SharedPool {
             reader_handles: EpochHandles::new(),
             counters: SharedCounters::default(),
             listeners: Listeners::new(),
+            pressure: MemoryPressure::new(None),
             map: SlabMap::new()?,
             max_size,
             growth_factor,
@@ -208,23 +235,77 @@ impl SharedPool {
 
     /// Allocates `size` bytes (non-zero) aligned to `align` (a power of two,
     /// at most [`MAX_ALIGNMENT`]), growing the pool if no free block fits.
-    pub(crate) fn allocate(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
-        self.allocate_for(size, align, BlockUse::Caller)
+    /// When the maximum size refuses it, `relieve` gives back what its
+    /// owner can spare, and the allocation is retried once (see
+    /// [`refused`](Self::refused)).
+    pub(crate) fn allocate(&self, size: usize, align: usize, relieve: &impl Relieve) -> Result<NonNull<u8>, PoolError> {
+        self.allocate_for(size, align, BlockUse::Caller, Some(relieve))
     }
 
     /// As [`allocate`](Self::allocate), for a block that backs a cache slab;
     /// it goes back with [`free_slab`](Self::free_slab).
-    pub(crate) fn allocate_slab(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
-        self.allocate_for(size, align, BlockUse::CacheSlab)
+    pub(crate) fn allocate_slab(
+        &self,
+        size: usize,
+        align: usize,
+        relieve: &impl Relieve,
+    ) -> Result<NonNull<u8>, PoolError> {
+        self.allocate_for(size, align, BlockUse::CacheSlab, Some(relieve))
     }
 
-    fn allocate_for(&self, size: usize, align: usize, block_use: BlockUse) -> Result<NonNull<u8>, PoolError> {
+    /// `relieve` is `None` for the retry itself, which is not retried.
+    fn allocate_for<R: Relieve>(
+        &self,
+        size: usize,
+        align: usize,
+        block_use: BlockUse,
+        relieve: Option<&R>,
+    ) -> Result<NonNull<u8>, PoolError> {
         debug_assert!(size > 0 && align.is_power_of_two() && align <= MAX_ALIGNMENT);
         let result = self.allocate_inner(size, align, block_use);
         if result.is_err() {
-            self.counters.failed_allocations.add_concurrent(1);
+            return self.refused(result, size, align, block_use, relieve);
         }
         result
+    }
+
+    /// After an allocation of `size` bytes was refused: if the maximum size
+    /// refused it and it was not a retry, gives back what memory can be had
+    /// (`relieve`, then a compaction), tells the memory-pressure callbacks,
+    /// which may free more, and tries the allocation once more. Runs above
+    /// every locked section, so nothing here takes the lock recursively.
+    /// Every refusal is counted here. (The retry goes through
+    /// [`allocate_for`](Self::allocate_for) rather than beside it: a second
+    /// caller of the allocation itself would keep it from being inlined
+    /// there, which costs the hot path.)
+    #[cold]
+    #[inline(never)]
+    fn refused<R: Relieve>(
+        &self,
+        refused: Result<NonNull<u8>, PoolError>,
+        size: usize,
+        align: usize,
+        block_use: BlockUse,
+        relieve: Option<&R>,
+    ) -> Result<NonNull<u8>, PoolError> {
+        match (refused, relieve) {
+            (Err(PoolError::ExceedsMaxSize { .. }), Some(relieve)) => {
+                relieve.relieve();
+                // A compaction the heap refuses memory for only relieves less.
+                let _ = self.compact();
+                self.report_pressure(PressureReason::MaxSize { requested: size });
+                self.pressure.retries.add_concurrent(1);
+                let retried = self.allocate_for(size, align, block_use, None::<&R>);
+                if retried.is_ok() {
+                    self.pressure.recoveries.add_concurrent(1);
+                }
+                retried
+            }
+            (refused, _) => {
+                self.counters.failed_allocations.add_concurrent(1);
+                refused
+            }
+        }
     }
 
     fn allocate_inner(&self, size: usize, align: usize, block_use: BlockUse) -> Result<NonNull<u8>, PoolError> {
@@ -237,25 +318,60 @@ impl SharedPool {
         // The section returns only the block: anything it returns is copied
         // out through memory, and a narrow field or padding in the copy
         // would stall on the caller's pending stores (see `biased_lock`).
-        let mut growth = None;
+        // What to tell once the lock is released: rare, so one test for
+        // all of it on the way out.
+        let mut after: Option<AfterAllocation> = None;
         let block = self.locked(|state| {
             let timing = self.counters.allocations.start();
             if let Some(block) = self.claim_first_fit(state, granules, wanted, align, block_use) {
                 self.counters.allocations.stop(timing);
+                if self.pressure.crossed_by(self.counters.used.get(), granules * GRANULE) {
+                    after = Some(AfterAllocation { growth: None, crossed_soft_limit: true });
+                }
                 return Ok(Some(block));
             }
             let old_size = self.counters.size.get();
             self.grow(state, wanted * GRANULE)?;
-            growth =
-                Some(ResizeEvent { old_size, new_size: self.counters.size.get(), reason: ResizeReason::AutoExpand });
-            Ok(self.claim_first_fit(state, granules, wanted, align, block_use))
+            let growth = ResizeEvent { old_size, new_size: self.counters.size.get(), reason: ResizeReason::AutoExpand };
+            let block = self.claim_first_fit(state, granules, wanted, align, block_use);
+            let crossed_soft_limit =
+                block.is_some() && self.pressure.crossed_by(self.counters.used.get(), granules * GRANULE);
+            after = Some(AfterAllocation { growth: Some(growth), crossed_soft_limit });
+            Ok(block)
         })?;
-        if let Some(growth) = growth {
-            self.listeners.notify(growth);
+        if let Some(after) = after {
             // Growth made a free run of at least `wanted` granules.
-            debug_assert!(block.is_some());
+            debug_assert!(after.growth.is_none() || block.is_some());
+            self.notify_after_allocation(after);
         }
         block.ok_or(PoolError::OutOfMemory { requested: size, errno: libc::ENOMEM })
+    }
+
+    /// Tells the resize listeners of an allocation's growth, then the
+    /// memory-pressure callbacks of its crossing the soft limit, with the
+    /// lock not held.
+    #[cold]
+    #[inline(never)]
+    fn notify_after_allocation(&self, after: AfterAllocation) {
+        if let Some(growth) = after.growth {
+            self.listeners.notify(growth);
+        }
+        if after.crossed_soft_limit {
+            self.report_pressure(PressureReason::SoftLimit);
+        }
+    }
+
+    /// Calls the memory-pressure callbacks, with the lock not held.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn report_pressure(&self, reason: PressureReason) {
+        let event = PressureEvent {
+            used: self.usage().1,
+            soft_limit: self.pressure.soft_limit(),
+            max_size: self.max_size,
+            reason,
+        };
+        self.pressure.notify(event);
     }
 
     /// Claims `granules` granules, aligned to `align`, out of the leftmost
@@ -397,7 +513,8 @@ impl SharedPool {
             return Err(PoolError::ZeroSize);
         }
         let wanted = granules_for(new_size)?;
-        self.locked(|state| {
+        let mut crossed_soft_limit = false;
+        let resized = self.locked(|state| {
             let (region_index, first) = Self::locate_block(state, addr)?;
             let index = &state.regions[region_index].index;
             let current = index.block_granules(first);
@@ -417,6 +534,7 @@ impl SharedPool {
                 }
                 self.counters.used.add(extra * GRANULE);
                 self.counters.peak_used.raise_to(self.counters.used.get());
+                crossed_soft_limit = self.pressure.crossed_by(self.counters.used.get(), extra * GRANULE);
             } else if wanted < current {
                 let released = current - wanted;
                 let _write = self.seqlock.write(&state.writer);
@@ -430,7 +548,11 @@ impl SharedPool {
                 self.counters.used.subtract(released * GRANULE);
             }
             Ok(Some(wanted * GRANULE))
-        })
+        });
+        if crossed_soft_limit {
+            self.report_pressure(PressureReason::SoftLimit);
+        }
+        resized
     }
 
     /// Grows the pool (by the growth factor, within the maximum size) so that
@@ -981,8 +1103,8 @@ mod tests {
     #[test]
     fn blocks_grow_into_free_neighbours_and_shrink_in_place() {
         let pool = SharedPool::new(4096, None, 2.0, None, None, false).unwrap();
-        let first = pool.allocate(100, 16).unwrap();
-        let second = pool.allocate(100, 16).unwrap();
+        let first = pool.allocate(100, 16, &()).unwrap();
+        let second = pool.allocate(100, 16, &()).unwrap();
         let first_addr = first.as_ptr() as usize;
         fill(first, 100, 0xA1);
         // The second block sits right after the first: no room.
@@ -1011,7 +1133,7 @@ mod tests {
         let snapshot = pool.snapshot();
         assert_eq!((snapshot.used, snapshot.free_blocks, snapshot.largest_free_block), (64, 1, 4032));
         pool.check().unwrap();
-        let third = pool.allocate(32, 16).unwrap();
+        let third = pool.allocate(32, 16, &()).unwrap();
         assert_eq!(third.as_ptr() as usize, first_addr + 64);
 
         // A shrink whose tail does not touch a free run makes a new one.
@@ -1026,7 +1148,7 @@ mod tests {
     #[test]
     fn resizing_refuses_what_is_not_a_live_block() {
         let pool = SharedPool::new(4096, None, 2.0, None, None, false).unwrap();
-        let block = pool.allocate(64, 16).unwrap();
+        let block = pool.allocate(64, 16, &()).unwrap();
         let addr = block.as_ptr() as usize;
         assert_eq!(pool.resize_in_place(addr, 0), Err(PoolError::ZeroSize));
         assert_eq!(pool.resize_in_place(addr + 16, 32), Err(PoolError::InteriorPointer { addr: addr + 16 }));

@@ -108,6 +108,12 @@ pub struct PoolStats {
     /// (see [`PoolConfig::purge_delay`](crate::PoolConfig::purge_delay));
     /// the pages `compact` purges are not counted here.
     pub purges: u64,
+    /// Allocations the maximum size refused and the pool tried once more,
+    /// after compacting and calling its memory-pressure callbacks (see
+    /// [`MemoryPool::on_memory_pressure`](crate::MemoryPool::on_memory_pressure)).
+    pub low_memory_retries: u64,
+    /// Of those, the retries that succeeded.
+    pub low_memory_recoveries: u64,
     /// Mean time of a sampled allocation, either path.
     pub avg_alloc_time: Duration,
     /// Mean time of a sampled free, either path.

@@ -169,15 +169,24 @@ impl Model {
                 .map(|(start, _)| start.next_multiple_of(effective_align))
         };
         let mut prediction = first_fit(self);
-        let old_size = self.size;
+        let mut old_size = self.size;
         let mut growth = None;
         if prediction.is_none() {
             let page = page_size();
             let needed = page_round(wanted);
+            let room =
+                |model: &Model| model.max_size.map_or(usize::MAX, |max| max.saturating_sub(model.size) / page * page);
+            if needed > room(self) {
+                // Refused by the maximum size, the pool compacts and tries
+                // once more: a first fit again (compaction only shortens
+                // free runs), then growth from the compacted size.
+                self.compact_model();
+                old_size = self.size;
+            }
             let by_factor = (self.size as f64 * (self.growth_factor - 1.0)).min(MAX_REGION_BYTES as f64) as usize;
             let mut additional = page_round(needed.max(by_factor));
             if let Some(max) = self.max_size {
-                let room = max.saturating_sub(self.size) / page * page;
+                let room = room(self);
                 if needed > room {
                     let result = match align {
                         Some(align) => pool.allocate_aligned(size, align),
@@ -265,6 +274,14 @@ impl Model {
     }
 
     fn compact(&mut self, pool: &MemoryPool) {
+        let compacted = pool.compact();
+        let released = self.compact_model();
+        assert_eq!(compacted, Ok(released), "compact");
+    }
+
+    /// What compaction does to the pool: free tails cut off. Returns the
+    /// bytes released.
+    fn compact_model(&mut self) -> usize {
         let plan: BTreeMap<usize, usize> = self
             .regions
             .iter()
@@ -272,13 +289,13 @@ impl Model {
             .filter(|&(_, take)| take > 0)
             .collect();
         let released: usize = plan.values().sum();
-        assert_eq!(pool.compact(), Ok(released), "compact");
         let old_size = self.size;
         self.trim(&plan);
         if released > 0 {
             self.compactions += 1;
             self.expected_events.push(ResizeEvent { old_size, new_size: self.size, reason: ResizeReason::Compact });
         }
+        released
     }
 
     fn resize(&mut self, pool: &MemoryPool, target: &ResizeTarget) {

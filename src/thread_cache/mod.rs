@@ -130,7 +130,7 @@ impl PoolCaches {
 /// shared pool, registered in the pool's map, with room reserved to abandon
 /// it.
 fn new_slab(pool: &PoolInner, class: usize, owner: SlabOwner) -> Result<OwnedSlab<'_>, PoolError> {
-    let memory = pool.shared.allocate_slab(SLAB_SIZE, SLAB_SIZE)?;
+    let memory = pool.shared.allocate_slab(SLAB_SIZE, SLAB_SIZE, pool)?;
     // SAFETY: a fresh SLAB_SIZE block of the pool, aligned to SLAB_SIZE and
     // ours alone until released, which the pool outlives.
     let slab = unsafe { Slab::create(memory, class, Some(owner), pool.config.checked) };
