@@ -16,7 +16,7 @@ use std::ptr::{self, NonNull};
 use std::time::Duration;
 
 use crate::align::align_up;
-use crate::{MemoryPool, PoolConfig, PoolError, PoolKind, PoolStats};
+use crate::{MemoryPool, PoolConfig, PoolError, PoolKind, PoolStats, PressureEvent, PressureReason};
 
 /// C `LLE_POOL_BUFFER`: maps to [`PoolKind::Buffer`].
 ///
@@ -822,6 +822,185 @@ pub unsafe extern "C" fn lle_get_pool_statistics(pool: *const MemoryPool, out: *
         unsafe { out.write(stats) };
         LleResult::Success
     })
+}
+
+/// C `LLE_NO_LIMIT` (`SIZE_MAX`): no soft limit, or no maximum size, in
+/// [`LleMemoryPressureEvent`] and [`lle_pool_set_soft_limit`].
+pub const LLE_NO_LIMIT: usize = usize::MAX;
+/// C `LLE_PRESSURE_SOFT_LIMIT`: [`PressureReason::SoftLimit`].
+pub const LLE_PRESSURE_SOFT_LIMIT: c_uint = 0;
+/// C `LLE_PRESSURE_MAX_SIZE`: [`PressureReason::MaxSize`].
+pub const LLE_PRESSURE_MAX_SIZE: c_uint = 1;
+
+/// C `lle_memory_pressure_event_t`: mirrors [`PressureEvent`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let event = LleMemoryPressureEvent::default();
+/// assert_eq!((event.soft_limit, event.reason), (LLE_NO_LIMIT, LLE_PRESSURE_SOFT_LIMIT));
+/// ```
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LleMemoryPressureEvent {
+    /// Bytes in use when the callback is called.
+    pub used: usize,
+    /// The soft limit, or [`LLE_NO_LIMIT`].
+    pub soft_limit: usize,
+    /// The maximum size, or [`LLE_NO_LIMIT`].
+    pub max_size: usize,
+    /// For [`LLE_PRESSURE_MAX_SIZE`], the bytes the refused allocation
+    /// asked for; 0 otherwise.
+    pub requested: usize,
+    /// [`LLE_PRESSURE_SOFT_LIMIT`] or [`LLE_PRESSURE_MAX_SIZE`].
+    pub reason: c_uint,
+}
+
+impl Default for LleMemoryPressureEvent {
+    fn default() -> Self {
+        LleMemoryPressureEvent {
+            used: 0,
+            soft_limit: LLE_NO_LIMIT,
+            max_size: LLE_NO_LIMIT,
+            requested: 0,
+            reason: LLE_PRESSURE_SOFT_LIMIT,
+        }
+    }
+}
+
+impl From<&PressureEvent> for LleMemoryPressureEvent {
+    fn from(event: &PressureEvent) -> Self {
+        let (reason, requested) = match event.reason {
+            PressureReason::SoftLimit => (LLE_PRESSURE_SOFT_LIMIT, 0),
+            PressureReason::MaxSize { requested } => (LLE_PRESSURE_MAX_SIZE, requested),
+        };
+        LleMemoryPressureEvent {
+            used: event.used,
+            soft_limit: event.soft_limit.unwrap_or(LLE_NO_LIMIT),
+            max_size: event.max_size.unwrap_or(LLE_NO_LIMIT),
+            requested,
+            reason,
+        }
+    }
+}
+
+/// C `lle_memory_pressure_fn`: told of memory pressure, with the
+/// `user_data` it was set with.
+pub type LleMemoryPressureFn = unsafe extern "C" fn(event: *const LleMemoryPressureEvent, user_data: *mut c_void);
+
+/// The `user_data` of a C callback, carried to whichever thread calls it.
+struct UserData(*mut c_void);
+
+impl UserData {
+    /// The pointer, read through a method so that a closure captures the
+    /// whole `UserData` (which is `Send`), not the raw pointer in it.
+    fn get(&self) -> *mut c_void {
+        self.0
+    }
+}
+
+// SAFETY: the pool never dereferences the pointer; it only hands it back to
+// the C callback, and the header makes the caller promise that the callback
+// may be called with it on any thread that uses the pool.
+unsafe impl Send for UserData {}
+// SAFETY: as above: shared, it is only copied out and passed to C.
+unsafe impl Sync for UserData {}
+
+/// Sets the pool's memory-pressure callback, replacing the one set before;
+/// `callback` NULL removes it. It is called, with `user_data`, when an
+/// allocation takes the bytes in use above the soft limit (see
+/// [`lle_pool_set_soft_limit`]), once per crossing, and when the maximum
+/// size refuses an allocation, before the pool retries it once (see
+/// [`MemoryPool::on_memory_pressure`]). It runs on the allocating thread,
+/// outside the pool's lock: it may free and allocate from the pool, but
+/// must not set the callback. Once this returns, the previous callback is
+/// not running and will not be called again.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// use std::ffi::c_void;
+///
+/// unsafe extern "C" fn count(event: *const LleMemoryPressureEvent, calls: *mut c_void) {
+///     assert_eq!(unsafe { (*event).reason }, LLE_PRESSURE_SOFT_LIMIT);
+///     unsafe { *calls.cast::<usize>() += 1 };
+/// }
+///
+/// let pool = lle_create_memory_pool(64 * 1024, 0, LLE_POOL_EVENT);
+/// let mut calls = 0usize;
+/// unsafe {
+///     let user_data = (&mut calls as *mut usize).cast::<c_void>();
+///     assert_eq!(lle_pool_set_memory_pressure_callback(pool, Some(count), user_data), LleResult::Success);
+///     assert_eq!(lle_pool_set_soft_limit(pool, 1024), LleResult::Success);
+///     let block = lle_pool_allocate(pool, 2048);
+///     assert_eq!(calls, 1);
+///     lle_pool_set_memory_pressure_callback(pool, None, std::ptr::null_mut());
+///     lle_pool_free(pool, block);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `callback`, if not NULL, must be safe to call with `user_data` on any
+/// thread that uses the pool, until it is replaced or the pool destroyed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_pool_set_memory_pressure_callback(
+    pool: *mut MemoryPool,
+    callback: Option<LleMemoryPressureFn>,
+    user_data: *mut c_void,
+) -> LleResult {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return LleResult::ErrorNullPointer;
+    };
+    guard(LleResult::ErrorInternal, || {
+        let callback = callback.map(|callback| {
+            let user_data = UserData(user_data);
+            Box::new(move |event: &PressureEvent| {
+                let event = LleMemoryPressureEvent::from(event);
+                // SAFETY: the caller of `lle_pool_set_memory_pressure_callback`
+                // promised that `callback` may be called with `user_data` on
+                // this thread; `event` lives across the call.
+                unsafe { callback(&event, user_data.get()) };
+            }) as Box<dyn Fn(&PressureEvent) + Send + Sync>
+        });
+        pool.inner.shared.pressure.replace(callback);
+        LleResult::Success
+    })
+}
+
+/// Sets the pool's soft limit in bytes (see [`PoolConfig::soft_limit`]);
+/// [`LLE_NO_LIMIT`] removes it. `LLE_ERROR_INVALID_CONFIG` for a limit above
+/// the pool's maximum size.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_EVENT);
+/// unsafe {
+///     assert_eq!(lle_pool_set_soft_limit(pool, 2048), LleResult::Success);
+///     assert_eq!(lle_pool_set_soft_limit(pool, LLE_NO_LIMIT), LleResult::Success);
+///     assert_eq!(lle_pool_set_soft_limit(std::ptr::null_mut(), 0), LleResult::ErrorNullPointer);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_pool_set_soft_limit(pool: *mut MemoryPool, soft_limit: usize) -> LleResult {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return LleResult::ErrorNullPointer;
+    };
+    let soft_limit = (soft_limit != LLE_NO_LIMIT).then_some(soft_limit);
+    guard(LleResult::ErrorInternal, || pool.set_soft_limit(soft_limit).into())
 }
 
 /// Rounds `size` up to a multiple of `alignment` (a power of two). Returns 0

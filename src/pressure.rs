@@ -129,13 +129,36 @@ pub(crate) struct MemoryPressure {
 pub(crate) struct CallbackList {
     next_id: u64,
     entries: Vec<(PressureCallbackId, Callback)>,
+    /// The callback set through the C API, which replaces its predecessor.
+    #[cfg(feature = "capi")]
+    replaceable: Option<PressureCallbackId>,
+}
+
+impl CallbackList {
+    fn add(&mut self, callback: Callback) -> PressureCallbackId {
+        let id = PressureCallbackId(self.next_id);
+        self.next_id += 1;
+        self.entries.push((id, callback));
+        id
+    }
+
+    fn remove(&mut self, id: PressureCallbackId) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|(entry, _)| *entry != id);
+        self.entries.len() != before
+    }
 }
 
 impl MemoryPressure {
     pub(crate) fn new(soft_limit: Option<usize>) -> Self {
         MemoryPressure {
             first_over: AtomicUsize::new(Self::first_over_for(soft_limit)),
-            callbacks: Mutex::new(CallbackList { next_id: 1, entries: Vec::new() }),
+            callbacks: Mutex::new(CallbackList {
+                next_id: 1,
+                entries: Vec::new(),
+                #[cfg(feature = "capi")]
+                replaceable: None,
+            }),
             retries: Counter::new(0),
             recoveries: Counter::new(0),
         }
@@ -170,18 +193,23 @@ impl MemoryPressure {
     }
 
     pub(crate) fn add(&self, callback: Callback) -> PressureCallbackId {
-        let mut list = lock(&self.callbacks);
-        let id = PressureCallbackId(list.next_id);
-        list.next_id += 1;
-        list.entries.push((id, callback));
-        id
+        lock(&self.callbacks).add(callback)
     }
 
     pub(crate) fn remove(&self, id: PressureCallbackId) -> bool {
+        lock(&self.callbacks).remove(id)
+    }
+
+    /// Replaces the callback that the last call set (none, the first
+    /// time) with `callback`, or with nothing: the C API's one callback
+    /// per pool. A barrier, as [`remove`](Self::remove) is.
+    #[cfg(feature = "capi")]
+    pub(crate) fn replace(&self, callback: Option<Callback>) {
         let mut list = lock(&self.callbacks);
-        let before = list.entries.len();
-        list.entries.retain(|(entry, _)| *entry != id);
-        list.entries.len() != before
+        if let Some(previous) = list.replaceable.take() {
+            list.remove(previous);
+        }
+        list.replaceable = callback.map(|callback| list.add(callback));
     }
 
     pub(crate) fn count(&self) -> usize {

@@ -13,7 +13,7 @@ use std::mem::{offset_of, size_of};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use lle_mempool::capi::{self, LleFastPathStatistics, LlePoolStatistics, LleResult};
+use lle_mempool::capi::{self, LleFastPathStatistics, LleMemoryPressureEvent, LlePoolStatistics, LleResult};
 
 const STRICT_C_FLAGS: &[&str] = &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"];
 
@@ -134,6 +134,9 @@ fn header_expectations() -> Vec<Expectation> {
         expect("LLE_POOL_CUSTOM", capi::LLE_POOL_CUSTOM),
         expect("sizeof(lle_memory_pool_type_t)", size_of::<std::ffi::c_uint>() as u64),
         expect("sizeof(lle_result_t)", size_of::<LleResult>() as u64),
+        expect("LLE_NO_LIMIT == SIZE_MAX", 1),
+        expect("LLE_PRESSURE_SOFT_LIMIT", capi::LLE_PRESSURE_SOFT_LIMIT),
+        expect("LLE_PRESSURE_MAX_SIZE", capi::LLE_PRESSURE_MAX_SIZE),
     ];
     let results = [
         ("LLE_SUCCESS", LleResult::Success),
@@ -173,6 +176,7 @@ fn header_expectations() -> Vec<Expectation> {
             ));)*
         };
     }
+    layout!("lle_memory_pressure_event_t", LleMemoryPressureEvent, [used, soft_limit, max_size, requested, reason]);
     layout!(
         "lle_fast_path_statistics_t",
         LleFastPathStatistics,

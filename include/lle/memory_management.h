@@ -222,6 +222,44 @@ double lle_calculate_pool_utilization(const lle_memory_pool_t *pool);
  * if pool or out is NULL; *out is untouched on failure. */
 lle_result_t lle_get_pool_statistics(const lle_memory_pool_t *pool, lle_pool_statistics_t *out);
 
+/* No soft limit, or no maximum size: in lle_memory_pressure_event_t and for
+ * lle_pool_set_soft_limit. */
+#define LLE_NO_LIMIT SIZE_MAX
+
+/* Why a memory-pressure callback is called. */
+#define LLE_PRESSURE_SOFT_LIMIT 0u /* an allocation crossed the soft limit */
+#define LLE_PRESSURE_MAX_SIZE 1u   /* the maximum size refused an allocation */
+
+/* What a memory-pressure callback is told. */
+typedef struct lle_memory_pressure_event {
+    size_t used;       /* bytes in use when the callback is called */
+    size_t soft_limit; /* the soft limit, or LLE_NO_LIMIT */
+    size_t max_size;   /* the maximum size, or LLE_NO_LIMIT */
+    size_t requested;  /* LLE_PRESSURE_MAX_SIZE: bytes asked for; else 0 */
+    unsigned int reason; /* LLE_PRESSURE_SOFT_LIMIT or LLE_PRESSURE_MAX_SIZE */
+} lle_memory_pressure_event_t;
+
+typedef void (*lle_memory_pressure_fn)(const lle_memory_pressure_event_t *event, void *user_data);
+
+/* Sets the pool's memory-pressure callback, replacing the one set before;
+ * callback NULL removes it. It is called with user_data when an allocation
+ * takes the bytes in use above the soft limit (once per crossing: again
+ * only after frees bring them back to the limit or below), and when the
+ * pool's maximum size refuses an allocation: the pool has then compacted,
+ * and once the callback returns it tries the allocation once more, so a
+ * callback that frees memory lets it succeed. It runs on the allocating
+ * thread (any thread that uses the pool: user_data must allow that),
+ * outside the pool's lock: it may free and allocate from the pool, but must
+ * not set the callback. Once this returns, the previous callback is not
+ * running and will not be called again. */
+lle_result_t lle_pool_set_memory_pressure_callback(lle_memory_pool_t *pool, lle_memory_pressure_fn callback,
+                                                   void *user_data);
+
+/* Sets the soft limit in bytes; LLE_NO_LIMIT removes it. It limits nothing:
+ * crossing it only calls the memory-pressure callback.
+ * LLE_ERROR_INVALID_CONFIG for a limit above the pool's maximum size. */
+lle_result_t lle_pool_set_soft_limit(lle_memory_pool_t *pool, size_t soft_limit);
+
 /* Rounds size up to a multiple of alignment (a power of two). Returns 0 if
  * alignment is not a power of two (0 included) or the result would not fit
  * in size_t; size 0 also gives 0. */

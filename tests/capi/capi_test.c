@@ -462,6 +462,95 @@ static void test_out_of_memory(void) {
     lle_destroy_memory_pool(pool);
 }
 
+/* A producer that gets ahead of its consumer: the callback, told that the
+ * soft limit was crossed, catches the consumer up by freeing the queued
+ * blocks, checking their contents first. */
+#define PRESSURE_QUEUE 64
+struct pressure_queue {
+    lle_memory_pool_t *pool;
+    unsigned char *blocks[PRESSURE_QUEUE];
+    size_t count;
+    unsigned calls;
+    unsigned corrupted;
+    lle_memory_pressure_event_t last;
+};
+
+static void catch_up(const lle_memory_pressure_event_t *event, void *user_data) {
+    struct pressure_queue *queue = user_data;
+    queue->calls++;
+    queue->last = *event;
+    /* The callback may allocate from the pool that called it. */
+    void *scratch = lle_pool_allocate(queue->pool, 32);
+    if (scratch != NULL) {
+        lle_pool_free(queue->pool, scratch);
+    }
+    for (size_t i = 0; i < queue->count; i++) {
+        for (size_t byte = 0; byte < 512; byte++) {
+            if (queue->blocks[i][byte] != (unsigned char)i) {
+                queue->corrupted++;
+                break;
+            }
+        }
+        lle_pool_free(queue->pool, queue->blocks[i]);
+    }
+    queue->count = 0;
+}
+
+static void test_memory_pressure(void) {
+    lle_memory_pool_t *pool = lle_create_memory_pool(1u << 20, 0, LLE_POOL_EVENT);
+    CHECK(pool != NULL);
+    if (pool == NULL) {
+        return;
+    }
+    struct pressure_queue queue = {.pool = pool};
+    CHECK(lle_pool_set_memory_pressure_callback(NULL, catch_up, &queue) == LLE_ERROR_NULL_POINTER);
+    CHECK(lle_pool_set_soft_limit(NULL, 0) == LLE_ERROR_NULL_POINTER);
+    CHECK(lle_pool_set_memory_pressure_callback(pool, catch_up, &queue) == LLE_SUCCESS);
+    CHECK(lle_pool_set_soft_limit(pool, 16 * 1024) == LLE_SUCCESS);
+    for (unsigned round = 0; round < 1000; round++) {
+        unsigned char *block = lle_pool_allocate(pool, 512);
+        CHECK(block != NULL);
+        if (block == NULL) {
+            break;
+        }
+        if (queue.count == PRESSURE_QUEUE) {
+            CHECK(!"the callback never caught the consumer up");
+            break;
+        }
+        memset(block, (int)queue.count, 512);
+        queue.blocks[queue.count++] = block;
+    }
+    /* 16 KiB hold 32 blocks of 512 bytes: the 33rd crosses the limit, and
+     * the callback frees the 32 before it; from then on, the block left
+     * over and 32 more cross it again. */
+    CHECK(queue.calls == 1 + (1000 - 33) / 32);
+    CHECK(queue.corrupted == 0);
+    CHECK(queue.last.reason == LLE_PRESSURE_SOFT_LIMIT);
+    CHECK(queue.last.soft_limit == 16 * 1024);
+    CHECK(queue.last.max_size == LLE_NO_LIMIT);
+    CHECK(queue.last.requested == 0);
+    CHECK(queue.last.used > 16 * 1024);
+
+    for (size_t i = 0; i < queue.count; i++) {
+        CHECK(lle_pool_free(pool, queue.blocks[i]) == LLE_SUCCESS);
+    }
+    queue.count = 0;
+
+    /* Removed: not called again, though the pool crosses a limit of 0. */
+    unsigned calls = queue.calls;
+    CHECK(lle_pool_set_memory_pressure_callback(pool, NULL, NULL) == LLE_SUCCESS);
+    CHECK(lle_pool_set_soft_limit(pool, LLE_NO_LIMIT) == LLE_SUCCESS);
+    CHECK(lle_pool_set_soft_limit(pool, 0) == LLE_SUCCESS);
+    void *more = lle_pool_allocate(pool, 64 * 1024);
+    CHECK(more != NULL);
+    CHECK(queue.calls == calls);
+    CHECK(lle_pool_free(pool, more) == LLE_SUCCESS);
+    lle_pool_statistics_t stats;
+    CHECK(lle_get_pool_statistics(pool, &stats) == LLE_SUCCESS);
+    CHECK(stats.live_allocations == 0);
+    lle_destroy_memory_pool(pool);
+}
+
 int main(void) {
     test_concurrent_use();
     test_statistics_of_cached_slabs();
@@ -470,6 +559,7 @@ int main(void) {
     test_bad_input();
     test_size_helpers();
     test_out_of_memory();
+    test_memory_pressure();
     printf("%u passed, %u failed\n", passed, failed);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
