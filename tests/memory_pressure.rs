@@ -426,3 +426,30 @@ fn pressure_callbacks_and_resize_listeners_may_allocate() {
         pool.check().unwrap();
     });
 }
+
+/// A block grown in place (through the `Allocator` API) crosses the soft
+/// limit as an allocation does.
+#[test]
+fn growing_a_block_in_place_crosses_the_soft_limit() {
+    use allocator_api2::alloc::{Allocator, Layout};
+    let pool = MemoryPool::with_config(PoolConfig::new(64 << 10).soft_limit(4096)).unwrap();
+    let seen = recorder(&pool);
+    let small = Layout::from_size_align(2000, 16).unwrap();
+    let large = Layout::from_size_align(8000, 16).unwrap();
+    let block = Allocator::allocate(&&pool, small).unwrap().cast::<u8>();
+    // SAFETY: a fresh block of 2000 bytes.
+    unsafe { fill(block, 2000, 11) };
+    assert!(seen.lock().unwrap().is_empty());
+    // SAFETY: a live block of `small`, grown once.
+    let grown = unsafe { Allocator::grow(&&pool, block, small, large) }.unwrap().cast::<u8>();
+    assert_eq!(grown, block, "grown in place");
+    let events = seen.lock().unwrap().clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].used, events[0].reason), (8000, PressureReason::SoftLimit));
+    // SAFETY: the live block, grown to `large`, freed once.
+    unsafe {
+        verify(grown, 2000, 11).unwrap();
+        Allocator::deallocate(&&pool, grown, large);
+    }
+    pool.check().unwrap();
+}
