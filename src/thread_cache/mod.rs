@@ -45,6 +45,7 @@ pub(crate) use registry::RegistryState;
 
 use crate::error::PoolError;
 use crate::fallible::out_of_memory;
+use crate::guard;
 use crate::slab::{OwnedSlab, Slab, SlabOwner, SLAB_SIZE};
 use crate::stats::Counter;
 use crate::sync::Arc;
@@ -131,6 +132,9 @@ fn new_slab(pool: &PoolInner, class: usize, owner: SlabOwner) -> Result<OwnedSla
     // SAFETY: a fresh SLAB_SIZE block of the pool, aligned to SLAB_SIZE and
     // ours alone until released, which the pool outlives.
     let slab = unsafe { Slab::create(memory, class, Some(owner), pool.config.checked) };
+    if pool.config.checked {
+        guard::poison_new_slab(&slab);
+    }
     // SAFETY: the header is written at the start of the block, which fills
     // its chunk (SLAB_SIZE, aligned to it) and stays live until
     // `release_slab` unregisters it.
@@ -164,7 +168,12 @@ unsafe fn release_slab(pool: &PoolInner, slab: OwnedSlab<'_>) {
     // it is free, which requires it unmarked as a slab.
     pool.shared.map.unregister(slab.as_ptr());
     pool.caches.slab_blocks.subtract_concurrent(slab.capacity());
-    let released = pool.shared.free_slab(slab.as_ptr() as usize);
+    let address = slab.as_ptr() as usize;
+    if pool.config.checked {
+        // SAFETY: the caller gives the slab up, and it is unregistered.
+        unsafe { guard::poison_released_slab(address) };
+    }
+    let released = pool.shared.free_slab(address);
     debug_assert!(released.is_ok(), "slab was not a live block: {released:?}");
 }
 
@@ -249,8 +258,13 @@ unsafe fn try_free_owned(heaps: &HeapTable<ThreadHeap>, pool: &PoolInner, block:
 #[inline]
 pub(crate) unsafe fn free_to_slab(pool: &PoolInner, slab: &Slab, block: NonNull<u8>) -> Result<(), PoolError> {
     let index = slab.block_index(block.as_ptr() as usize)?;
-    if slab.is_checked() && !slab.mark_freed(index) {
-        return Err(PoolError::NotAllocated { addr: block.as_ptr() as usize });
+    if slab.is_checked() {
+        if !slab.mark_freed(index) {
+            return Err(PoolError::NotAllocated { addr: block.as_ptr() as usize });
+        }
+        // SAFETY: a handed-out block the caller gives up, and marking it
+        // freed made this its only free.
+        unsafe { guard::release_cache_block(pool, slab, index, block) }?;
     }
     if let Some(owned) = slab.owned_by_current_thread() {
         // SAFETY: a slab owned by this thread has an owner, this thread's
