@@ -212,7 +212,11 @@ pub(crate) fn hand_out(
     mut take: impl FnMut() -> Result<NonNull<u8>, PoolError>,
 ) -> Result<NonNull<u8>, PoolError> {
     loop {
-        let block = take()?;
+        let block = take().map_err(|error| match error {
+            // The caller's size is the one to name, not the guarded one.
+            PoolError::SizeOverflow { .. } => PoolError::SizeOverflow { size },
+            other => other,
+        })?;
         match prepare(pool, block, size)? {
             None => return Ok(block),
             Some(damage) => report(pool, &damage),

@@ -287,6 +287,17 @@ fn collections_in_a_checked_pool_grow_and_keep_their_alignment() {
 }
 
 #[test]
+fn refusals_name_the_size_asked_not_the_guarded_one() {
+    let pool = checked();
+    for size in [usize::MAX, usize::MAX - 15, isize::MAX as usize, 1 << 62] {
+        assert_eq!(pool.allocate(size), Err(PoolError::SizeOverflow { size }));
+        assert_eq!(pool.allocate_fast(size), Err(PoolError::SizeOverflow { size }));
+        assert_eq!(pool.allocate_aligned(size, 64), Err(PoolError::SizeOverflow { size }));
+    }
+    assert_eq!(pool.stats().live_allocations, 0);
+}
+
+#[test]
 fn unchecked_pools_keep_no_guards() {
     let pool = MemoryPool::new(1 << 20).unwrap();
     let block = pool.allocate_fast(40).unwrap();
