@@ -38,23 +38,25 @@ use loom::thread;
 
 /// Slabs are aligned to their size, 4 KiB under the models.
 const SLAB_SIZE: usize = 4096;
-/// The smallest class: the slab's last block starts 16 bytes before its end.
+/// The smallest request.
 const SIZE: usize = 16;
 
 #[test]
 fn a_new_slab_is_published_with_its_header() {
     support::model(2, || {
         // Under loom the models' mappings are carved in address order from
-        // an arena that starts over once nothing is mapped: the probe's
-        // region is where the empty pool's first region, and so its first
-        // slab, will be. Checked below, after the fact.
-        let slab = {
-            let probe = MemoryPool::new(SLAB_SIZE).expect("probe pool");
-            probe.regions()[0].start
+        // an arena that starts over once nothing is mapped: a probe pool
+        // made as the pool is and used as it will be puts its first slab
+        // where the pool's will be, and its second block where the pool
+        // has a block it never hands out. Checked below, after the fact.
+        let config = PoolConfig::new(0).checked(true);
+        let (slab, never_handed_out) = {
+            let probe = MemoryPool::with_config(config.clone()).expect("probe pool");
+            let _first = probe.allocate_fast(SIZE).expect("probe block");
+            let second = probe.allocate_fast(SIZE).expect("probe block").as_ptr() as usize;
+            (second & !(SLAB_SIZE - 1), second)
         };
-        assert_eq!(slab % SLAB_SIZE, 0);
-        let pool = Arc::new(MemoryPool::with_config(PoolConfig::new(0).checked(true)).expect("pool"));
-        let never_handed_out = slab + SLAB_SIZE - SIZE;
+        let pool = Arc::new(MemoryPool::with_config(config).expect("pool"));
 
         let observer = {
             let pool = Arc::clone(&pool);

@@ -65,7 +65,9 @@ impl MemoryPool {
     /// bytes the block can hold.
     pub(crate) fn allocate_layout(&self, layout: Layout) -> Result<(NonNull<u8>, usize), PoolError> {
         let block = self.allocate_for_layout(layout)?;
-        Ok((block, usable_size(layout)))
+        // A checked pool's blocks hold the bytes asked: the rest is canary.
+        let len = if self.inner.config.checked { layout.size() } else { usable_size(layout) };
+        Ok((block, len))
     }
 
     /// Resizes the live block at `block` to `new_layout` without moving it,
@@ -73,10 +75,12 @@ impl MemoryPool {
     /// shared block takes the shared pool's lock.
     pub(crate) fn resize_layout_in_place(&self, block: NonNull<u8>, new_layout: Layout) -> Option<NonNull<[u8]>> {
         let addr = block.as_ptr() as usize;
-        if addr % new_layout.align() != 0 {
+        let inner = &*self.inner;
+        // A checked pool moves every resized block, so that each block's
+        // canary is set where it is handed out.
+        if addr % new_layout.align() != 0 || inner.config.checked {
             return None;
         }
-        let inner = &*self.inner;
         if let Owner::Slab(slab) = inner.classify(addr) {
             let block_size = class_size(slab.class());
             return stays_in_cache_block(new_layout.size(), block_size).then(|| block_slice(block, block_size));

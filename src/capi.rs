@@ -168,7 +168,8 @@ pub enum LleResult {
     ErrorOutOfMemory = -13,
     /// `LLE_ERROR_INVALID_CONFIG`: [`PoolError::InvalidConfig`].
     ErrorInvalidConfig = -14,
-    /// `LLE_ERROR_CORRUPTED`: [`PoolError::Corrupted`].
+    /// `LLE_ERROR_CORRUPTED`: [`PoolError::Corrupted`] and
+    /// [`PoolError::BlockCorrupted`].
     ErrorCorrupted = -15,
     /// `LLE_ERROR_INTERNAL`: the library panicked; the call had no effect
     /// that the caller can rely on.
@@ -195,7 +196,7 @@ impl From<&PoolError> for LleResult {
             PoolError::ShrinkBlocked { .. } => LleResult::ErrorShrinkBlocked,
             PoolError::OutOfMemory { .. } => LleResult::ErrorOutOfMemory,
             PoolError::InvalidConfig { .. } => LleResult::ErrorInvalidConfig,
-            PoolError::Corrupted { .. } => LleResult::ErrorCorrupted,
+            PoolError::Corrupted { .. } | PoolError::BlockCorrupted { .. } => LleResult::ErrorCorrupted,
             PoolError::Reentered => LleResult::ErrorReentered,
         }
     }
@@ -764,7 +765,9 @@ pub unsafe extern "C" fn lle_get_pool_size(pool: *const MemoryPool) -> usize {
 /// use lle_mempool::capi::*;
 /// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_CUSTOM);
 /// unsafe {
-///     let half = lle_pool_allocate(pool, 2048);
+///     // Pools made here are checked: a block takes one byte more than
+///     // asked, for its canary.
+///     let half = lle_pool_allocate(pool, 2047);
 ///     assert_eq!(lle_calculate_pool_utilization(pool), 50.0);
 ///     lle_pool_free(pool, half);
 ///     lle_destroy_memory_pool(pool);

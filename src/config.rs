@@ -1,6 +1,7 @@
 //! How a pool is set up.
 
 use crate::error::PoolError;
+use crate::guard::{BlockDamage, CorruptionHandler};
 use crate::shared_pool::MAX_ALIGNMENT;
 use std::time::Duration;
 
@@ -71,6 +72,8 @@ pub struct PoolConfig {
     pub(crate) zero_on_free: bool,
     pub(crate) huge_pages: bool,
     pub(crate) soft_limit: Option<usize>,
+    /// Where a checked pool reports writes after free; `None` panics.
+    pub(crate) on_corruption: Option<CorruptionHandler>,
 }
 
 /// The smallest default alignment a pool accepts: what `malloc` promises.
@@ -108,6 +111,7 @@ impl PoolConfig {
             zero_on_free: false,
             huge_pages: false,
             soft_limit: None,
+            on_corruption: None,
         }
     }
 
@@ -218,8 +222,32 @@ impl PoolConfig {
         self
     }
 
-    /// Whether the fast path detects double frees. Off by default: it costs
-    /// an atomic read-modify-write on every fast allocation and free.
+    /// Whether the pool checks every block it hands out and takes back, on
+    /// both paths. Off by default: a debugging mode, which costs every
+    /// allocation and free a pass over the block, and each block a few
+    /// bytes more.
+    ///
+    /// - **Double frees** are refused with [`PoolError::NotAllocated`]:
+    ///   all of them, cache blocks too, from any thread, and a free of a
+    ///   quarantined block. (A free of a block whose memory has been
+    ///   handed out again frees the new block: no pool can tell it apart
+    ///   from that block's own free.)
+    /// - **Guard bytes.** Every block is taken at least one byte larger
+    ///   than asked, and the bytes from the size asked to the block's end
+    ///   are set to a canary, verified on free: an overflow, even of one
+    ///   byte, is refused with [`PoolError::BlockCorrupted`] naming the block
+    ///   (a [`BlockDamage`]), and the block is quarantined: never freed,
+    ///   never handed out again, counted in
+    ///   [`PoolStats::quarantined_blocks`](crate::PoolStats::quarantined_blocks).
+    ///   [`usable_size`](crate::MemoryPool::usable_size) answers the bytes
+    ///   asked.
+    /// - **Poison.** Freed blocks are filled with a poison pattern,
+    ///   verified when the block is handed out again: a write after free
+    ///   is reported then, with a panic, or to the
+    ///   [`on_corruption`](Self::on_corruption) callback, and the block is
+    ///   quarantined. Poisoning does not see writes to a free cache block's
+    ///   first word (its free-list link), nor, in the shared pool, a write
+    ///   of zeros over a whole 16-byte granule.
     ///
     /// # Examples
     ///
@@ -232,6 +260,12 @@ impl PoolConfig {
     ///     pool.free_fast(block)?;
     ///     assert!(matches!(pool.free_fast(block), Err(PoolError::NotAllocated { .. })));
     /// }
+    /// let block = pool.allocate(100)?;
+    /// unsafe {
+    ///     block.as_ptr().add(100).write(b'!'); // one byte past the end
+    ///     assert!(matches!(pool.free(block), Err(PoolError::BlockCorrupted { .. })));
+    /// }
+    /// assert_eq!(pool.stats().quarantined_blocks, 1);
     /// # Ok::<(), PoolError>(())
     /// ```
     pub fn checked(mut self, on: bool) -> Self {
@@ -326,7 +360,9 @@ impl PoolConfig {
     ///
     /// Costs a store per word of every block freed; and the pool's frees
     /// and allocations take the full paths, as [checked](Self::checked)
-    /// pools' do, instead of the inline ones.
+    /// pools' do, instead of the inline ones. In a checked pool, freed
+    /// blocks hold the checked mode's poison pattern instead of zeros: it
+    /// overwrites the freed data just the same.
     ///
     /// [`allocate`]: crate::MemoryPool::allocate
     /// [`allocate_fast`]: crate::MemoryPool::allocate_fast
@@ -437,6 +473,41 @@ impl PoolConfig {
     /// ```
     pub fn soft_limit(mut self, bytes: usize) -> Self {
         self.soft_limit = Some(bytes);
+        self
+    }
+
+    /// Where a [checked](Self::checked) pool reports a write after free:
+    /// `callback` runs, outside every lock of the pool, with the damaged
+    /// block, which is quarantined, and the allocation that found it goes
+    /// on with another block. Without a callback, the allocation panics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{BlockDamage, DamageKind, MemoryPool, PoolConfig};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let reports = Arc::new(Mutex::new(Vec::<BlockDamage>::new()));
+    /// let sink = Arc::clone(&reports);
+    /// let config = PoolConfig::new(1 << 20)
+    ///     .checked(true)
+    ///     .on_corruption(move |damage| sink.lock().unwrap().push(*damage));
+    /// let pool = MemoryPool::with_config(config)?;
+    /// let block = pool.allocate_fast(64)?;
+    /// unsafe {
+    ///     pool.free_fast(block)?;
+    ///     block.as_ptr().add(32).write(7); // a write after free
+    /// }
+    /// let next = pool.allocate_fast(64)?;
+    /// assert_ne!(next, block, "the damaged block is quarantined");
+    /// let reports = reports.lock().unwrap();
+    /// assert_eq!(reports.len(), 1);
+    /// assert_eq!((reports[0].addr, reports[0].offset), (block.as_ptr() as usize, 32));
+    /// assert_eq!(reports[0].kind, DamageKind::WriteAfterFree);
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn on_corruption(mut self, callback: impl Fn(&BlockDamage) + Send + Sync + 'static) -> Self {
+        self.on_corruption = Some(CorruptionHandler::new(callback));
         self
     }
 

@@ -1,5 +1,6 @@
 //! What can go wrong, as values.
 
+use crate::guard::BlockDamage;
 use std::fmt;
 
 /// Why a pool operation was refused.
@@ -117,6 +118,14 @@ pub enum PoolError {
         /// Which invariant, and where.
         reason: String,
     },
+    /// A [checked](crate::PoolConfig::checked) pool found a block's guard
+    /// bytes overwritten: an overflow, found when the block was freed. The
+    /// block is quarantined.
+    BlockCorrupted {
+        /// The block and its damage; boxed, so that every `PoolError` stays
+        /// three words, which the hot paths return in registers.
+        block: Box<BlockDamage>,
+    },
     /// The calling thread is already inside an operation of this pool that
     /// holds its lock: a signal handler, or an allocator that calls back
     /// into the pool, interrupted it. The operation was refused rather than
@@ -163,6 +172,7 @@ impl fmt::Display for PoolError {
             ),
             PoolError::InvalidConfig { reason } => write!(f, "invalid pool configuration: {reason}"),
             PoolError::Corrupted { reason } => write!(f, "pool invariant broken: {reason}"),
+            PoolError::BlockCorrupted { block } => write!(f, "{block}"),
             PoolError::Reentered => {
                 write!(f, "the pool was re-entered by a thread already inside one of its operations")
             }
@@ -171,6 +181,10 @@ impl fmt::Display for PoolError {
 }
 
 impl std::error::Error for PoolError {}
+
+// Every fallible pool call returns one: a larger error costs the shared
+// pool's allocation and free a few percent in copies.
+const _: () = assert!(std::mem::size_of::<PoolError>() <= 3 * std::mem::size_of::<usize>());
 
 impl From<crate::biased_lock::Reentered> for PoolError {
     fn from(_: crate::biased_lock::Reentered) -> Self {

@@ -14,12 +14,13 @@
 //!   waits for them: see `pressure`), the resize listeners (a listener may
 //!   call anything), the cache registry (a retiring heap flushes into the other
 //!   two), the abandoned slabs (reclaiming one frees it to the shared pool),
-//!   and the shared pool's biased lock, which excludes its owner too (see
-//!   `biased_lock`). A pool that serves the global allocator comes after
-//!   all others, since every other pool's code may allocate through it
-//!   while holding its own locks. Nothing is allocated while a pool's lock
-//!   is held: the room for the held locks is reserved when a pool
-//!   registers.
+//!   a checked pool's table of shared blocks (a checked free frees to the
+//!   shared pool under it), and the shared pool's biased lock, which
+//!   excludes its owner too (see `biased_lock`). A pool that serves the
+//!   global allocator comes after all others, since every other pool's
+//!   code may allocate through it while holding its own locks. Nothing is
+//!   allocated while prepare holds a lock: the room for the held locks is
+//!   reserved when a pool registers.
 //! - **parent** releases them, and gives the biased locks their bias back.
 //! - **child** releases them, biasing each pool's lock to the surviving
 //!   thread; a `GlobalPool` that another thread was creating goes back to
@@ -84,6 +85,7 @@ mod handlers {
     use crate::biased_lock::ForkHold;
     use crate::error::PoolError;
     use crate::global::InsidePool;
+    use crate::guard::SharedRecords;
     use crate::listeners::ListenerList;
     use crate::os;
     use crate::pressure::CallbackList;
@@ -98,7 +100,7 @@ mod handlers {
     use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
     /// Locks one pool holds, one kind per pool.
-    const LOCKS_PER_POOL: usize = 5;
+    const LOCKS_PER_POOL: usize = 6;
 
     struct Registry {
         pools: Vec<Entry>,
@@ -124,6 +126,7 @@ mod handlers {
         Listeners(MutexGuard<'static, ListenerList>),
         Caches(MutexGuard<'static, RegistryState>),
         Abandoned(AbandonedHold<'static>),
+        Guards(MutexGuard<'static, SharedRecords>),
         Shared(ForkHold<'static, PoolState>),
     }
 
@@ -237,6 +240,9 @@ mod handlers {
                         1 => HeldLock::Listeners(pool.shared.listeners.hold_for_fork()),
                         2 => HeldLock::Caches(pool.caches.hold_registry_for_fork()),
                         3 => HeldLock::Abandoned(pool.caches.hold_abandoned_for_fork()),
+                        // Before the shared pool's lock, which a checked
+                        // free takes inside it.
+                        4 => HeldLock::Guards(pool.guards.hold_for_fork()),
                         _ => HeldLock::Shared(pool.shared.hold_for_fork()),
                     };
                     debug_assert!(registry.held.len() < registry.held.capacity(), "prepare allocating");

@@ -89,6 +89,11 @@
 //!   the shared pool's lock is biased to the surviving thread, and the
 //!   caches of the threads that did not survive are retired as at thread
 //!   exit, so their slabs become reclaimable.
+//! - **Guards** (`guard`): in a [checked](PoolConfig::checked) pool, a
+//!   canary after the bytes asked of every block, verified on free, and
+//!   poison in every freed block, verified when it is handed out again;
+//!   damaged blocks are quarantined. Checked pools never take the inline
+//!   fast paths, so unchecked pools pay nothing for it.
 //! - **Facades** (`sync`, `os`): every atomic, lock and thread-local comes
 //!   from `sync`, so the same code runs under loom and shuttle
 //!   (`cfg(lle_mempool_model)`); every system call goes through `os`, which
@@ -120,6 +125,7 @@ mod fallible;
 mod fork;
 mod free_index;
 mod global;
+mod guard;
 mod identity;
 mod listeners;
 mod model_cells;
@@ -146,6 +152,7 @@ pub use boxed::PoolBox;
 pub use config::{PoolConfig, PoolKind};
 pub use error::PoolError;
 pub use global::GlobalPool;
+pub use guard::{BlockDamage, DamageKind};
 pub use listeners::{ListenerId, ResizeEvent, ResizeReason};
 pub use pressure::{PressureCallbackId, PressureEvent, PressureReason};
 pub use stats::{FastPathStats, PoolStats};
@@ -189,6 +196,7 @@ pub(crate) struct PoolInner {
     pub(crate) config: PoolConfig,
     pub(crate) shared: SharedPool,
     pub(crate) caches: PoolCaches,
+    pub(crate) guards: guard::Guards,
 }
 
 impl PoolInner {
@@ -230,13 +238,60 @@ impl PoolInner {
             // SAFETY: as the caller guarantees.
             Owner::Slab(slab) => unsafe { thread_cache::free_to_slab(self, slab, block) },
             Owner::Shared => {
-                if self.config.zero_on_free {
+                // A checked pool's free fills the block with poison, which
+                // overwrites the data as well (see `free_to_slab`).
+                if self.config.zero_on_free && !self.config.checked {
                     // SAFETY: as the caller guarantees.
                     unsafe { self.wipe_shared_from(block, 0) }?;
                 }
-                self.shared.free(block.as_ptr() as usize)
+                self.free_shared(block.as_ptr() as usize)
             }
             Owner::Foreign => Err(PoolError::ForeignPointer { addr: block.as_ptr() as usize }),
+        }
+    }
+
+    /// Frees the shared block at `addr`, through its guards in a checked
+    /// pool.
+    #[inline]
+    fn free_shared(&self, addr: usize) -> Result<(), PoolError> {
+        if self.config.checked {
+            return guard::release_shared_block(self, addr);
+        }
+        self.shared.free(addr)
+    }
+
+    /// [`allocate_shared`](Self::allocate_shared) in a checked pool: out of
+    /// line, so that unchecked pools' allocations stay as they are.
+    #[cold]
+    #[inline(never)]
+    fn allocate_shared_guarded(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
+        let guarded = guard::guarded_shared_size(size).or_else(|error| self.failed(error))?;
+        guard::hand_out(self, size, || self.shared.allocate(guarded, align, self))
+    }
+
+    /// [`allocate_from_cache`](Self::allocate_from_cache) of `size` bytes
+    /// (non-zero) in a checked pool, out of line as
+    /// [`allocate_shared_guarded`](Self::allocate_shared_guarded) is.
+    #[cold]
+    #[inline(never)]
+    fn allocate_from_cache_guarded(&self, size: usize) -> Result<NonNull<u8>, PoolError> {
+        let guarded = guard::guarded_cache_size(size).or_else(|error| self.failed(error))?;
+        guard::hand_out(self, size, || self.allocate_from_cache(guarded))
+    }
+
+    /// Allocates `size` bytes (non-zero) from this thread's cache, or from
+    /// the shared pool above the caches' sizes or without a heap; no guards.
+    fn allocate_from_cache(&self, size: usize) -> Result<NonNull<u8>, PoolError> {
+        if size > MAX_FAST_SIZE {
+            return self.shared.allocate(size, config::MIN_DEFAULT_ALIGNMENT, self);
+        }
+        let class = class_of(size);
+        match with_heap(self, |heap| heap.allocate(class)) {
+            Some(Ok(block)) => Ok(block),
+            // A heap fails only when the shared pool refuses it a slab, and
+            // the shared pool has counted that failure already.
+            Some(Err(error)) => Err(error),
+            None => self.shared.allocate(class_size(class), config::MIN_DEFAULT_ALIGNMENT, self),
         }
     }
 
@@ -281,11 +336,16 @@ impl PoolInner {
         self.shared.resize_in_place(block.as_ptr() as usize, new_size)
     }
 
-    /// Allocates from the shared pool, which retries a refusal by the
-    /// maximum size once, after [`release_cached`](Self::release_cached)
-    /// and a compaction (see `pressure`).
+    /// Allocates `size` bytes (non-zero) aligned to `align` (a supported
+    /// power of two) from the shared pool, guarded in a checked pool. The
+    /// shared pool retries a refusal by the maximum size once, after
+    /// [`release_cached`](Self::release_cached) and a compaction (see
+    /// `pressure`).
     #[inline(always)]
     pub(crate) fn allocate_shared(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
+        if self.config.checked {
+            return self.allocate_shared_guarded(size, align);
+        }
         self.shared.allocate(size, align, self)
     }
 
@@ -350,7 +410,8 @@ impl MemoryPool {
         let id = identity::next_pool_id();
         let caches = PoolCaches::new(id, config.takes_full_paths());
         shared.pressure.set_soft_limit(config.soft_limit);
-        let pool = MemoryPool { inner: Box::new(PoolInner { id, config, shared, caches }) };
+        let guards = guard::Guards::new();
+        let pool = MemoryPool { inner: Box::new(PoolInner { id, config, shared, caches, guards }) };
         fork::register(&pool.inner)?;
         Ok(pool)
     }
@@ -466,7 +527,9 @@ impl MemoryPool {
     /// [`PoolError::InteriorPointer`] for one inside a block but not at its
     /// start, and [`PoolError::NotAllocated`] for free space of the shared
     /// pool (cache blocks are checked for double frees only with
-    /// [`PoolConfig::checked`]). The pool is unchanged by a refused free.
+    /// [`PoolConfig::checked`]). The pool is unchanged by a refused free,
+    /// but for [`PoolError::BlockCorrupted`]: a checked pool found the
+    /// block written past the bytes asked, and quarantined it.
     ///
     /// # Safety
     ///
@@ -497,7 +560,8 @@ impl MemoryPool {
 
     /// Allocates `size` bytes from this thread's cache: no lock, no atomic
     /// read-modify-write in the common case. Sizes above 1 KiB are served by
-    /// the shared pool. The block is aligned to 16 bytes, or to the largest
+    /// the shared pool (in a [checked](PoolConfig::checked) pool, 1 KiB too:
+    /// its canary takes it past the largest size class). The block is aligned to 16 bytes, or to the largest
     /// power of two dividing `size` if that is smaller (the alignment of any
     /// Rust type of that size).
     ///
@@ -552,17 +616,10 @@ impl MemoryPool {
         if size == 0 {
             return inner.failed(PoolError::ZeroSize);
         }
-        if size > MAX_FAST_SIZE {
-            return inner.allocate_shared(size, config::MIN_DEFAULT_ALIGNMENT);
+        if inner.config.checked {
+            return inner.allocate_from_cache_guarded(size);
         }
-        let class = class_of(size);
-        match with_heap(inner, |heap| heap.allocate(class)) {
-            Some(Ok(block)) => Ok(block),
-            // A heap fails only when the shared pool refuses it a slab, and
-            // the shared pool has counted that failure already.
-            Some(Err(error)) => Err(error),
-            None => inner.allocate_shared(class_size(class), config::MIN_DEFAULT_ALIGNMENT),
-        }
+        inner.allocate_from_cache(size)
     }
 
     /// Frees a block from any of this pool's allocation methods, on any
@@ -620,7 +677,9 @@ impl MemoryPool {
     }
 
     /// The bytes usable at a live block: its size class for cache blocks,
-    /// its granule-rounded size for shared blocks.
+    /// its granule-rounded size for shared blocks. In a
+    /// [checked](PoolConfig::checked) pool, the bytes asked: the rest of
+    /// the block is its canary.
     ///
     /// # Errors
     ///
@@ -637,6 +696,9 @@ impl MemoryPool {
     pub fn usable_size(&self, ptr: NonNull<u8>) -> Result<usize, PoolError> {
         let inner = &*self.inner;
         let addr = ptr.as_ptr() as usize;
+        if inner.config.checked {
+            return guard::asked_size(inner, addr, inner.classify(addr));
+        }
         match inner.classify(addr) {
             Owner::Slab(slab) => {
                 slab.block_index(addr)?;
@@ -864,10 +926,14 @@ impl MemoryPool {
         // Every cache block handed out and not yet freed, wherever its slab
         // is; a block freed on another thread counts as freed from that
         // moment, even while it waits in a batch or a thread-free list.
-        let live_cache_blocks = fast.allocations.saturating_sub(fast.frees) as usize;
+        // A quarantined cache block counted as an allocation and is never
+        // freed; a quarantined shared block stays live in the shared pool.
+        let (quarantined_cache, quarantined_shared) = inner.guards.quarantined();
+        let live_cache_blocks =
+            (fast.allocations.saturating_sub(fast.frees) as usize).saturating_sub(quarantined_cache);
         // The snapshot counts slabs and live shared blocks in the same
         // write bracket, so the slabs never exceed them.
-        let live_shared_blocks = shared.live_blocks - shared.slabs;
+        let live_shared_blocks = (shared.live_blocks - shared.slabs).saturating_sub(quarantined_shared);
         PoolStats {
             size: shared.size,
             used: shared.used,
@@ -884,13 +950,14 @@ impl MemoryPool {
             purges: shared.purges,
             low_memory_retries: inner.shared.pressure.retries.get(),
             low_memory_recoveries: inner.shared.pressure.recoveries.get(),
+            quarantined_blocks: quarantined_cache + quarantined_shared,
             avg_alloc_time: mean_duration(&[shared.alloc_time, fast.alloc_time]),
             avg_free_time: mean_duration(&[shared.free_time, fast.free_time]),
             fast: FastPathStats {
                 allocations: fast.allocations,
                 frees: fast.frees,
                 remote_frees: fast.remote_frees,
-                cached_blocks: inner.caches.slab_blocks().saturating_sub(live_cache_blocks),
+                cached_blocks: inner.caches.slab_blocks().saturating_sub(live_cache_blocks + quarantined_cache),
                 slabs: shared.slabs,
                 slab_bytes: shared.slabs * SLAB_SIZE,
             },

@@ -32,7 +32,7 @@ use crate::error::PoolError;
 use crate::identity::current_thread_token;
 use crate::model_cells::{forget_block_links, read_block_link, write_block_link};
 use crate::os;
-use crate::size_class::class_size;
+use crate::size_class::{class_size, MAX_FAST_SIZE};
 use crate::sync::{compiler_fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
@@ -170,6 +170,11 @@ pub(crate) struct Slab {
     allocated: [AtomicU64; BITMAP_WORDS],
 }
 
+/// The bytes a checked slab keeps per block for the size asked of it (see
+/// [`Slab::record_asked`]): a class holds at most `MAX_FAST_SIZE` bytes.
+type AskedSize = u16;
+const _: () = assert!(MAX_FAST_SIZE <= AskedSize::MAX as usize);
+
 /// The owner's address and thread token a slab owned by `owner` on the
 /// calling thread carries.
 fn owner_words(owner: Option<SlabOwner>) -> (*mut (), usize) {
@@ -203,7 +208,10 @@ impl Slab {
         debug_assert_eq!(memory.as_ptr() as usize % SLAB_SIZE, 0);
         let (owner, owner_thread) = owner_words(owner);
         let block_size = class_size(class);
-        let capacity = (SLAB_SIZE - DATA_OFFSET) / block_size;
+        // A checked slab keeps the size asked of each block after its
+        // blocks, where only checked pools pay for it.
+        let per_block = if checked { block_size + std::mem::size_of::<AskedSize>() } else { block_size };
+        let capacity = (SLAB_SIZE - DATA_OFFSET) / per_block;
         let slab = memory.as_ptr().cast::<Slab>();
         let header = Slab {
             block_size: block_size as u32,
@@ -344,6 +352,53 @@ impl Slab {
     pub(crate) fn mark_freed(&self, index: usize) -> bool {
         let bit = 1u64 << (index % 64);
         self.allocated[index / 64].fetch_and(!bit, Ordering::Relaxed) & bit != 0
+    }
+
+    /// With `checked`: whether block `index` is handed out.
+    #[inline]
+    pub(crate) fn is_allocated(&self, index: usize) -> bool {
+        self.allocated[index / 64].load(Ordering::Relaxed) & (1 << (index % 64)) != 0
+    }
+
+    /// The bytes of each block.
+    #[inline]
+    pub(crate) fn block_size(&self) -> usize {
+        self.block_size as usize
+    }
+
+    /// Where the blocks start, and how many bytes they span.
+    pub(crate) fn block_area(&self) -> (usize, usize) {
+        (self.base() + DATA_OFFSET, self.blocks_end as usize)
+    }
+
+    /// With `checked`: where the size asked of block `index` is kept, past
+    /// the last block.
+    #[inline]
+    fn asked_size_slot(&self, index: usize) -> *mut AskedSize {
+        debug_assert!(self.checked && index < self.capacity as usize);
+        (self.base() + DATA_OFFSET + self.blocks_end as usize + index * std::mem::size_of::<AskedSize>())
+            as *mut AskedSize
+    }
+
+    /// With `checked`: records that block `index`, being handed out, was
+    /// asked for `size` bytes. The block's taker writes it, and whoever
+    /// frees the block reads it: the handing over of the block, which
+    /// every free needs anyway, orders the two.
+    #[inline]
+    pub(crate) fn record_asked(&self, index: usize, size: usize) {
+        debug_assert!(size <= self.block_size as usize);
+        // SAFETY: the slot lies in the slab, past its blocks, in room
+        // `create` left for it; only the taker of block `index` writes it.
+        unsafe { self.asked_size_slot(index).write(size as AskedSize) };
+    }
+
+    /// With `checked`: the size [`record_asked`](Self::record_asked)
+    /// recorded for block `index`.
+    #[inline]
+    pub(crate) fn asked(&self, index: usize) -> usize {
+        // SAFETY: as in `record_asked`; the block's free, or its holder,
+        // reads what its taker wrote.
+        usize::from(unsafe { self.asked_size_slot(index).read() })
     }
 
     /// The index of a block `pop` handed out.
@@ -663,6 +718,12 @@ impl OwnedSlab<'_> {
     /// index, and the rest are relinked in address order; `used` does not
     /// change.
     pub(crate) fn purge_free_pages(self) -> usize {
+        // A checked slab's free blocks hold poison, which a purged page
+        // would turn into zeros (read as writes after free), and its last
+        // page holds the sizes its live blocks were asked for.
+        if self.is_checked() {
+            return 0;
+        }
         self.collect_remote();
         let Some((page_size, pages)) = purgeable_pages() else { return 0 };
         let capacity = self.capacity();
@@ -950,8 +1011,11 @@ mod purge_tests {
     /// taken last and purges once more, with some pages still parked.
     fn purge_and_refill(class: usize, keep: impl Fn(usize, usize) -> bool) {
         let memory = SlabMemory::new();
+        // Unchecked, as only those slabs are purged; the hand-out bitmap
+        // still records every block, and its debug assertion catches a
+        // block handed out twice.
         // SAFETY: fresh, aligned, exclusively ours.
-        let slab = unsafe { Slab::create(memory.base(0), class, None, true) };
+        let slab = unsafe { Slab::create(memory.base(0), class, None, false) };
         let (size, capacity) = (slab.block_size as usize, slab.capacity());
         let blocks: Vec<NonNull<u8>> = std::iter::from_fn(|| slab.pop()).collect();
         assert_eq!(blocks.len(), capacity);

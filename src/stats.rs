@@ -118,6 +118,10 @@ pub struct PoolStats {
     pub avg_alloc_time: Duration,
     /// Mean time of a sampled free, either path.
     pub avg_free_time: Duration,
+    /// Blocks a [checked](crate::PoolConfig::checked) pool found damaged
+    /// and holds back for good, on both paths: not live, not free, and
+    /// never handed out again. Their bytes stay in `used`.
+    pub quarantined_blocks: usize,
     /// The per-thread caches.
     pub fast: FastPathStats,
 }

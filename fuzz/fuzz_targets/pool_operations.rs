@@ -326,7 +326,10 @@ impl<'w> Worker<'w> {
         assert_eq!(block.as_ptr() as usize % align, 0, "{path:?} of {size} bytes misaligned (want {align})");
         let cache = path == Path::Fast && size <= MAX_FAST_SIZE;
         let usable = pool.usable_size(block).expect("a fresh block has a size");
-        if cache {
+        if pool_index == 1 {
+            // The rest of a checked pool's block is its canary.
+            assert_eq!(usable, size, "checked block of {size} bytes");
+        } else if cache {
             assert!(usable >= size, "cache block of {size} bytes holds only {usable}");
         } else {
             assert_eq!(usable, common::granule_round(size), "shared block of {size} bytes");

@@ -80,7 +80,8 @@ typedef enum lle_result {
     LLE_ERROR_OUT_OF_MEMORY = -13,
     /* The pool could not be configured as asked. */
     LLE_ERROR_INVALID_CONFIG = -14,
-    /* The pool's internal structures failed a consistency check. */
+    /* The pool's internal structures failed a consistency check, or a freed
+     * block was written past the size asked (the block is quarantined). */
     LLE_ERROR_CORRUPTED = -15,
     /* The library hit an internal error (a bug); the call had no reliable effect. */
     LLE_ERROR_INTERNAL = -16,
@@ -157,7 +158,11 @@ typedef struct lle_pool_statistics {
  * means the default (16), and powers of two below 16 are raised to 16.
  * Returns NULL if alignment is not a power of two or above 1 GiB, type is not
  * an LLE_POOL_* value, or the pool cannot be created.
- * Pools created here detect double frees on the fast path as well.
+ * Pools created here are checked: they detect double frees on the fast path
+ * as well, refuse the free of a block written past the size asked
+ * (LLE_ERROR_CORRUPTED; the block is quarantined, never handed out again),
+ * and poison freed blocks: an allocation that finds a freed block written
+ * returns NULL once, and quarantines that block.
  * Release with lle_destroy_memory_pool.
  */
 lle_memory_pool_t *lle_create_memory_pool(size_t initial_size, size_t alignment,
@@ -190,7 +195,8 @@ void *lle_pool_allocate_fast(lle_memory_pool_t *pool, size_t size);
  * LLE_SUCCESS. A pointer the pool cannot free is refused and nothing is
  * freed: LLE_ERROR_FOREIGN_POINTER (not from this pool),
  * LLE_ERROR_INTERIOR_POINTER (not the start of a block),
- * LLE_ERROR_DOUBLE_FREE (already freed, or never handed out).
+ * LLE_ERROR_DOUBLE_FREE (already freed, or never handed out),
+ * LLE_ERROR_CORRUPTED (written past the size asked: quarantined).
  */
 lle_result_t lle_pool_free(lle_memory_pool_t *pool, void *ptr);
 

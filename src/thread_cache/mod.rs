@@ -45,6 +45,7 @@ pub(crate) use registry::RegistryState;
 
 use crate::error::PoolError;
 use crate::fallible::out_of_memory;
+use crate::guard;
 use crate::size_class::class_size;
 use crate::slab::{OwnedSlab, Slab, SlabOwner, SLAB_SIZE};
 use crate::stats::Counter;
@@ -134,6 +135,9 @@ fn new_slab(pool: &PoolInner, class: usize, owner: SlabOwner) -> Result<OwnedSla
     // SAFETY: a fresh SLAB_SIZE block of the pool, aligned to SLAB_SIZE and
     // ours alone until released, which the pool outlives.
     let slab = unsafe { Slab::create(memory, class, Some(owner), pool.config.checked) };
+    if pool.config.checked {
+        guard::poison_new_slab(&slab);
+    }
     // SAFETY: the header is written at the start of the block, which fills
     // its chunk (SLAB_SIZE, aligned to it) and stays live until
     // `release_slab` unregisters it.
@@ -167,7 +171,12 @@ unsafe fn release_slab(pool: &PoolInner, slab: OwnedSlab<'_>) {
     // it is free, which requires it unmarked as a slab.
     pool.shared.map.unregister(slab.as_ptr());
     pool.caches.slab_blocks.subtract_concurrent(slab.capacity());
-    let released = pool.shared.free_slab(slab.as_ptr() as usize);
+    let address = slab.as_ptr() as usize;
+    if pool.config.checked {
+        // SAFETY: the caller gives the slab up, and it is unregistered.
+        unsafe { guard::poison_released_slab(address) };
+    }
+    let released = pool.shared.free_slab(address);
     debug_assert!(released.is_ok(), "slab was not a live block: {released:?}");
 }
 
@@ -259,10 +268,17 @@ unsafe fn try_free_owned(heaps: &HeapTable<ThreadHeap>, pool: &PoolInner, block:
 #[inline]
 pub(crate) unsafe fn free_to_slab(pool: &PoolInner, slab: &Slab, block: NonNull<u8>) -> Result<(), PoolError> {
     let index = slab.block_index(block.as_ptr() as usize)?;
-    if slab.is_checked() && !slab.mark_freed(index) {
-        return Err(PoolError::NotAllocated { addr: block.as_ptr() as usize });
+    if slab.is_checked() {
+        if !slab.mark_freed(index) {
+            return Err(PoolError::NotAllocated { addr: block.as_ptr() as usize });
+        }
+        // SAFETY: a handed-out block the caller gives up, and marking it
+        // freed made this its only free.
+        unsafe { guard::release_cache_block(pool, slab, index, block) }?;
     }
-    if pool.config.zero_on_free {
+    // A checked pool's free filled the block with poison already, which
+    // overwrote the data as well; zeros would read as a write after free.
+    if pool.config.zero_on_free && !slab.is_checked() {
         // SAFETY: a block of the slab, of its class's size and aligned to at
         // least a word, which the caller gives up.
         unsafe { wipe(block, class_size(slab.class())) };

@@ -23,7 +23,9 @@
  * shared pool (sizes above 1 KiB) are exercised. */
 static const size_t block_sizes[] = {1, 8, 16, 24, 48, 64, 100, 256, 512, 1000, 1024, 1500, 4096, 9000};
 #define BLOCK_SIZE_COUNT (sizeof block_sizes / sizeof block_sizes[0])
-#define FAST_PATH_LIMIT 1024
+/* The largest size a thread cache serves in the checked pools made here: a
+ * 1 KiB block's canary takes it past the largest size class. */
+#define FAST_PATH_LIMIT 1023
 
 static unsigned passed;
 static unsigned failed;
@@ -346,6 +348,52 @@ static void test_bad_input(void) {
     lle_destroy_memory_pool(pool);
 }
 
+static void test_guard_bytes(void) {
+    /* Pools made through the C API are checked: a write even one byte past
+     * the size asked is refused when the block is freed, on both paths, and
+     * the block is quarantined, so that freeing it again is a double free. */
+    lle_memory_pool_t *pool = lle_create_memory_pool(1u << 16, 0, LLE_POOL_TEMP);
+    CHECK(pool != NULL);
+    if (pool == NULL) {
+        return;
+    }
+    unsigned char *shared_block = lle_pool_allocate(pool, 100);
+    unsigned char *fast_block = lle_pool_allocate_fast(pool, 40);
+    unsigned char *in_bounds = lle_pool_allocate_fast(pool, 40);
+    CHECK(shared_block != NULL && fast_block != NULL && in_bounds != NULL);
+    if (shared_block == NULL || fast_block == NULL || in_bounds == NULL) {
+        lle_destroy_memory_pool(pool);
+        return;
+    }
+    memset(shared_block, 0x5A, 101);
+    memset(fast_block, 0x5A, 41);
+    memset(in_bounds, 0x5A, 40);
+    CHECK(lle_pool_free(pool, shared_block) == LLE_ERROR_CORRUPTED);
+    CHECK(lle_pool_free_fast(pool, fast_block) == LLE_ERROR_CORRUPTED);
+    CHECK(lle_pool_free(pool, shared_block) == LLE_ERROR_DOUBLE_FREE);
+    CHECK(lle_pool_free_fast(pool, fast_block) == LLE_ERROR_DOUBLE_FREE);
+    CHECK(lle_pool_free_fast(pool, in_bounds) == LLE_SUCCESS);
+    /* The damaged blocks' bytes were left as the overflow wrote them. */
+    CHECK(shared_block[100] == 0x5A && fast_block[40] == 0x5A);
+    lle_pool_statistics_t stats;
+    CHECK(lle_get_pool_statistics(pool, &stats) == LLE_SUCCESS);
+    CHECK(stats.live_allocations == 0);
+
+    /* A write after free: the allocation that finds it returns NULL (the
+     * library reports it on stderr), and the next one a sound block. */
+    unsigned char *freed = lle_pool_allocate_fast(pool, 200);
+    CHECK(freed != NULL);
+    if (freed != NULL) {
+        CHECK(lle_pool_free_fast(pool, freed) == LLE_SUCCESS);
+        freed[100] = 1;
+        CHECK(lle_pool_allocate_fast(pool, 200) == NULL);
+        unsigned char *next = lle_pool_allocate_fast(pool, 200);
+        CHECK(next != NULL && next != freed);
+        CHECK(lle_pool_free_fast(pool, next) == LLE_SUCCESS);
+    }
+    lle_destroy_memory_pool(pool);
+}
+
 static void test_size_helpers(void) {
     CHECK(lle_align_memory_size(13, 16) == 16);
     CHECK(lle_align_memory_size(16, 16) == 16);
@@ -557,6 +605,7 @@ int main(void) {
     test_alignment();
     test_resizing();
     test_bad_input();
+    test_guard_bytes();
     test_size_helpers();
     test_out_of_memory();
     test_memory_pressure();
