@@ -660,12 +660,18 @@ impl OwnedSlab<'_> {
         true
     }
 
-    /// Whether the owner could take a block without a new slab.
+    /// Whether the owner could take a block without a new slab, once it
+    /// collects the remote frees.
     pub(crate) fn has_free_block(self) -> bool {
-        !self.local_free.get().is_null()
-            || self.bump.get() < self.capacity
-            || self.parked_pages.get() != 0
-            || !self.thread_free.load(Ordering::Relaxed).is_null()
+        self.has_block_to_pop() || !self.thread_free.load(Ordering::Relaxed).is_null()
+    }
+
+    /// Whether [`pop`](Self::pop) would hand out a block now, without
+    /// collecting the remote frees: other threads may push onto the
+    /// thread-free list at any moment, so a test that counted it could be
+    /// true when `pop` finds nothing.
+    pub(crate) fn has_block_to_pop(self) -> bool {
+        !self.local_free.get().is_null() || self.bump.get() < self.capacity || self.parked_pages.get() != 0
     }
 
     /// `pop` once the local list and the bump index have run out: relinks
@@ -972,6 +978,26 @@ mod tests {
             let rest = unsafe { std::slice::from_raw_parts(block.as_ptr().add(8), 24) };
             assert!(rest.iter().all(|&byte| byte == expected as u8));
         }
+    }
+
+    /// A full slab whose only free block another thread has just pushed:
+    /// the owner could have it back, but `pop` cannot hand it out until it
+    /// is collected, which is what adopting an abandoned slab relies on.
+    #[test]
+    fn a_remote_free_alone_is_not_a_block_to_pop() {
+        let memory = SlabMemory::new();
+        // SAFETY: fresh, aligned, exclusively ours.
+        let slab = unsafe { Slab::create(memory.base(0), CLASS_COUNT - 1, None, false) };
+        let blocks: Vec<NonNull<u8>> = std::iter::from_fn(|| slab.pop()).collect();
+        assert!(!slab.has_free_block() && !slab.has_block_to_pop());
+        // SAFETY: handed out above, given up here.
+        unsafe { slab.push_remote(blocks[3]) };
+        assert!(slab.has_free_block(), "the owner can collect it");
+        assert!(!slab.has_block_to_pop(), "but pop would find nothing");
+        assert!(slab.pop().is_none());
+        assert!(slab.collect_remote());
+        assert!(slab.has_block_to_pop());
+        assert_eq!(slab.pop(), Some(blocks[3]));
     }
 }
 

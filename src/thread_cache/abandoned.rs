@@ -79,9 +79,12 @@ impl AbandonedSlabs {
         let position = listed.iter().position(|&slab| {
             // SAFETY: listed, and the lock is held.
             let slab = unsafe { listed_view(slab) };
+            // What `pop` can take once the remote frees are collected: a
+            // remote free arriving after the collection lands on the
+            // thread-free list, which `pop` does not read.
             slab.class() == class && {
                 slab.collect_remote();
-                slab.has_free_block()
+                slab.has_block_to_pop()
             }
         })?;
         // SAFETY: as above; once the owner is set below, the slab is the
