@@ -514,6 +514,9 @@ static void test_out_of_memory(void) {
  * soft limit was crossed, catches the consumer up by freeing the queued
  * blocks, checking their contents first. */
 #define PRESSURE_QUEUE 64
+/* Bytes asked per block: with the checked pool's canary (at least one
+ * byte past the bytes asked) a block takes 512 bytes of the pool. */
+#define PRESSURE_BLOCK 500
 struct pressure_queue {
     lle_memory_pool_t *pool;
     unsigned char *blocks[PRESSURE_QUEUE];
@@ -533,7 +536,7 @@ static void catch_up(const lle_memory_pressure_event_t *event, void *user_data) 
         lle_pool_free(queue->pool, scratch);
     }
     for (size_t i = 0; i < queue->count; i++) {
-        for (size_t byte = 0; byte < 512; byte++) {
+        for (size_t byte = 0; byte < PRESSURE_BLOCK; byte++) {
             if (queue->blocks[i][byte] != (unsigned char)i) {
                 queue->corrupted++;
                 break;
@@ -556,7 +559,7 @@ static void test_memory_pressure(void) {
     CHECK(lle_pool_set_memory_pressure_callback(pool, catch_up, &queue) == LLE_SUCCESS);
     CHECK(lle_pool_set_soft_limit(pool, 16 * 1024) == LLE_SUCCESS);
     for (unsigned round = 0; round < 1000; round++) {
-        unsigned char *block = lle_pool_allocate(pool, 512);
+        unsigned char *block = lle_pool_allocate(pool, PRESSURE_BLOCK);
         CHECK(block != NULL);
         if (block == NULL) {
             break;
@@ -565,7 +568,7 @@ static void test_memory_pressure(void) {
             CHECK(!"the callback never caught the consumer up");
             break;
         }
-        memset(block, (int)queue.count, 512);
+        memset(block, (int)queue.count, PRESSURE_BLOCK);
         queue.blocks[queue.count++] = block;
     }
     /* 16 KiB hold 32 blocks of 512 bytes: the 33rd crosses the limit, and
