@@ -53,6 +53,7 @@ impl MemoryPool {
     /// the block holds are [`usable_size`]'s to work out, for callers that
     /// want them.
     #[inline]
+    #[track_caller]
     pub(crate) fn allocate_for_layout(&self, layout: Layout) -> Result<NonNull<u8>, PoolError> {
         debug_assert!(layout.size() > 0);
         match class_for_layout(layout) {
@@ -63,6 +64,7 @@ impl MemoryPool {
 
     /// As [`allocate_for_layout`](Self::allocate_for_layout), with the
     /// bytes the block can hold.
+    #[track_caller]
     pub(crate) fn allocate_layout(&self, layout: Layout) -> Result<(NonNull<u8>, usize), PoolError> {
         let block = self.allocate_for_layout(layout)?;
         // A checked pool's blocks hold the bytes asked: the rest is canary.
@@ -150,6 +152,7 @@ impl MemoryPool {
 // is aligned to and holds at least its layout (see `allocate_layout`); and
 // the pool hands a block to one owner at a time.
 unsafe impl Allocator for &MemoryPool {
+    #[track_caller]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         if layout.size() == 0 {
             return Ok(empty_block(layout.align()));

@@ -3,6 +3,7 @@
 use crate::error::PoolError;
 use crate::guard::{BlockDamage, CorruptionHandler};
 use crate::shared_pool::MAX_ALIGNMENT;
+use crate::slab::BlockRecords;
 use std::time::Duration;
 
 /// What a pool is for, as the LLE line editor names its pools.
@@ -74,6 +75,8 @@ pub struct PoolConfig {
     pub(crate) soft_limit: Option<usize>,
     /// Where a checked pool reports writes after free; `None` panics.
     pub(crate) on_corruption: Option<CorruptionHandler>,
+    pub(crate) report_leaks_on_drop: bool,
+    pub(crate) track_callers: bool,
 }
 
 /// The smallest default alignment a pool accepts: what `malloc` promises.
@@ -112,6 +115,8 @@ impl PoolConfig {
             huge_pages: false,
             soft_limit: None,
             on_corruption: None,
+            report_leaks_on_drop: false,
+            track_callers: false,
         }
     }
 
@@ -509,6 +514,96 @@ impl PoolConfig {
     pub fn on_corruption(mut self, callback: impl Fn(&BlockDamage) + Send + Sync + 'static) -> Self {
         self.on_corruption = Some(CorruptionHandler::new(callback));
         self
+    }
+
+    /// Whether the pool, when dropped with blocks still live, writes a
+    /// summary of them to standard error: how many, their bytes, the ten
+    /// largest, and how many of each size (see
+    /// [`MemoryPool::report_leaks`], which writes the same summary
+    /// anywhere). Off by default.
+    ///
+    /// The pool learns its live blocks from the records of
+    /// [checked](Self::checked) mode, so this turns checked mode on, with
+    /// its guard bytes and poisoning.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolConfig};
+    ///
+    /// let pool = MemoryPool::with_config(PoolConfig::new(1 << 20).report_leaks_on_drop(true))?;
+    /// assert!(pool.config().is_checked());
+    /// let forgotten = pool.allocate(100)?;
+    /// # let _ = forgotten;
+    /// drop(pool); // standard error: "memory pool leak report: 1 live block, 100 bytes ..."
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn report_leaks_on_drop(mut self, on: bool) -> Self {
+        self.report_leaks_on_drop = on;
+        self
+    }
+
+    /// Whether the pool records where each block was allocated (the
+    /// caller of [`allocate`](MemoryPool::allocate),
+    /// [`allocate_aligned`](MemoryPool::allocate_aligned),
+    /// [`allocate_fast`](MemoryPool::allocate_fast) or the `Allocator`
+    /// impl's `allocate`, through `#[track_caller]`: no backtrace is
+    /// walked), for [`MemoryPool::live_blocks`] and the leak report. Off
+    /// by default.
+    ///
+    /// The location is kept beside the size asked, in the records of
+    /// [checked](Self::checked) mode, so this turns checked mode on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{MemoryPool, PoolConfig};
+    ///
+    /// let pool = MemoryPool::with_config(PoolConfig::new(1 << 20).track_callers(true))?;
+    /// let block = pool.allocate_fast(40)?; let line = line!();
+    /// let live = pool.live_blocks()?;
+    /// assert_eq!(live.len(), 1);
+    /// assert_eq!(live[0].caller.map(|caller| caller.line()), Some(line));
+    /// unsafe { pool.free_fast(block)? };
+    /// # Ok::<(), lle_mempool::PoolError>(())
+    /// ```
+    pub fn track_callers(mut self, on: bool) -> Self {
+        self.track_callers = on;
+        self
+    }
+
+    /// Whether the pool is checked: asked with [`checked`](Self::checked),
+    /// or implied by [`report_leaks_on_drop`](Self::report_leaks_on_drop)
+    /// or [`track_callers`](Self::track_callers).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::PoolConfig;
+    ///
+    /// assert!(!PoolConfig::new(4096).is_checked());
+    /// assert!(PoolConfig::new(4096).checked(true).is_checked());
+    /// assert!(PoolConfig::new(4096).track_callers(true).is_checked());
+    /// ```
+    pub fn is_checked(&self) -> bool {
+        self.checked || self.report_leaks_on_drop || self.track_callers
+    }
+
+    /// The configuration a pool runs with: the settings the others imply
+    /// made explicit, so that the pool reads each from one field.
+    pub(crate) fn with_implied_settings(mut self) -> Self {
+        self.checked = self.is_checked();
+        self
+    }
+
+    /// What a slab of a pool with this configuration records of each
+    /// block.
+    pub(crate) fn block_records(&self) -> BlockRecords {
+        match (self.checked, self.track_callers) {
+            (false, _) => BlockRecords::None,
+            (true, false) => BlockRecords::Sizes,
+            (true, true) => BlockRecords::SizesAndCallers,
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), PoolError> {

@@ -37,6 +37,7 @@ use crate::PoolInner;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::panic::Location;
 use std::ptr::NonNull;
 
 /// The byte that fills a block from the bytes asked to its end.
@@ -146,14 +147,27 @@ impl PartialEq for CorruptionHandler {
 /// What a checked pool knows of a shared block it handed out.
 #[derive(Clone, Copy)]
 enum SharedRecord {
-    /// Live, asked for `size` bytes of the `usable` it spans.
-    Live { size: usize, usable: usize },
+    /// Live, asked for `size` bytes of the `usable` it spans, at `caller`
+    /// if the pool tracks callers.
+    Live { size: usize, usable: usize, caller: Option<&'static Location<'static>> },
     /// Damaged and held back: never freed, never handed out again.
     Quarantined,
 }
 
 /// The shared blocks a checked pool handed out, by address.
 pub(crate) struct SharedRecords(HashMap<usize, SharedRecord, BuildHasherDefault<AddressHasher>>);
+
+impl SharedRecords {
+    /// Visits each live block: its address, the bytes asked, the bytes it
+    /// spans and where it was allocated.
+    pub(crate) fn for_each_live(&self, mut visit: impl FnMut(usize, usize, usize, Option<&'static Location<'static>>)) {
+        for (&addr, record) in &self.0 {
+            if let SharedRecord::Live { size, usable, caller } = *record {
+                visit(addr, size, usable, caller);
+            }
+        }
+    }
+}
 
 /// A pool's guard state; used only when the pool is checked.
 pub(crate) struct Guards {
@@ -182,11 +196,25 @@ impl Guards {
         (self.quarantined_cache.get(), self.quarantined_shared.get())
     }
 
-    /// Holds the table of shared blocks across a `fork()`.
+    /// Holds the table of shared blocks across a `fork()`: and so, as
+    /// [`with_records_held`] does, every checked slab in place.
     #[cfg(not(lle_mempool_model))]
     pub(crate) fn hold_for_fork(&self) -> MutexGuard<'_, SharedRecords> {
         lock(&self.shared)
     }
+}
+
+/// Runs `walk` with the table of shared blocks held, while no checked slab
+/// leaves the pool: a checked slab's release runs inside
+/// [`apart_from_walks`].
+pub(crate) fn with_records_held<R>(pool: &PoolInner, walk: impl FnOnce(&SharedRecords) -> R) -> R {
+    walk(&lock(&pool.guards.shared))
+}
+
+/// Runs `release`, which gives a checked slab back to the shared pool, at
+/// no time a walk of [`with_records_held`] runs.
+pub(crate) fn apart_from_walks(pool: &PoolInner, release: impl FnOnce()) {
+    with_records_held(pool, |_| release());
 }
 
 /// The bytes a checked pool takes from its caches for `size` bytes asked
@@ -205,7 +233,10 @@ pub(crate) fn guarded_shared_size(size: usize) -> Result<usize, PoolError> {
 
 /// Hands out a block for `size` bytes asked, taking blocks with `take`:
 /// each is verified for poison, and a damaged one is quarantined, reported
-/// (outside every lock) and replaced by the next.
+/// (outside every lock) and replaced by the next. The block's caller, if
+/// the pool tracks callers, is this function's (`#[track_caller]` up to
+/// the public allocation methods).
+#[track_caller]
 pub(crate) fn hand_out(
     pool: &PoolInner,
     size: usize,
@@ -233,8 +264,9 @@ fn report(pool: &PoolInner, damage: &BlockDamage) {
 }
 
 /// Verifies the poison of `block`, just taken for `size` bytes asked, and
-/// sets it up: its size recorded, its canary written. A damaged block is
-/// quarantined and described instead.
+/// sets it up: its size (and caller) recorded, its canary written. A
+/// damaged block is quarantined and described instead.
+#[track_caller]
 fn prepare(pool: &PoolInner, block: NonNull<u8>, size: usize) -> Result<Option<BlockDamage>, PoolError> {
     let addr = block.as_ptr() as usize;
     let damage = |usable, offset| BlockDamage { addr, size, usable, offset, kind: DamageKind::WriteAfterFree };
@@ -250,6 +282,9 @@ fn prepare(pool: &PoolInner, block: NonNull<u8>, size: usize) -> Result<Option<B
                 slab.mark_freed(index);
                 pool.guards.quarantined_cache.add_concurrent(1);
                 return Ok(Some(damage(usable, LINK_BYTES + offset)));
+            }
+            if slab.keeps_callers() {
+                slab.record_caller(index, Location::caller());
             }
             slab.record_asked(index, size);
             // SAFETY: as above.
@@ -271,7 +306,8 @@ fn prepare(pool: &PoolInner, block: NonNull<u8>, size: usize) -> Result<Option<B
                 pool.guards.quarantined_shared.add_concurrent(1);
                 return Ok(Some(damage(usable, offset)));
             }
-            records.0.insert(addr, SharedRecord::Live { size, usable });
+            let caller = pool.config.track_callers.then_some(Location::caller());
+            records.0.insert(addr, SharedRecord::Live { size, usable, caller });
             drop(records);
             // SAFETY: the block was just taken for us: its bytes are ours.
             unsafe { fill(addr + size, usable - size, CANARY) };
@@ -322,7 +358,7 @@ pub(crate) fn release_shared_block(pool: &PoolInner, addr: usize) -> Result<(), 
         // nothing is freed.
         return Err(pool.shared.block_size(addr).err().unwrap_or(PoolError::NotAllocated { addr }));
     };
-    let SharedRecord::Live { size, usable } = *record else {
+    let SharedRecord::Live { size, usable, .. } = *record else {
         return Err(PoolError::NotAllocated { addr });
     };
     // SAFETY: a live block the caller gives up; the record, held under the

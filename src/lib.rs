@@ -127,6 +127,7 @@ mod free_index;
 mod global;
 mod guard;
 mod identity;
+mod leaks;
 mod listeners;
 mod model_cells;
 mod os;
@@ -153,6 +154,7 @@ pub use config::{PoolConfig, PoolKind};
 pub use error::PoolError;
 pub use global::GlobalPool;
 pub use guard::{BlockDamage, DamageKind};
+pub use leaks::{write_leak_report, AllocationPath, LiveBlock};
 pub use listeners::{ListenerId, ResizeEvent, ResizeReason};
 pub use pressure::{PressureCallbackId, PressureEvent, PressureReason};
 pub use stats::{FastPathStats, PoolStats};
@@ -264,6 +266,7 @@ impl PoolInner {
     /// line, so that unchecked pools' allocations stay as they are.
     #[cold]
     #[inline(never)]
+    #[track_caller]
     fn allocate_shared_guarded(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
         let guarded = guard::guarded_shared_size(size).or_else(|error| self.failed(error))?;
         guard::hand_out(self, size, || self.shared.allocate(guarded, align, self))
@@ -274,6 +277,7 @@ impl PoolInner {
     /// [`allocate_shared_guarded`](Self::allocate_shared_guarded) is.
     #[cold]
     #[inline(never)]
+    #[track_caller]
     fn allocate_from_cache_guarded(&self, size: usize) -> Result<NonNull<u8>, PoolError> {
         let guarded = guard::guarded_cache_size(size).or_else(|error| self.failed(error))?;
         guard::hand_out(self, size, || self.allocate_from_cache(guarded))
@@ -342,6 +346,7 @@ impl PoolInner {
     /// [`release_cached`](Self::release_cached) and a compaction (see
     /// `pressure`).
     #[inline(always)]
+    #[track_caller]
     pub(crate) fn allocate_shared(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
         if self.config.checked {
             return self.allocate_shared_guarded(size, align);
@@ -399,6 +404,7 @@ impl MemoryPool {
     /// ```
     pub fn with_config(config: PoolConfig) -> Result<MemoryPool, PoolError> {
         config.validate()?;
+        let config = config.with_implied_settings();
         let shared = SharedPool::new(
             config.initial_size,
             config.max_size,
@@ -477,6 +483,8 @@ impl MemoryPool {
     /// assert!(pool.allocate(usize::MAX - 3).is_err());
     /// # Ok::<(), lle_mempool::PoolError>(())
     /// ```
+    #[inline(always)]
+    #[track_caller]
     pub fn allocate(&self, size: usize) -> Result<NonNull<u8>, PoolError> {
         self.allocate_aligned(size, self.inner.config.alignment)
     }
@@ -499,7 +507,12 @@ impl MemoryPool {
     /// assert!(pool.allocate_aligned(100, 3).is_err());
     /// # Ok::<(), lle_mempool::PoolError>(())
     /// ```
+    #[inline(always)]
+    #[track_caller]
     pub fn allocate_aligned(&self, size: usize, align: usize) -> Result<NonNull<u8>, PoolError> {
+        // Inline, as `allocate` is: the caller's location, which
+        // `#[track_caller]` passes, is then made only on the checked path,
+        // where it is recorded; out of line every allocation would pass it.
         if size == 0 {
             return self.inner.failed(PoolError::ZeroSize);
         }
@@ -582,6 +595,7 @@ impl MemoryPool {
     /// # Ok::<(), lle_mempool::PoolError>(())
     /// ```
     #[inline(always)]
+    #[track_caller]
     pub fn allocate_fast(&self, size: usize) -> Result<NonNull<u8>, PoolError> {
         // The common case, kept small enough to inline into the caller: a
         // cached size class, this thread's most recent pool, a block on the
@@ -600,6 +614,7 @@ impl MemoryPool {
     /// inline into its callers: built on this one, its pair takes five
     /// percent more instructions.
     #[inline(always)]
+    #[track_caller]
     pub(crate) fn allocate_in_class(&self, size: usize, class: usize) -> Result<NonNull<u8>, PoolError> {
         debug_assert!(size > 0 && size <= MAX_FAST_SIZE && class == class_of(size));
         if let Some(block) = thread_cache::try_allocate_cached(&self.inner, class) {
@@ -611,6 +626,7 @@ impl MemoryPool {
     /// Everything `allocate_fast` does not do inline: errors, large sizes,
     /// refills, sampled timing, checked mode, the first use on a thread.
     #[inline(never)]
+    #[track_caller]
     fn allocate_fast_slow(&self, size: usize) -> Result<NonNull<u8>, PoolError> {
         let inner = &*self.inner;
         if size == 0 {
@@ -707,6 +723,53 @@ impl MemoryPool {
             Owner::Shared => inner.shared.block_size(addr),
             Owner::Foreign => Err(PoolError::ForeignPointer { addr }),
         }
+    }
+
+    /// The blocks handed out and not yet freed, on both paths, by address:
+    /// each one's address, bytes asked, bytes spanned, path and, with
+    /// [`PoolConfig::track_callers`], where it was allocated. Quarantined
+    /// blocks (see [`PoolConfig::checked`]) are not live and not listed.
+    ///
+    /// Only a pool that keeps records of its blocks knows them: a
+    /// [checked](PoolConfig::checked) pool, which
+    /// [`report_leaks_on_drop`](PoolConfig::report_leaks_on_drop) and
+    /// `track_callers` imply. The list is exact for a pool nobody uses
+    /// during the call. Under concurrent use it is a snapshot of each slab
+    /// and of the shared pool's blocks: every block live throughout the
+    /// call is listed, once, with the size asked and caller of its
+    /// allocation, and no block free throughout the call is; a block
+    /// allocated or freed during the call may or may not be listed, and
+    /// one allocated during it may be listed with the size and caller of
+    /// its block's previous allocation. Slabs are not released while the
+    /// call runs, and the shared blocks are read all at once, under the
+    /// lock a checked shared free takes.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::InvalidConfig`] for a pool that is not checked, rather
+    /// than a partial list; [`PoolError::OutOfMemory`] if the list's
+    /// memory can't be had.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lle_mempool::{AllocationPath, MemoryPool, PoolConfig, PoolError};
+    ///
+    /// let pool = MemoryPool::with_config(PoolConfig::new(1 << 20).checked(true))?;
+    /// let kept = pool.allocate_fast(24)?;
+    /// let freed = pool.allocate(3000)?;
+    /// unsafe { pool.free(freed)? };
+    /// let live = pool.live_blocks()?;
+    /// assert_eq!(live.len(), 1);
+    /// assert_eq!((live[0].addr, live[0].size), (kept.as_ptr() as usize, 24));
+    /// assert_eq!(live[0].path, AllocationPath::Cache);
+    ///
+    /// let unchecked = MemoryPool::new(1 << 20)?;
+    /// assert!(matches!(unchecked.live_blocks(), Err(PoolError::InvalidConfig { .. })));
+    /// # Ok::<(), PoolError>(())
+    /// ```
+    pub fn live_blocks(&self) -> Result<Vec<LiveBlock>, PoolError> {
+        leaks::live_blocks(&self.inner)
     }
 
     /// Whether `ptr` lies inside the pool's memory: in one of its regions
@@ -1181,6 +1244,9 @@ impl MemoryPool {
 
 impl Drop for MemoryPool {
     fn drop(&mut self) {
+        if self.inner.config.report_leaks_on_drop {
+            leaks::report_on_drop(&self.inner);
+        }
         fork::unregister(&self.inner);
         // From here on no thread heap touches the pool.
         self.inner.caches.close();

@@ -37,6 +37,7 @@ use crate::sync::{compiler_fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::ops::Deref;
+use std::panic::Location;
 use std::ptr::{self, NonNull};
 
 /// Bytes per slab. Small under the models, so their regions stay tiny.
@@ -157,6 +158,9 @@ pub(crate) struct Slab {
     /// multiply, exactly, because offsets and sizes are below 2^16.
     reciprocal: u32,
     checked: bool,
+    /// With `checked`: whether the slab also keeps where each block was
+    /// allocated (see [`Slab::record_caller`]).
+    callers: bool,
     /// A [`SlabOwner`]'s address; null while abandoned by an exited thread.
     /// Only the holder of an `OwnedSlab` changes it.
     owner: AtomicPtr<()>,
@@ -174,6 +178,33 @@ pub(crate) struct Slab {
 /// [`Slab::record_asked`]): a class holds at most `MAX_FAST_SIZE` bytes.
 type AskedSize = u16;
 const _: () = assert!(MAX_FAST_SIZE <= AskedSize::MAX as usize);
+
+/// Where a block was allocated, as a slab that keeps callers records it:
+/// null for none.
+type CallerSlot = *mut Location<'static>;
+
+/// What a slab records of each block it hands out, after its blocks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum BlockRecords {
+    /// Nothing: an unchecked pool's slab.
+    None,
+    /// The size asked: a checked pool's slab.
+    Sizes,
+    /// The size asked and where the block was allocated: a checked pool
+    /// that tracks callers.
+    SizesAndCallers,
+}
+
+impl BlockRecords {
+    /// The bytes a slab keeps per block for these records.
+    fn bytes_per_block(self) -> usize {
+        match self {
+            BlockRecords::None => 0,
+            BlockRecords::Sizes => std::mem::size_of::<AskedSize>(),
+            BlockRecords::SizesAndCallers => std::mem::size_of::<AskedSize>() + std::mem::size_of::<CallerSlot>(),
+        }
+    }
+}
 
 /// The owner's address and thread token a slab owned by `owner` on the
 /// calling thread carries.
@@ -203,15 +234,18 @@ impl Slab {
         memory: NonNull<u8>,
         class: usize,
         owner: Option<SlabOwner>,
-        checked: bool,
+        records: BlockRecords,
     ) -> OwnedSlab<'a> {
         debug_assert_eq!(memory.as_ptr() as usize % SLAB_SIZE, 0);
         let (owner, owner_thread) = owner_words(owner);
         let block_size = class_size(class);
-        // A checked slab keeps the size asked of each block after its
-        // blocks, where only checked pools pay for it.
-        let per_block = if checked { block_size + std::mem::size_of::<AskedSize>() } else { block_size };
+        // A checked slab keeps its records of each block after its blocks,
+        // where only checked pools pay for them: the callers first, which
+        // the blocks' end keeps aligned (every class size is a multiple of
+        // a word), then the sizes.
+        let per_block = block_size + records.bytes_per_block();
         let capacity = (SLAB_SIZE - DATA_OFFSET) / per_block;
+        debug_assert_eq!(block_size % std::mem::align_of::<CallerSlot>(), 0);
         let slab = memory.as_ptr().cast::<Slab>();
         let header = Slab {
             block_size: block_size as u32,
@@ -220,7 +254,8 @@ impl Slab {
             reciprocal: ((1u64 << 32).div_ceil(block_size as u64)) as u32,
             blocks_end: (capacity * block_size) as u32,
             divisibility_magic: u64::MAX / block_size as u64 + 1,
-            checked,
+            checked: records != BlockRecords::None,
+            callers: records == BlockRecords::SizesAndCallers,
             owner: AtomicPtr::new(owner),
             owner_thread: AtomicUsize::new(owner_thread),
             local_free: Cell::new(ptr::null_mut()),
@@ -239,6 +274,13 @@ impl Slab {
         // The memory may have held another slab, whose links are not this
         // one's.
         forget_block_links(slab as usize, slab as usize + SLAB_SIZE);
+        // Nor are its records: a walk of the live blocks may read a block's
+        // records as soon as the block is marked handed out, before its
+        // taker writes them, and must find no size and no caller there.
+        let records_start = slab as usize + DATA_OFFSET + capacity * block_size;
+        // SAFETY: the records lie in the slab's memory, past its blocks, in
+        // the room `per_block` left; nobody else knows of the slab yet.
+        unsafe { ptr::write_bytes(records_start as *mut u8, 0, capacity * records.bytes_per_block()) };
         // SAFETY: the header was just written in memory the caller owns for
         // `'a`, and nobody else knows of it.
         unsafe { OwnedSlab::new(slab) }
@@ -371,25 +413,55 @@ impl Slab {
         (self.base() + DATA_OFFSET, self.blocks_end as usize)
     }
 
+    /// Whether the slab keeps where each block was allocated.
+    #[inline]
+    pub(crate) fn keeps_callers(&self) -> bool {
+        self.callers
+    }
+
+    /// The bytes of caller slots past the last block.
+    #[inline]
+    fn caller_slots_len(&self) -> usize {
+        if self.callers {
+            self.capacity as usize * std::mem::size_of::<CallerSlot>()
+        } else {
+            0
+        }
+    }
+
+    /// With callers: where the caller of block `index` is kept, past the
+    /// last block.
+    #[inline]
+    fn caller_slot(&self, index: usize) -> *mut CallerSlot {
+        debug_assert!(self.callers && index < self.capacity as usize);
+        (self.base() + DATA_OFFSET + self.blocks_end as usize + index * std::mem::size_of::<CallerSlot>())
+            as *mut CallerSlot
+    }
+
     /// With `checked`: where the size asked of block `index` is kept, past
-    /// the last block.
+    /// the last block and the callers.
     #[inline]
     fn asked_size_slot(&self, index: usize) -> *mut AskedSize {
         debug_assert!(self.checked && index < self.capacity as usize);
-        (self.base() + DATA_OFFSET + self.blocks_end as usize + index * std::mem::size_of::<AskedSize>())
-            as *mut AskedSize
+        (self.base()
+            + DATA_OFFSET
+            + self.blocks_end as usize
+            + self.caller_slots_len()
+            + index * std::mem::size_of::<AskedSize>()) as *mut AskedSize
     }
 
     /// With `checked`: records that block `index`, being handed out, was
     /// asked for `size` bytes. The block's taker writes it, and whoever
     /// frees the block reads it: the handing over of the block, which
-    /// every free needs anyway, orders the two.
+    /// every free needs anyway, orders the two. A walk of the live blocks
+    /// may read it at any time, which the slot's atomic access allows.
     #[inline]
     pub(crate) fn record_asked(&self, index: usize, size: usize) {
         debug_assert!(size <= self.block_size as usize);
         // SAFETY: the slot lies in the slab, past its blocks, in room
-        // `create` left for it; only the taker of block `index` writes it.
-        unsafe { self.asked_size_slot(index).write(size as AskedSize) };
+        // `create` left for it, aligned for its type; only the taker of
+        // block `index` writes it.
+        unsafe { record_slot::store_size(self.asked_size_slot(index), size as AskedSize) };
     }
 
     /// With `checked`: the size [`record_asked`](Self::record_asked)
@@ -398,7 +470,38 @@ impl Slab {
     pub(crate) fn asked(&self, index: usize) -> usize {
         // SAFETY: as in `record_asked`; the block's free, or its holder,
         // reads what its taker wrote.
-        usize::from(unsafe { self.asked_size_slot(index).read() })
+        usize::from(unsafe { record_slot::load_size(self.asked_size_slot(index)) })
+    }
+
+    /// With callers: records that block `index`, being handed out, was
+    /// allocated at `caller`, as [`record_asked`](Self::record_asked)
+    /// records its size.
+    #[inline]
+    pub(crate) fn record_caller(&self, index: usize, caller: &'static Location<'static>) {
+        let caller = caller as *const Location<'static> as CallerSlot;
+        // SAFETY: as in `record_asked`, for the caller slot.
+        unsafe { record_slot::store_caller(self.caller_slot(index), caller) };
+    }
+
+    /// Where block `index` was allocated: what
+    /// [`record_caller`](Self::record_caller) recorded, if the slab keeps
+    /// callers.
+    #[inline]
+    pub(crate) fn caller(&self, index: usize) -> Option<&'static Location<'static>> {
+        if !self.callers {
+            return None;
+        }
+        // SAFETY: as in `record_asked`, for the caller slot.
+        let caller = unsafe { record_slot::load_caller(self.caller_slot(index)) };
+        // SAFETY: a non-null slot holds a `&'static Location` that
+        // `record_caller` wrote.
+        unsafe { caller.cast_const().as_ref() }
+    }
+
+    /// Every block index of the slab.
+    #[inline]
+    pub(crate) fn indices(&self) -> std::ops::Range<usize> {
+        0..self.capacity as usize
     }
 
     /// The index of a block `pop` handed out.
@@ -415,7 +518,7 @@ impl Slab {
 
     /// The address of block `index`.
     #[inline]
-    fn block_address(&self, index: usize) -> usize {
+    pub(crate) fn block_address(&self, index: usize) -> usize {
         self.base() + DATA_OFFSET + index * self.block_size as usize
     }
 
@@ -802,10 +905,75 @@ impl OwnedSlab<'_> {
     }
 }
 
+/// Reads and writes of a checked slab's per-block records. A block's taker
+/// writes them while a walk of the pool's live blocks may read them, so
+/// under `std` they are relaxed atomic accesses (each record is read whole;
+/// the block's allocation bit says whether it is current). The models'
+/// atomics cannot be laid over plain memory, and the models walk no live
+/// blocks beside allocations, so there they are plain accesses.
+mod record_slot {
+    use super::{AskedSize, CallerSlot};
+    #[cfg(not(lle_mempool_model))]
+    use crate::sync::{AtomicPtr, AtomicU16, Ordering};
+
+    /// # Safety
+    /// `slot` is valid and aligned for its type, and no plain access
+    /// races with this one.
+    #[inline]
+    pub(super) unsafe fn store_size(slot: *mut AskedSize, size: AskedSize) {
+        // SAFETY: as the caller guarantees.
+        #[cfg(not(lle_mempool_model))]
+        unsafe { AtomicU16::from_ptr(slot) }.store(size, Ordering::Relaxed);
+        // SAFETY: as the caller guarantees.
+        #[cfg(lle_mempool_model)]
+        unsafe {
+            slot.write(size)
+        };
+    }
+
+    /// # Safety
+    /// As [`store_size`].
+    #[inline]
+    pub(super) unsafe fn load_size(slot: *mut AskedSize) -> AskedSize {
+        // SAFETY: as the caller guarantees.
+        #[cfg(not(lle_mempool_model))]
+        return unsafe { AtomicU16::from_ptr(slot) }.load(Ordering::Relaxed);
+        // SAFETY: as the caller guarantees.
+        #[cfg(lle_mempool_model)]
+        return unsafe { slot.read() };
+    }
+
+    /// # Safety
+    /// As [`store_size`].
+    #[inline]
+    pub(super) unsafe fn store_caller(slot: *mut CallerSlot, caller: CallerSlot) {
+        // SAFETY: as the caller guarantees.
+        #[cfg(not(lle_mempool_model))]
+        unsafe { AtomicPtr::from_ptr(slot) }.store(caller, Ordering::Relaxed);
+        // SAFETY: as the caller guarantees.
+        #[cfg(lle_mempool_model)]
+        unsafe {
+            slot.write(caller)
+        };
+    }
+
+    /// # Safety
+    /// As [`store_size`].
+    #[inline]
+    pub(super) unsafe fn load_caller(slot: *mut CallerSlot) -> CallerSlot {
+        // SAFETY: as the caller guarantees.
+        #[cfg(not(lle_mempool_model))]
+        return unsafe { AtomicPtr::from_ptr(slot) }.load(Ordering::Relaxed);
+        // SAFETY: as the caller guarantees.
+        #[cfg(lle_mempool_model)]
+        return unsafe { slot.read() };
+    }
+}
+
 /// Slab-sized, slab-aligned memory for unit tests of the layers above.
 #[cfg(all(test, not(lle_mempool_model)))]
 pub(crate) mod test_support {
-    use super::{OwnedSlab, Slab, SLAB_SIZE};
+    use super::{BlockRecords, OwnedSlab, Slab, SLAB_SIZE};
     use std::alloc::Layout;
     use std::ptr::NonNull;
 
@@ -842,7 +1010,9 @@ pub(crate) mod test_support {
         pub(crate) fn slabs(&self, class: usize) -> Vec<OwnedSlab<'_>> {
             // SAFETY: each piece is SLAB_SIZE bytes, aligned, the test's
             // alone, and mapped while `self` lives.
-            (0..self.count).map(|index| unsafe { Slab::create(self.base(index), class, None, false) }).collect()
+            (0..self.count)
+                .map(|index| unsafe { Slab::create(self.base(index), class, None, BlockRecords::None) })
+                .collect()
         }
     }
 
@@ -865,7 +1035,7 @@ mod tests {
         let memory = SlabMemory::new();
         for class in 0..CLASS_COUNT {
             // SAFETY: fresh, aligned, exclusively ours.
-            let slab = unsafe { Slab::create(memory.base(0), class, None, false) };
+            let slab = unsafe { Slab::create(memory.base(0), class, None, BlockRecords::None) };
             let size = class_size(class);
             let base = memory.base(0).as_ptr() as usize;
             for addr in base..base + SLAB_SIZE {
@@ -884,7 +1054,7 @@ mod tests {
     fn pop_push_and_remote_lists_hand_each_block_out_once() {
         let memory = SlabMemory::new();
         // SAFETY: fresh, aligned, exclusively ours.
-        let slab = unsafe { Slab::create(memory.base(0), 3, None, true) };
+        let slab = unsafe { Slab::create(memory.base(0), 3, None, BlockRecords::Sizes) };
         let mut blocks = Vec::new();
         while let Some(block) = slab.pop() {
             slab.mark_allocated(slab.index_of(block));
@@ -922,7 +1092,7 @@ mod tests {
         let heap = 7u64;
         let owner = SlabOwner::of(&heap);
         // SAFETY: fresh, aligned, exclusively ours.
-        let slab = unsafe { Slab::create(memory.base(0), 0, Some(owner), false) };
+        let slab = unsafe { Slab::create(memory.base(0), 0, Some(owner), BlockRecords::None) };
         assert_eq!(slab.owner(), Some(owner));
         assert_eq!(slab.owner().map(|owner| owner.cast::<u64>()), Some(&heap as *const u64));
         let address = slab.as_ptr() as usize;
@@ -952,7 +1122,7 @@ mod tests {
     fn remote_chains_arrive_whole_and_count_as_freed_when_collected() {
         let memory = SlabMemory::new();
         // SAFETY: fresh, aligned, exclusively ours.
-        let slab = unsafe { Slab::create(memory.base(0), 1, None, false) };
+        let slab = unsafe { Slab::create(memory.base(0), 1, None, BlockRecords::None) };
         let blocks: Vec<NonNull<u8>> = (0..5).map(|_| slab.pop().unwrap()).collect();
         for (index, block) in blocks.iter().enumerate() {
             // SAFETY: handed out above; 32-byte blocks.
@@ -987,7 +1157,7 @@ mod tests {
     fn a_remote_free_alone_is_not_a_block_to_pop() {
         let memory = SlabMemory::new();
         // SAFETY: fresh, aligned, exclusively ours.
-        let slab = unsafe { Slab::create(memory.base(0), CLASS_COUNT - 1, None, false) };
+        let slab = unsafe { Slab::create(memory.base(0), CLASS_COUNT - 1, None, BlockRecords::None) };
         let blocks: Vec<NonNull<u8>> = std::iter::from_fn(|| slab.pop()).collect();
         assert!(!slab.has_free_block() && !slab.has_block_to_pop());
         // SAFETY: handed out above, given up here.
@@ -1041,7 +1211,7 @@ mod purge_tests {
         // still records every block, and its debug assertion catches a
         // block handed out twice.
         // SAFETY: fresh, aligned, exclusively ours.
-        let slab = unsafe { Slab::create(memory.base(0), class, None, false) };
+        let slab = unsafe { Slab::create(memory.base(0), class, None, BlockRecords::None) };
         let (size, capacity) = (slab.block_size as usize, slab.capacity());
         let blocks: Vec<NonNull<u8>> = std::iter::from_fn(|| slab.pop()).collect();
         assert_eq!(blocks.len(), capacity);
@@ -1144,7 +1314,7 @@ mod purge_tests {
         let page = os::page_size();
         let memory = SlabMemory::new();
         // SAFETY: fresh, aligned, exclusively ours.
-        let slab = unsafe { Slab::create(memory.base(0), class, None, false) };
+        let slab = unsafe { Slab::create(memory.base(0), class, None, BlockRecords::None) };
         let blocks: Vec<NonNull<u8>> = std::iter::from_fn(|| slab.pop()).collect();
         // Keep the first block and the last: pages 1 onward are free but for
         // the last block's pages.

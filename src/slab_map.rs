@@ -376,6 +376,7 @@ fn chunk_units(start: usize, end: usize) -> impl Iterator<Item = (usize, usize)>
 #[cfg(all(test, not(lle_mempool_model)))]
 mod tests {
     use super::*;
+    use crate::slab::BlockRecords;
 
     /// A chunk-aligned address far from anything the test process maps; the
     /// map never reads memory at shared or foreign addresses.
@@ -445,7 +446,7 @@ mod tests {
         // SAFETY: non-zero size.
         let memory = NonNull::new(unsafe { std::alloc::alloc(layout) }).unwrap();
         // SAFETY: SLAB_SIZE bytes aligned to SLAB_SIZE, ours alone.
-        let slab = unsafe { Slab::create(memory, 3, None, false) }.as_ptr();
+        let slab = unsafe { Slab::create(memory, 3, None, BlockRecords::None) }.as_ptr();
         let base = slab as usize;
         let map = SlabMap::new().unwrap();
         // The slab's chunk and a page either side, as one region.

@@ -43,7 +43,9 @@ mod imp {
 #[cfg(not(lle_mempool_model))]
 mod imp {
     pub(crate) use std::hint::spin_loop;
-    pub(crate) use std::sync::atomic::{compiler_fence, fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{
+        compiler_fence, fence, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    };
     #[cfg(not(lle_mempool_tsan))]
     pub(crate) use std::sync::MutexGuard;
     pub(crate) use std::sync::{Arc, Mutex};

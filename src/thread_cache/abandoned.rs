@@ -125,7 +125,7 @@ impl AbandonedSlabs {
 mod tests {
     use super::*;
     use crate::slab::test_support::SlabMemory;
-    use crate::slab::OwnedSlab;
+    use crate::slab::{BlockRecords, OwnedSlab};
 
     /// Abandons `slab` with `live` of its blocks still out (freed by "other
     /// threads" later), returning them.
@@ -141,8 +141,12 @@ mod tests {
     fn adoption_takes_a_slab_of_the_class_with_room_and_makes_it_the_adopters() {
         let memory = SlabMemory::many(2);
         // SAFETY: fresh slab memory, the test's alone.
-        let (full, other) =
-            unsafe { (Slab::create(memory.base(0), 4, None, false), Slab::create(memory.base(1), 7, None, false)) };
+        let (full, other) = unsafe {
+            (
+                Slab::create(memory.base(0), 4, None, BlockRecords::None),
+                Slab::create(memory.base(1), 7, None, BlockRecords::None),
+            )
+        };
         // A full slab needs blocks back before it has room.
         let full_blocks: Vec<_> = std::iter::from_fn(|| full.pop()).collect();
         let list = AbandonedSlabs::new();

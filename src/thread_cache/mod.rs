@@ -134,7 +134,7 @@ fn new_slab(pool: &PoolInner, class: usize, owner: SlabOwner) -> Result<OwnedSla
     let memory = pool.shared.allocate_slab(SLAB_SIZE, SLAB_SIZE, pool)?;
     // SAFETY: a fresh SLAB_SIZE block of the pool, aligned to SLAB_SIZE and
     // ours alone until released, which the pool outlives.
-    let slab = unsafe { Slab::create(memory, class, Some(owner), pool.config.checked) };
+    let slab = unsafe { Slab::create(memory, class, Some(owner), pool.config.block_records()) };
     if pool.config.checked {
         guard::poison_new_slab(&slab);
     }
@@ -167,17 +167,26 @@ fn new_slab(pool: &PoolInner, class: usize, owner: SlabOwner) -> Result<OwnedSla
 /// view of it is used afterwards.
 unsafe fn release_slab(pool: &PoolInner, slab: OwnedSlab<'_>) {
     debug_assert_eq!(slab.used(), 0, "releasing a slab with live blocks");
-    // Before the block is freed: the shared pool may trim its memory once
-    // it is free, which requires it unmarked as a slab.
-    pool.shared.map.unregister(slab.as_ptr());
-    pool.caches.slab_blocks.subtract_concurrent(slab.capacity());
-    let address = slab.as_ptr() as usize;
+    let release = || {
+        // Before the block is freed: the shared pool may trim its memory
+        // once it is free, which requires it unmarked as a slab.
+        pool.shared.map.unregister(slab.as_ptr());
+        pool.caches.slab_blocks.subtract_concurrent(slab.capacity());
+        let address = slab.as_ptr() as usize;
+        if pool.config.checked {
+            // SAFETY: the caller gives the slab up, and it is unregistered.
+            unsafe { guard::poison_released_slab(address) };
+        }
+        let released = pool.shared.free_slab(address);
+        debug_assert!(released.is_ok(), "slab was not a live block: {released:?}");
+    };
     if pool.config.checked {
-        // SAFETY: the caller gives the slab up, and it is unregistered.
-        unsafe { guard::poison_released_slab(address) };
+        // A walk of a checked pool's live blocks reads the headers of the
+        // slabs it finds registered: none may go while one runs.
+        guard::apart_from_walks(pool, release);
+    } else {
+        release();
     }
-    let released = pool.shared.free_slab(address);
-    debug_assert!(released.is_ok(), "slab was not a live block: {released:?}");
 }
 
 /// Releases the abandoned slabs whose blocks have all come home, and purges
