@@ -240,12 +240,11 @@ impl Slab {
         let (owner, owner_thread) = owner_words(owner);
         let block_size = class_size(class);
         // A checked slab keeps its records of each block after its blocks,
-        // where only checked pools pay for them: the callers first, which
-        // the blocks' end keeps aligned (every class size is a multiple of
-        // a word), then the sizes.
+        // where only checked pools pay for them: the sizes first, then the
+        // callers, aligned, which may take a few bytes of padding.
         let per_block = block_size + records.bytes_per_block();
-        let capacity = (SLAB_SIZE - DATA_OFFSET) / per_block;
-        debug_assert_eq!(block_size % std::mem::align_of::<CallerSlot>(), 0);
+        let padding = if records == BlockRecords::SizesAndCallers { std::mem::align_of::<CallerSlot>() } else { 0 };
+        let capacity = (SLAB_SIZE - DATA_OFFSET - padding) / per_block;
         let slab = memory.as_ptr().cast::<Slab>();
         let header = Slab {
             block_size: block_size as u32,
@@ -279,8 +278,9 @@ impl Slab {
         // taker writes them, and must find no size and no caller there.
         let records_start = slab as usize + DATA_OFFSET + capacity * block_size;
         // SAFETY: the records lie in the slab's memory, past its blocks, in
-        // the room `per_block` left; nobody else knows of the slab yet.
-        unsafe { ptr::write_bytes(records_start as *mut u8, 0, capacity * records.bytes_per_block()) };
+        // the room `per_block` and `padding` left; nobody else knows of the
+        // slab yet.
+        unsafe { ptr::write_bytes(records_start as *mut u8, 0, capacity * records.bytes_per_block() + padding) };
         // SAFETY: the header was just written in memory the caller owns for
         // `'a`, and nobody else knows of it.
         unsafe { OwnedSlab::new(slab) }
@@ -419,35 +419,26 @@ impl Slab {
         self.callers
     }
 
-    /// The bytes of caller slots past the last block.
-    #[inline]
-    fn caller_slots_len(&self) -> usize {
-        if self.callers {
-            self.capacity as usize * std::mem::size_of::<CallerSlot>()
-        } else {
-            0
-        }
-    }
-
     /// With callers: where the caller of block `index` is kept, past the
-    /// last block.
+    /// last block and the sizes, aligned.
     #[inline]
     fn caller_slot(&self, index: usize) -> *mut CallerSlot {
         debug_assert!(self.callers && index < self.capacity as usize);
-        (self.base() + DATA_OFFSET + self.blocks_end as usize + index * std::mem::size_of::<CallerSlot>())
-            as *mut CallerSlot
+        let sizes_end = self.base()
+            + DATA_OFFSET
+            + self.blocks_end as usize
+            + self.capacity as usize * std::mem::size_of::<AskedSize>();
+        let callers = sizes_end.next_multiple_of(std::mem::align_of::<CallerSlot>());
+        (callers + index * std::mem::size_of::<CallerSlot>()) as *mut CallerSlot
     }
 
     /// With `checked`: where the size asked of block `index` is kept, past
-    /// the last block and the callers.
+    /// the last block.
     #[inline]
     fn asked_size_slot(&self, index: usize) -> *mut AskedSize {
         debug_assert!(self.checked && index < self.capacity as usize);
-        (self.base()
-            + DATA_OFFSET
-            + self.blocks_end as usize
-            + self.caller_slots_len()
-            + index * std::mem::size_of::<AskedSize>()) as *mut AskedSize
+        (self.base() + DATA_OFFSET + self.blocks_end as usize + index * std::mem::size_of::<AskedSize>())
+            as *mut AskedSize
     }
 
     /// With `checked`: records that block `index`, being handed out, was
