@@ -10,7 +10,9 @@
 //! and compares every constant, size and field offset with this module, so the
 //! two cannot drift apart unnoticed.
 
-use std::ffi::{c_uint, c_void};
+use std::ffi::{c_int, c_uint, c_void};
+use std::fs::File;
+use std::os::fd::BorrowedFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::time::Duration;
@@ -1004,6 +1006,74 @@ pub unsafe extern "C" fn lle_pool_set_soft_limit(pool: *mut MemoryPool, soft_lim
     };
     let soft_limit = (soft_limit != LLE_NO_LIMIT).then_some(soft_limit);
     guard(LleResult::ErrorInternal, || pool.set_soft_limit(soft_limit).into())
+}
+
+/// Writes a summary of the pool's live blocks (see
+/// [`write_leak_report`](crate::write_leak_report)) to the file descriptor
+/// `fd`, unless it is negative, and stores how many there are in
+/// `*live_blocks`, if it is not NULL. Pools made by
+/// [`lle_create_memory_pool`] are checked, so they know their live blocks.
+/// `LLE_ERROR_INVALID_PARAMETER` if the report could not be written, after
+/// `*live_blocks` is set; `LLE_ERROR_OUT_OF_MEMORY` if the list's memory
+/// could not be had.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool(1 << 20, 0, LLE_POOL_CUSTOM);
+/// let mut live = 0;
+/// unsafe {
+///     let block = lle_pool_allocate_fast(pool, 24);
+///     assert_eq!(lle_pool_report_leaks(pool, -1, &mut live), LleResult::Success);
+///     assert_eq!(live, 1);
+///     lle_pool_free_fast(pool, block);
+///     assert_eq!(lle_pool_report_leaks(pool, -1, &mut live), LleResult::Success);
+///     assert_eq!(live, 0);
+///     assert_eq!(lle_pool_report_leaks(std::ptr::null(), -1, &mut live), LleResult::ErrorNullPointer);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`];
+/// `fd` negative or a file descriptor open for the whole call;
+/// `live_blocks` NULL or valid for writing one `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_pool_report_leaks(
+    pool: *const MemoryPool,
+    fd: c_int,
+    live_blocks: *mut usize,
+) -> LleResult {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return LleResult::ErrorNullPointer;
+    };
+    guard(LleResult::ErrorInternal, || {
+        let blocks = match pool.live_blocks() {
+            Ok(blocks) => blocks,
+            Err(error) => return LleResult::from(&error),
+        };
+        if !live_blocks.is_null() {
+            // SAFETY: non-NULL, so valid for writes per the contract.
+            unsafe { live_blocks.write(blocks.len()) };
+        }
+        if fd < 0 {
+            return LleResult::Success;
+        }
+        // SAFETY: the caller keeps `fd` open for the whole call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        // A descriptor of our own, so that writing through a `File` and
+        // dropping it leaves the caller's open.
+        let written = fd
+            .try_clone_to_owned()
+            .and_then(|owned| crate::write_leak_report(&blocks, std::io::BufWriter::new(File::from(owned))));
+        match written {
+            Ok(()) => LleResult::Success,
+            Err(_) => LleResult::ErrorInvalidParameter,
+        }
+    })
 }
 
 /// Rounds `size` up to a multiple of `alignment` (a power of two). Returns 0

@@ -266,6 +266,15 @@ lle_result_t lle_pool_set_memory_pressure_callback(lle_memory_pool_t *pool, lle_
  * LLE_ERROR_INVALID_CONFIG for a limit above the pool's maximum size. */
 lle_result_t lle_pool_set_soft_limit(lle_memory_pool_t *pool, size_t soft_limit);
 
+/* Writes a summary of the pool's live blocks to the file descriptor fd,
+ * unless fd is negative: how many, their bytes, the ten largest and how many
+ * of each size. Stores how many there are in *live_blocks if it is not NULL.
+ * Pools created here are checked, so they know their live blocks.
+ * LLE_ERROR_NULL_POINTER if pool is NULL; LLE_ERROR_INVALID_PARAMETER if
+ * the report could not be written (*live_blocks is set);
+ * LLE_ERROR_OUT_OF_MEMORY if the list's memory could not be had. */
+lle_result_t lle_pool_report_leaks(const lle_memory_pool_t *pool, int fd, size_t *live_blocks);
+
 /* Rounds size up to a multiple of alignment (a power of two). Returns 0 if
  * alignment is not a power of two (0 included) or the result would not fit
  * in size_t; size 0 also gives 0. */

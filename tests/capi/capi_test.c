@@ -602,6 +602,46 @@ static void test_memory_pressure(void) {
     lle_destroy_memory_pool(pool);
 }
 
+static void test_leak_report(void) {
+    /* Two blocks leaked, one per path, and one freed: the report names the
+     * two, written to a file, and counts them. */
+    lle_memory_pool_t *pool = lle_create_memory_pool(1u << 20, 0, LLE_POOL_CUSTOM);
+    FILE *file = tmpfile();
+    CHECK(pool != NULL && file != NULL);
+    if (pool == NULL || file == NULL) {
+        lle_destroy_memory_pool(pool);
+        if (file != NULL) {
+            fclose(file);
+        }
+        return;
+    }
+    void *cached = lle_pool_allocate_fast(pool, 24);
+    void *shared = lle_pool_allocate(pool, 5000);
+    void *freed = lle_pool_allocate(pool, 100);
+    CHECK(cached != NULL && shared != NULL && freed != NULL);
+    CHECK(lle_pool_free(pool, freed) == LLE_SUCCESS);
+    size_t live = 0;
+    CHECK(lle_pool_report_leaks(pool, fileno(file), &live) == LLE_SUCCESS);
+    CHECK(live == 2);
+    char report[4096];
+    rewind(file);
+    size_t length = fread(report, 1, sizeof report - 1, file);
+    report[length] = '\0';
+    CHECK(strncmp(report, "memory pool leak report: 2 live blocks, 5024 bytes asked", 56) == 0);
+    CHECK(strstr(report, ": 5000 bytes (5008 usable, shared)") != NULL);
+    CHECK(strstr(report, ": 24 bytes (32 usable, cache)") != NULL);
+    CHECK(strstr(report, "  cache 32 bytes: 1 block\n") != NULL);
+    /* Bad input. */
+    CHECK(lle_pool_report_leaks(NULL, fileno(file), &live) == LLE_ERROR_NULL_POINTER);
+    CHECK(lle_pool_report_leaks(pool, -1, NULL) == LLE_SUCCESS);
+    CHECK(lle_pool_free_fast(pool, cached) == LLE_SUCCESS);
+    CHECK(lle_pool_free(pool, shared) == LLE_SUCCESS);
+    CHECK(lle_pool_report_leaks(pool, -1, &live) == LLE_SUCCESS);
+    CHECK(live == 0);
+    fclose(file);
+    lle_destroy_memory_pool(pool);
+}
+
 int main(void) {
     test_concurrent_use();
     test_statistics_of_cached_slabs();
@@ -612,6 +652,7 @@ int main(void) {
     test_size_helpers();
     test_out_of_memory();
     test_memory_pressure();
+    test_leak_report();
     printf("%u passed, %u failed\n", passed, failed);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
