@@ -519,8 +519,8 @@ impl PoolConfig {
     /// Whether the pool, when dropped with blocks still live, writes a
     /// summary of them to standard error: how many, their bytes, the ten
     /// largest, and how many of each size (see
-    /// [`MemoryPool::report_leaks`], which writes the same summary
-    /// anywhere). Off by default.
+    /// [`write_leak_report`](crate::write_leak_report), which writes the
+    /// same summary anywhere). Off by default.
     ///
     /// The pool learns its live blocks from the records of
     /// [checked](Self::checked) mode, so this turns checked mode on, with
@@ -544,12 +544,12 @@ impl PoolConfig {
     }
 
     /// Whether the pool records where each block was allocated (the
-    /// caller of [`allocate`](MemoryPool::allocate),
-    /// [`allocate_aligned`](MemoryPool::allocate_aligned),
-    /// [`allocate_fast`](MemoryPool::allocate_fast) or the `Allocator`
+    /// caller of [`allocate`](crate::MemoryPool::allocate),
+    /// [`allocate_aligned`](crate::MemoryPool::allocate_aligned),
+    /// [`allocate_fast`](crate::MemoryPool::allocate_fast) or the `Allocator`
     /// impl's `allocate`, through `#[track_caller]`: no backtrace is
-    /// walked), for [`MemoryPool::live_blocks`] and the leak report. Off
-    /// by default.
+    /// walked), for [`live_blocks`](crate::MemoryPool::live_blocks) and
+    /// the leak report. Off by default.
     ///
     /// The location is kept beside the size asked, in the records of
     /// [checked](Self::checked) mode, so this turns checked mode on.
