@@ -101,8 +101,14 @@ fn a_producer_that_outruns_its_consumer_is_caught_up_with() {
                     PressureReason::SoftLimit => {
                         assert!(event.used > MAX / 2, "{event:?}");
                         soft_crossings.fetch_add(1, Ordering::Relaxed);
-                        *pipeline.behind.lock().unwrap() = true;
-                        pipeline.wake.notify_one();
+                        // The consumer stays behind until the pool first
+                        // reaches its maximum, so that every run exercises
+                        // the retry before a refusal, however the threads
+                        // are scheduled; from then on a crossing wakes it.
+                        if refusals.load(Ordering::Relaxed) > 0 {
+                            *pipeline.behind.lock().unwrap() = true;
+                            pipeline.wake.notify_one();
+                        }
                     }
                     PressureReason::MaxSize { .. } => {
                         refusals.fetch_add(1, Ordering::Relaxed);
