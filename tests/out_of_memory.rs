@@ -22,11 +22,10 @@
 
 mod common;
 
-use common::{assert_intact, fill, page_size};
+use common::{fill, page_size, Live};
 use lle_mempool::{MemoryPool, PoolConfig, PoolError};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
-use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 /// Names the case a child process runs.
@@ -113,38 +112,6 @@ fn mappings() -> Vec<(usize, usize)> {
 fn mapping_end(addr: usize) -> usize {
     let found = mappings().into_iter().find(|&(start, end)| (start..end).contains(&addr));
     found.map(|(_, end)| end).unwrap_or_else(|| panic!("no mapping holds {addr:#x}"))
-}
-
-/// Blocks of a pool, stamped with their patterns.
-struct Live {
-    blocks: Vec<(NonNull<u8>, usize, u64)>,
-}
-
-impl Live {
-    fn new() -> Live {
-        Live { blocks: Vec::new() }
-    }
-
-    fn add(&mut self, block: NonNull<u8>, len: usize) {
-        let seed = self.blocks.len() as u64 + 1;
-        // SAFETY: a fresh block of at least `len` bytes.
-        unsafe { fill(block, len, seed) };
-        self.blocks.push((block, len, seed));
-    }
-
-    fn assert_intact(&self) {
-        for &(block, len, seed) in &self.blocks {
-            // SAFETY: live blocks of `len` bytes.
-            unsafe { assert_intact(block, len, seed) };
-        }
-    }
-
-    fn free_all(self, pool: &MemoryPool) {
-        for (block, _, _) in self.blocks {
-            // SAFETY: live blocks, freed once.
-            unsafe { pool.free(block).unwrap() };
-        }
-    }
 }
 
 /// What a refusal must leave: the same size and regions, a pool that

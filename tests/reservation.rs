@@ -8,10 +8,9 @@
 
 mod common;
 
-use common::{assert_intact, fill, resident_bytes};
+use common::{assert_intact, fill, resident_bytes, Live};
 use lle_mempool::{MemoryPool, PoolConfig, PoolError};
 use std::ops::Range;
-use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard};
 
 const MIB: usize = 1 << 20;
@@ -21,47 +20,6 @@ const MIB: usize = 1 << 20;
 fn exclusive() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Blocks of a pool, stamped with their patterns.
-#[derive(Default)]
-struct Live {
-    blocks: Vec<(NonNull<u8>, usize, u64)>,
-}
-
-impl Live {
-    fn add(&mut self, block: NonNull<u8>, len: usize) {
-        let seed = self.blocks.len() as u64 + 1;
-        // SAFETY: a fresh block of at least `len` bytes.
-        unsafe { fill(block, len, seed) };
-        self.blocks.push((block, len, seed));
-    }
-
-    fn assert_intact(&self) {
-        for &(block, len, seed) in &self.blocks {
-            // SAFETY: live blocks of `len` bytes.
-            unsafe { assert_intact(block, len, seed) };
-        }
-    }
-
-    /// Every block lies inside `range`.
-    fn assert_inside(&self, range: &Range<usize>) {
-        for &(block, len, _) in &self.blocks {
-            let start = block.as_ptr() as usize;
-            assert!(
-                range.contains(&start) && start + len <= range.end,
-                "block {start:#x} ({len} bytes) outside {range:#x?}"
-            );
-        }
-    }
-
-    /// Frees the blocks from `first` on (shared-path blocks only).
-    fn free_from(&mut self, pool: &MemoryPool, first: usize) {
-        for (block, _, _) in self.blocks.drain(first..) {
-            // SAFETY: live blocks, freed once.
-            unsafe { pool.free(block).unwrap() };
-        }
-    }
 }
 
 /// Sizes from 16 bytes to 96 KiB, in a fixed, mixed order.
@@ -93,7 +51,7 @@ fn a_pool_grows_to_256_mib_in_one_contiguous_region() {
     let _exclusive = exclusive();
     let pool = MemoryPool::with_config(PoolConfig::new(MIB).reserve(1 << 30)).unwrap();
     let start = only_region(&pool).start;
-    let mut live = Live::default();
+    let mut live = Live::new();
     // Fast-path blocks too: their slabs come from the same region.
     for len in [16, 200, 1024] {
         live.add(pool.allocate_fast(len).unwrap(), len);
@@ -116,7 +74,7 @@ fn the_default_reservation_keeps_a_growing_pool_in_one_region() {
     let _exclusive = exclusive();
     let pool = MemoryPool::new(MIB).unwrap();
     let start = only_region(&pool).start;
-    let mut live = Live::default();
+    let mut live = Live::new();
     grow_to(&pool, &mut live, 64 * MIB);
     assert_eq!(only_region(&pool), start..start + pool.size());
     live.assert_intact();
@@ -126,7 +84,7 @@ fn the_default_reservation_keeps_a_growing_pool_in_one_region() {
     // pool grows in place up to it, and no further.
     let bounded = MemoryPool::with_config(PoolConfig::new(MIB).max_size(32 * MIB)).unwrap();
     let start = only_region(&bounded).start;
-    let mut bounded_live = Live::default();
+    let mut bounded_live = Live::new();
     grow_to(&bounded, &mut bounded_live, 32 * MIB);
     assert_eq!(only_region(&bounded), start..start + 32 * MIB);
     assert!(matches!(bounded.allocate(32 * MIB), Err(PoolError::ExceedsMaxSize { .. })));
@@ -139,7 +97,7 @@ fn growth_past_the_reservation_goes_on_cleanly() {
     let _exclusive = exclusive();
     let pool = MemoryPool::with_config(PoolConfig::new(MIB).reserve(4 * MIB)).unwrap();
     let first = only_region(&pool);
-    let mut live = Live::default();
+    let mut live = Live::new();
     grow_to(&pool, &mut live, 4 * MIB);
     assert_eq!(only_region(&pool), first.start..first.start + 4 * MIB, "inside the reservation: in place");
     let inside = live.blocks.len();
@@ -171,7 +129,7 @@ fn shrinking_inside_the_reservation_keeps_it_for_growth_in_place() {
     let _exclusive = exclusive();
     let pool = MemoryPool::with_config(PoolConfig::new(MIB).reserve(256 * MIB)).unwrap();
     let start = only_region(&pool).start;
-    let mut live = Live::default();
+    let mut live = Live::new();
     grow_to(&pool, &mut live, 2 * MIB);
     let kept = live.blocks.len();
     // Filled to just past 64 MiB: the last block doubled the pool.
@@ -233,7 +191,7 @@ fn no_reservation_is_asked_with_zero() {
     // region; either way the blocks keep their data.
     for config in [PoolConfig::new(MIB).reserve(0), PoolConfig::new(MIB).reserve(MIB)] {
         let pool = MemoryPool::with_config(config).unwrap();
-        let mut live = Live::default();
+        let mut live = Live::new();
         grow_to(&pool, &mut live, 16 * MIB);
         assert_eq!(pool.regions().iter().map(Range::len).sum::<usize>(), pool.size());
         live.assert_intact();

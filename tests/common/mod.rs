@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use lle_mempool::MemoryPool;
+use std::ops::Range;
 use std::ptr::NonNull;
 
 /// The pattern word at `index` of the block stamped with `seed`: distinct
@@ -146,5 +148,57 @@ impl Sent {
     /// The block's pointer.
     pub fn pointer(self) -> NonNull<u8> {
         NonNull::new(self.addr as *mut u8).expect("blocks are non-null")
+    }
+}
+
+/// Blocks of a pool, each stamped with its own pattern when added.
+#[derive(Default)]
+pub struct Live {
+    /// Each block, its length and the seed it was stamped with.
+    pub blocks: Vec<(NonNull<u8>, usize, u64)>,
+}
+
+impl Live {
+    pub fn new() -> Live {
+        Live::default()
+    }
+
+    /// Stamps `block`, a fresh block of at least `len` bytes, and keeps it.
+    pub fn add(&mut self, block: NonNull<u8>, len: usize) {
+        let seed = self.blocks.len() as u64 + 1;
+        // SAFETY: a fresh block of at least `len` bytes.
+        unsafe { fill(block, len, seed) };
+        self.blocks.push((block, len, seed));
+    }
+
+    pub fn assert_intact(&self) {
+        for &(block, len, seed) in &self.blocks {
+            // SAFETY: live blocks of `len` bytes.
+            unsafe { assert_intact(block, len, seed) };
+        }
+    }
+
+    /// Every block lies inside `range`.
+    pub fn assert_inside(&self, range: &Range<usize>) {
+        for &(block, len, _) in &self.blocks {
+            let start = block.as_ptr() as usize;
+            assert!(
+                range.contains(&start) && start + len <= range.end,
+                "block {start:#x} ({len} bytes) outside {range:#x?}"
+            );
+        }
+    }
+
+    /// Frees the blocks from `first` on (shared-path blocks only).
+    pub fn free_from(&mut self, pool: &MemoryPool, first: usize) {
+        for (block, _, _) in self.blocks.drain(first..) {
+            // SAFETY: live blocks, freed once.
+            unsafe { pool.free(block).unwrap() };
+        }
+    }
+
+    /// Frees every block (shared-path blocks only).
+    pub fn free_all(mut self, pool: &MemoryPool) {
+        self.free_from(pool, 0);
     }
 }
