@@ -614,7 +614,7 @@ fn the_c_api_reports_out_of_memory() {
             let mut live = Live::new();
             for size in [100, 70_000] {
                 let block = lle_pool_allocate(pool, size).cast::<u8>();
-                live.add(NonNull::new(block).expect("a block"), size);
+                live.add(std::ptr::NonNull::new(block).expect("a block"), size);
             }
             let (size, regions) = (lle_get_pool_size(pool), rust_view.regions());
             // The C API's pools have the default reservation.
