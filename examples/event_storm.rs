@@ -7,7 +7,12 @@
 //! ```
 //!
 //! With `--compare`, the same workload then runs on the system allocator and
-//! on mimalloc, and their throughput is reported beside the pool's.
+//! on mimalloc, and their throughput is reported beside the pool's. With
+//! `--checked`, it runs again on a checked pool that tracks its callers
+//! (guard bytes, poison, double-free detection): the run prints what
+//! checking costs, the leak report of the busy pool halfway through (the
+//! events in flight, with the line that allocated them), and the report at
+//! the end, which must list no block.
 //!
 //! Exits non-zero if any event arrives corrupted, lost or duplicated, if the
 //! pool refuses an allocation or a free, or if `MemoryPool::check` fails.
@@ -23,7 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, HumanCount, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use lle_mempool::{MemoryPool, PoolConfig, PoolKind, PoolStats};
+use lle_mempool::{write_leak_report, LiveBlock, MemoryPool, PoolConfig, PoolError, PoolKind, PoolStats};
 use mimalloc::MiMalloc;
 
 /// Sized so the default run (2 producers, 2 consumers, 64-byte events) takes
@@ -79,6 +84,9 @@ options:
   --event-size BYTES  bytes per event, {HEADER_LEN} to {MAX_EVENT_SIZE} (default {DEFAULT_EVENT_SIZE})
   --compare           also run the workload on the system allocator and on
                       mimalloc, and print the throughput ratios
+  --checked           also run it on a checked pool that tracks callers: print
+                      what checking costs and the pool's leak reports, halfway
+                      (the events in flight) and at the end (none may be left)
   --help              print this help"
     )
 }
@@ -90,6 +98,7 @@ struct Options {
     events: u64,
     event_size: usize,
     compare: bool,
+    checked: bool,
 }
 
 fn parse_number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
@@ -106,6 +115,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         events: DEFAULT_EVENTS,
         event_size: DEFAULT_EVENT_SIZE,
         compare: false,
+        checked: false,
     };
     while let Some(arg) = args.next() {
         // Accept both `--flag value` and `--flag=value`.
@@ -121,6 +131,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             "--event-size" => options.event_size = parse_number(&flag, value())?,
             "--compare" if inline_value.is_none() => options.compare = true,
             "--compare" => return Err("--compare takes no value".into()),
+            "--checked" if inline_value.is_none() => options.checked = true,
+            "--checked" => return Err("--checked takes no value".into()),
             "--help" | "-h" => return Ok(None),
             other => return Err(format!("unknown option {other:?}")),
         }
@@ -191,7 +203,7 @@ impl<A: GlobalAlloc + Sync> EventAllocator for PeerEvents<A> {
 
 /// Runs the storm on a peer, labelled with the peer's name.
 fn run_peer_storm<A: GlobalAlloc + Sync>(options: &Options, peer: PeerEvents<A>) -> (&'static str, RunOutcome) {
-    (peer.name, run_storm(peer.name, options, &peer))
+    (peer.name, run_storm(peer.name, options, &peer, None))
 }
 
 /// SplitMix64's finaliser: cheap, and every input bit affects every output
@@ -463,7 +475,14 @@ fn progress_bar(label: &str, events: u64) -> ProgressBar {
     bar
 }
 
-fn run_storm(label: &str, options: &Options, allocator: &dyn EventAllocator) -> RunOutcome {
+/// Runs the storm. `midway`, if given, runs once on this thread when half
+/// the events have been processed, while producers and consumers are busy.
+fn run_storm(
+    label: &str,
+    options: &Options,
+    allocator: &dyn EventAllocator,
+    mut midway: Option<&mut dyn FnMut()>,
+) -> RunOutcome {
     let processed = AtomicU64::new(0);
     let abort = AtomicBool::new(false);
     let failures = FailureLog::default();
@@ -494,7 +513,13 @@ fn run_storm(label: &str, options: &Options, allocator: &dyn EventAllocator) -> 
         // Consumers finish last (they drain what the producers sent), so
         // watching them covers the whole run.
         while !consumers.iter().all(|handle| handle.is_finished()) {
-            bar.set_position(processed.load(Ordering::Relaxed));
+            let done = processed.load(Ordering::Relaxed);
+            bar.set_position(done);
+            if done >= options.events / 2 {
+                if let Some(midway) = midway.take() {
+                    midway();
+                }
+            }
             thread::sleep(Duration::from_millis(50));
         }
         let producer_reports: Vec<ProducerReport> =
@@ -607,6 +632,76 @@ fn print_pool_report(pool: &MemoryPool, stats: &PoolStats, resizes: &[String]) {
     }
 }
 
+/// Prints a pool's leak report, under `title`, to stdout.
+fn print_leak_report(title: &str, blocks: &[LiveBlock]) {
+    println!();
+    println!("{title}");
+    if let Err(error) = write_leak_report(blocks, std::io::stdout().lock()) {
+        println!("(the report could not be written: {error})");
+    }
+}
+
+/// The storm again on a checked pool that tracks its callers: what checking
+/// costs against `default_outcome`, the default pool's run, and the leak
+/// reports a program reads from its pool while it is busy and at its end.
+/// Returns whether the run succeeded and left no block live.
+fn run_checked_storm(options: &Options, default_outcome: &RunOutcome) -> bool {
+    let config = PoolConfig::new(INITIAL_POOL_BYTES).kind(PoolKind::Event).checked(true).track_callers(true);
+    let pool = match MemoryPool::with_config(config) {
+        Ok(pool) => pool,
+        Err(error) => {
+            println!("cannot create the checked pool: {error}");
+            return false;
+        }
+    };
+    let events = PoolEvents { pool: &pool, event_size: options.event_size };
+    let mut in_flight: Option<Result<Vec<LiveBlock>, PoolError>> = None;
+    let mut take_snapshot = || in_flight = Some(pool.live_blocks());
+    let outcome = run_storm("checked", options, &events, Some(&mut take_snapshot));
+
+    println!();
+    print_run("checked", &outcome, options);
+    let mut succeeded = outcome.succeeded(options);
+    println!(
+        "  ratio: checked mode runs at {:.2}x the default pool's events/s",
+        outcome.events_per_second() / default_outcome.events_per_second().max(f64::MIN_POSITIVE)
+    );
+    if outcome.digest != default_outcome.digest {
+        println!("checksum mismatch: pool {:#x}, checked {:#x}", default_outcome.digest, outcome.digest);
+        succeeded = false;
+    }
+    match in_flight {
+        Some(Ok(blocks)) => print_leak_report("halfway through, the events in flight:", &blocks),
+        Some(Err(error)) => {
+            println!("leak report halfway through FAILED: {error}");
+            succeeded = false;
+        }
+        None => println!("(the run ended before its halfway leak report)"),
+    }
+    // Every event was freed: a program checks for leaks this way at exit.
+    match pool.live_blocks() {
+        Ok(blocks) if blocks.is_empty() => println!("\nleak report at the end: no live blocks"),
+        Ok(blocks) => {
+            print_leak_report("LEAKS at the end:", &blocks);
+            succeeded = false;
+        }
+        Err(error) => {
+            println!("leak report at the end FAILED: {error}");
+            succeeded = false;
+        }
+    }
+    let stats = pool.stats();
+    if stats.quarantined_blocks != 0 {
+        println!("checked pool quarantined {} damaged blocks", stats.quarantined_blocks);
+        succeeded = false;
+    }
+    if let Err(error) = pool.check() {
+        println!("checked pool check: FAILED: {error}");
+        succeeded = false;
+    }
+    succeeded
+}
+
 fn main() -> ExitCode {
     let options = match parse_args(std::env::args().skip(1)) {
         Ok(Some(options)) => options,
@@ -649,7 +744,7 @@ fn main() -> ExitCode {
     };
 
     let pool_events = PoolEvents { pool: &pool, event_size: options.event_size };
-    let pool_outcome = run_storm("pool", &options, &pool_events);
+    let pool_outcome = run_storm("pool", &options, &pool_events, None);
     let peer_outcomes = if options.compare {
         let layout = Layout::from_size_align(options.event_size, PEER_ALIGN).expect("event size was validated");
         vec![
@@ -664,6 +759,10 @@ fn main() -> ExitCode {
     println!();
     print_run("pool", &pool_outcome, &options);
     let mut succeeded = pool_outcome.succeeded(&options);
+    if options.checked {
+        succeeded &= run_checked_storm(&options, &pool_outcome);
+        println!();
+    }
     for (name, peer_outcome) in &peer_outcomes {
         print_run(name, peer_outcome, &options);
     }
