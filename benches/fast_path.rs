@@ -9,9 +9,17 @@
 //! no allocator that does real bookkeeping can beat popping a thread-local
 //! list, so `peer / free_list` says how close a peer gets to free.
 //!
-//! `pair` and `batch_1000` also run `lle_mempool_checked`: a pool with
-//! `PoolConfig::checked(true)`, whose fast path detects double frees; its
-//! time against `lle_mempool` is what the check costs.
+//! `pair` and `batch_1000` also run the pool with each of its debugging and
+//! memory options on, to show what each costs against `lle_mempool` in the
+//! same run: `lle_mempool_checked` (`PoolConfig::checked(true)`: guard
+//! bytes, poison, double-free detection), `lle_mempool_track_callers`
+//! (checked, and each block's allocation site recorded),
+//! `lle_mempool_zero_on_free` and `lle_mempool_huge_pages`.
+//!
+//! Every workload writes into the blocks it allocates and reads the bytes
+//! back before it frees them, as a program does with its events: one byte
+//! per block, which also keeps an allocator from being measured on memory
+//! it never touches.
 //!
 //! Groups (every time is a median; smaller is better):
 //! - `pair`: allocate 64 B and free it again, in a hot loop. Time per pair.
@@ -294,17 +302,44 @@ fn leaked_pool() -> &'static MemoryPool {
     Box::leak(Box::new(MemoryPool::new(POOL_INITIAL_SIZE).expect("create pool")))
 }
 
-/// A pool with `PoolConfig::checked(true)`: double-free detection on the
-/// fast path. Run in `pair` and `batch_1000` as `lle_mempool_checked`, to
-/// show what the check costs.
-fn leaked_checked_pool() -> &'static MemoryPool {
-    let config = PoolConfig::new(POOL_INITIAL_SIZE).checked(true);
-    Box::leak(Box::new(MemoryPool::with_config(config).expect("create checked pool")))
+/// Pools with one option each on, run in `pair` and `batch_1000` beside the
+/// default pool to show what the option costs.
+fn leaked_option_pools() -> Vec<Lle> {
+    let base = || PoolConfig::new(POOL_INITIAL_SIZE);
+    [
+        ("lle_mempool_checked", base().checked(true)),
+        ("lle_mempool_track_callers", base().track_callers(true)),
+        ("lle_mempool_zero_on_free", base().zero_on_free(true)),
+        ("lle_mempool_huge_pages", base().huge_pages(true)),
+    ]
+    .into_iter()
+    .map(|(name, config)| {
+        let pool = MemoryPool::with_config(config).expect("create a pool with an option on");
+        Lle(Box::leak(Box::new(pool)), name)
+    })
+    .collect()
+}
+
+/// Writes `tag` into the block's first byte, as a program fills its event.
+#[inline]
+fn stamp(ptr: *mut u8, tag: u8) {
+    // SAFETY: every allocator here hands out blocks of at least one byte.
+    unsafe { ptr.write_volatile(tag) };
+}
+
+/// Reads the byte `stamp` wrote, as a program reads its event, and checks it.
+#[inline]
+fn check_stamp(ptr: *mut u8, tag: u8) {
+    // SAFETY: as for `stamp`; the block is still live.
+    let found = unsafe { ptr.read_volatile() };
+    assert_eq!(found, tag, "block {ptr:p} lost its contents");
 }
 
 #[inline]
 fn allocate_free_pair<A: Allocator>(allocator: &A) {
     let ptr = allocator.allocate(black_box(EVENT_SIZE));
+    stamp(ptr, 0x5A);
+    check_stamp(ptr, 0x5A);
     // SAFETY: `ptr` was just allocated with this size.
     unsafe { allocator.free(black_box(ptr), EVENT_SIZE) };
 }
@@ -327,10 +362,13 @@ fn bench_batch<A: Allocator>(group: &mut BenchmarkGroup<'_, WallTime>, allocator
     let mut blocks: Vec<*mut u8> = Vec::with_capacity(BATCH_LEN);
     group.bench_function(allocator.name(), |bencher| {
         bencher.iter(|| {
-            for _ in 0..BATCH_LEN {
-                blocks.push(allocator.allocate(black_box(EVENT_SIZE)));
+            for index in 0..BATCH_LEN {
+                let ptr = allocator.allocate(black_box(EVENT_SIZE));
+                stamp(ptr, index as u8);
+                blocks.push(ptr);
             }
-            for ptr in black_box(&mut blocks).drain(..) {
+            for (index, ptr) in black_box(&mut blocks).drain(..).enumerate() {
+                check_stamp(ptr, index as u8);
                 // SAFETY: each block was allocated above with this size.
                 unsafe { allocator.free(ptr, EVENT_SIZE) };
             }
@@ -414,8 +452,10 @@ fn run_producer_consumer<A: Allocator>(allocator: &A, events: u64) -> Duration {
             while remaining > 0 {
                 let mut message = recycled_rx.recv().expect("consumer alive");
                 let count = remaining.min(EVENTS_PER_MESSAGE as u64);
-                for _ in 0..count {
-                    message.push(allocator.allocate(EVENT_SIZE) as usize);
+                for index in 0..count {
+                    let event = allocator.allocate(EVENT_SIZE);
+                    stamp(event, index as u8);
+                    message.push(event as usize);
                 }
                 remaining -= count;
                 message_tx.send(message).expect("consumer alive");
@@ -425,7 +465,8 @@ fn run_producer_consumer<A: Allocator>(allocator: &A, events: u64) -> Duration {
         let consumer = scope.spawn(move || {
             barrier.wait();
             for mut message in message_rx {
-                for event in message.drain(..) {
+                for (index, event) in message.drain(..).enumerate() {
+                    check_stamp(event as *mut u8, index as u8);
                     // SAFETY: the producer allocated it with this size and
                     // gave up ownership by sending it.
                     unsafe { allocator.free(event as *mut u8, EVENT_SIZE) };
@@ -556,7 +597,9 @@ fn pair(c: &mut Criterion) {
     let pool = leaked_pool();
     let mut group = c.benchmark_group("pair");
     for_each_peer!(pool, |peer| bench_pair(&mut group, peer));
-    bench_pair(&mut group, &Lle(leaked_checked_pool(), "lle_mempool_checked"));
+    for pool in leaked_option_pools() {
+        bench_pair(&mut group, &pool);
+    }
     group.finish();
 }
 
@@ -565,7 +608,9 @@ fn batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("batch_1000");
     group.throughput(Throughput::Elements(BATCH_LEN as u64));
     for_each_peer!(pool, |peer| bench_batch(&mut group, peer));
-    bench_batch(&mut group, &Lle(leaked_checked_pool(), "lle_mempool_checked"));
+    for pool in leaked_option_pools() {
+        bench_batch(&mut group, &pool);
+    }
     group.finish();
 }
 

@@ -9,7 +9,9 @@
 //! All peers replay the identical seeded sequence of victims and sizes.
 //!
 //! Peers, in group `shared_pool`, with ids `shared_pool/<peer>/<N>`:
-//! `lle_mempool`, `system` (`std::alloc::System`), `mimalloc` (called through
+//! `lle_mempool`; the pool with one option on, to show what it costs
+//! (`lle_mempool_checked`, `lle_mempool_track_callers`,
+//! `lle_mempool_zero_on_free`, `lle_mempool_huge_pages`); `system` (`std::alloc::System`), `mimalloc` (called through
 //! `GlobalAlloc`, not installed as the global allocator), `rlsf` (TLSF over one
 //! arena) and, at `N = 1000` only, `linked_list_allocator` (its first fit is
 //! linear in the free-list length, so larger `N` only measures that).
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use linked_list_allocator::Heap;
-use lle_mempool::MemoryPool;
+use lle_mempool::{MemoryPool, PoolConfig};
 use mimalloc::MiMalloc;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -317,6 +319,18 @@ fn report_pool_footprint(churn: &Churn<'_, LlePool>) {
     );
 }
 
+/// The pool with one option each on, run beside the default pool to show
+/// what the option costs.
+fn option_configs() -> [(&'static str, PoolConfig); 4] {
+    let base = || PoolConfig::new(POOL_INITIAL_SIZE);
+    [
+        ("lle_mempool_checked", base().checked(true)),
+        ("lle_mempool_track_callers", base().track_callers(true)),
+        ("lle_mempool_zero_on_free", base().zero_on_free(true)),
+        ("lle_mempool_huge_pages", base().huge_pages(true)),
+    ]
+}
+
 fn shared_pool(c: &mut Criterion) {
     let mut group = c.benchmark_group("shared_pool");
     for live_count in LIVE_COUNTS {
@@ -329,6 +343,11 @@ fn shared_pool(c: &mut Criterion) {
             report_pool_footprint(churn);
         }
         drop(lle);
+        for (name, config) in option_configs() {
+            drop(bench_peer(&mut group, name, &plan, || {
+                LlePool(MemoryPool::with_config(config.clone()).expect("create a pool with an option on"))
+            }));
+        }
 
         drop(bench_peer(&mut group, "system", &plan, || ViaGlobalAlloc(System)));
         drop(bench_peer(&mut group, "mimalloc", &plan, || ViaGlobalAlloc(MiMalloc)));
