@@ -45,21 +45,19 @@ const INITIALISING: u8 = 1;
 const READY: u8 = 2;
 const FAILED: u8 = 3;
 
-std::thread_local! {
-    /// Whether this thread is inside an operation of a `GlobalPool`'s pool.
-    /// Const-initialised and without a destructor, so reading it never
-    /// allocates and works until the thread is gone.
-    static INSIDE_POOL: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks the current thread as inside the pool while it lives.
+/// Marks the current thread as inside the pool while it lives. The mark is
+/// a thread-local flag kept beside the thread's heaps (see `thread_cache`),
+/// so that the inline paths of [`GlobalPool::allocate`] and
+/// [`GlobalPool::free`] reach both with one thread-local access; it is
+/// const-initialised and without a destructor, so reading it never
+/// allocates and works until the thread is gone.
 pub(crate) struct InsidePool;
 
 impl InsidePool {
     /// `None` if the thread is inside the pool already: the caller is a
     /// nested allocation and must not use the pool.
     pub(crate) fn enter() -> Option<InsidePool> {
-        let entered = INSIDE_POOL.try_with(|inside| !inside.replace(true)).unwrap_or(false);
+        let entered = thread_cache::with_inside_global_pool(|inside| !inside.replace(true)).unwrap_or(false);
         // Not `then_some`: it would build, and so drop, a guard either way,
         // clearing the mark of the outer operation.
         if entered {
@@ -73,13 +71,13 @@ impl InsidePool {
     /// where it could tell).
     #[inline]
     fn is_set() -> bool {
-        INSIDE_POOL.try_with(Cell::get).unwrap_or(true)
+        thread_cache::with_inside_global_pool(Cell::get).unwrap_or(true)
     }
 }
 
 impl Drop for InsidePool {
     fn drop(&mut self) {
-        let _ = INSIDE_POOL.try_with(|inside| inside.set(false));
+        let _ = thread_cache::with_inside_global_pool(|inside| inside.set(false));
     }
 }
 
@@ -289,8 +287,8 @@ impl GlobalPool {
     /// `layout.size()` bytes. Creates the pool on first use.
     ///
     /// The common case, a layout a size class serves on a thread whose
-    /// cache has a block ready, is inline and reads two thread-locals; the
-    /// rest is out of line.
+    /// cache has a block ready, is inline, with one thread-local access;
+    /// the rest is out of line.
     ///
     /// # Examples
     ///
