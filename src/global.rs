@@ -26,6 +26,7 @@
 //!   free of a shared block or the end of the outermost `with_pool`.
 
 use crate::fork;
+use crate::size_class::class_for_layout;
 use crate::slab_map::Owner;
 use crate::thread_cache;
 use crate::{MemoryPool, PoolConfig};
@@ -44,21 +45,19 @@ const INITIALISING: u8 = 1;
 const READY: u8 = 2;
 const FAILED: u8 = 3;
 
-std::thread_local! {
-    /// Whether this thread is inside an operation of a `GlobalPool`'s pool.
-    /// Const-initialised and without a destructor, so reading it never
-    /// allocates and works until the thread is gone.
-    static INSIDE_POOL: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks the current thread as inside the pool while it lives.
+/// Marks the current thread as inside the pool while it lives. The mark is
+/// a thread-local flag kept beside the thread's heaps (see `thread_cache`),
+/// so that the inline paths of [`GlobalPool::allocate`] and
+/// [`GlobalPool::free`] reach both with one thread-local access; it is
+/// const-initialised and without a destructor, so reading it never
+/// allocates and works until the thread is gone.
 pub(crate) struct InsidePool;
 
 impl InsidePool {
     /// `None` if the thread is inside the pool already: the caller is a
     /// nested allocation and must not use the pool.
     pub(crate) fn enter() -> Option<InsidePool> {
-        let entered = INSIDE_POOL.try_with(|inside| !inside.replace(true)).unwrap_or(false);
+        let entered = thread_cache::with_inside_global_pool(|inside| !inside.replace(true)).unwrap_or(false);
         // Not `then_some`: it would build, and so drop, a guard either way,
         // clearing the mark of the outer operation.
         if entered {
@@ -70,14 +69,15 @@ impl InsidePool {
 
     /// Whether the thread is inside the pool (or exiting, past the point
     /// where it could tell).
+    #[inline]
     fn is_set() -> bool {
-        INSIDE_POOL.try_with(Cell::get).unwrap_or(true)
+        thread_cache::with_inside_global_pool(Cell::get).unwrap_or(true)
     }
 }
 
 impl Drop for InsidePool {
     fn drop(&mut self) {
-        let _ = INSIDE_POOL.try_with(|inside| inside.set(false));
+        let _ = thread_cache::with_inside_global_pool(|inside| inside.set(false));
     }
 }
 
@@ -112,6 +112,14 @@ impl Drop for AbortOnUnwind {
 /// The pool is never dropped while the `GlobalPool` lives, and a `static`
 /// lives for the whole program. Use [`with_pool`](Self::with_pool) to
 /// read its statistics or call its methods.
+///
+/// An allocator with a fallback of its own (a C `malloc` that hands what
+/// the pool can't serve to the C library's, say) builds on
+/// [`allocate`](Self::allocate), [`free`](Self::free),
+/// [`owns`](Self::owns), [`usable_size`](Self::usable_size) and
+/// [`resize_in_place`](Self::resize_in_place): the same routing, with
+/// `None` or `false` where this type's [`GlobalAlloc`] methods turn to
+/// [`System`].
 ///
 /// # Examples
 ///
@@ -227,6 +235,7 @@ impl GlobalPool {
         Some(result)
     }
 
+    #[inline]
     fn ready_pool(&self) -> Option<&MemoryPool> {
         if self.state.load(Ordering::Acquire) != READY {
             return None;
@@ -271,9 +280,47 @@ impl GlobalPool {
         }
     }
 
-    /// A block of the pool for `layout`, or `None` for [`System`] to serve
-    /// it: inside a pool operation, before the pool exists, or when the pool
-    /// refuses.
+    /// A block of the pool for `layout`, or `None` for the caller's
+    /// fallback allocator to serve it: for a zero size, inside a pool
+    /// operation, while the pool is being created, or when the pool refuses.
+    /// The block is aligned to `layout.align()` and holds at least
+    /// `layout.size()` bytes. Creates the pool on first use.
+    ///
+    /// The common case, a layout a size class serves on a thread whose
+    /// cache has a block ready, is inline, with one thread-local access;
+    /// the rest is out of line.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    ///
+    /// let global = lle_mempool::GlobalPool::new();
+    /// let block = global.allocate(Layout::from_size_align(48, 16).unwrap()).unwrap();
+    /// assert_eq!(block.as_ptr() as usize % 16, 0);
+    /// assert!(global.owns(block.as_ptr()));
+    /// assert_eq!(global.allocate(Layout::new::<()>()), None, "zero-sized: the fallback's");
+    /// assert!(unsafe { global.free(block) });
+    /// ```
+    #[inline]
+    pub fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
+        if let (Some(pool), Some(class)) = (self.ready_pool(), class_for_layout(layout)) {
+            // The inline path takes no lock and calls nothing that could
+            // allocate, so it needs no mark of its own: only the check that
+            // no pool operation of this thread is underway, whose heap it
+            // might be changing.
+            if !InsidePool::is_set() {
+                if let Some(block) = thread_cache::try_allocate_cached(&pool.inner, class) {
+                    return Some(block);
+                }
+            }
+        }
+        self.allocate_from_pool(layout)
+    }
+
+    /// [`allocate`](Self::allocate) past its inline path: marked inside the
+    /// pool, which it creates if need be.
+    #[inline(never)]
     fn allocate_from_pool(&self, layout: Layout) -> Option<NonNull<u8>> {
         if layout.size() == 0 {
             return None;
@@ -285,8 +332,136 @@ impl GlobalPool {
         block
     }
 
+    /// Gives `block` back to the pool and returns `true` if the pool
+    /// handed it out; returns `false`, touching nothing, for any other
+    /// pointer (the fallback allocator's, say), which the caller then frees
+    /// where it came from.
+    ///
+    /// The common case, a block of a slab this thread owns, is inline;
+    /// others take the pool's map.
+    ///
+    /// # Safety
+    ///
+    /// If `block` is the pool's, it is a live block that
+    /// [`allocate`](Self::allocate) (or this type's [`GlobalAlloc`]
+    /// methods) returned, and the caller gives it up.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    ///
+    /// let global = lle_mempool::GlobalPool::new();
+    /// let block = global.allocate(Layout::from_size_align(4096, 64).unwrap()).unwrap();
+    /// let mut elsewhere = Box::new(7u64);
+    /// unsafe {
+    ///     assert!(!global.free(std::ptr::NonNull::from(&mut *elsewhere).cast()), "not the pool's");
+    ///     assert!(global.free(block));
+    /// }
+    /// ```
+    #[inline]
+    pub unsafe fn free(&self, block: NonNull<u8>) -> bool {
+        if let Some(pool) = self.ready_pool() {
+            // As in `allocate`: the inline path calls nothing that could
+            // allocate.
+            // SAFETY: as the caller guarantees.
+            if !InsidePool::is_set() && unsafe { thread_cache::try_free_cached(&pool.inner, block) } {
+                return true;
+            }
+        }
+        // SAFETY: as the caller guarantees.
+        unsafe { self.free_classified(block) }
+    }
+
+    /// [`free`](Self::free) past its inline path.
+    ///
+    /// # Safety
+    /// As [`free`](Self::free).
+    #[inline(never)]
+    unsafe fn free_classified(&self, block: NonNull<u8>) -> bool {
+        match self.pool_owning(block.as_ptr()) {
+            Some((pool, owner)) => {
+                // SAFETY: the caller gives up a live block of the pool,
+                // which `owner` classifies.
+                unsafe { self.free_to_pool(pool, owner, block) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `ptr` lies in the pool's memory, so that the pool handed it
+    /// out if it is a live block at all. Lock-free, allocation-free, and it
+    /// never reads memory at `ptr`; `false` before the pool exists.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    ///
+    /// let global = lle_mempool::GlobalPool::new();
+    /// assert!(!global.owns(&0u8));
+    /// let block = global.allocate(Layout::new::<[u64; 3]>()).unwrap();
+    /// assert!(global.owns(block.as_ptr()));
+    /// unsafe { global.free(block) };
+    /// ```
+    pub fn owns(&self, ptr: *const u8) -> bool {
+        self.pool_owning(ptr.cast_mut()).is_some()
+    }
+
+    /// The bytes usable at `block` if it is a live block of the pool (its
+    /// size class's size, or a shared block's granule-rounded size);
+    /// `None` for pointers the pool does not own, or that start no block.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    ///
+    /// let global = lle_mempool::GlobalPool::new();
+    /// let block = global.allocate(Layout::from_size_align(100, 4).unwrap()).unwrap();
+    /// assert_eq!(global.usable_size(block.as_ptr()), Some(104), "its size class");
+    /// assert_eq!(global.usable_size(&0u8), None);
+    /// unsafe { global.free(block) };
+    /// ```
+    pub fn usable_size(&self, block: *const u8) -> Option<usize> {
+        let (pool, _) = self.pool_owning(block.cast_mut())?;
+        pool.usable_size(NonNull::new(block.cast_mut())?).ok()
+    }
+
+    /// Resizes `block`, a block of the pool, to `new_layout` without moving
+    /// it, if the pool can: a cache block while the new size still fits its
+    /// class without wasting half of it, a shared block when the memory
+    /// after it allows. `false` if it can't, inside a pool operation, and
+    /// for pointers the pool does not own; the block is then unchanged.
+    ///
+    /// # Safety
+    ///
+    /// If `block` is the pool's, it is a live block that
+    /// [`allocate`](Self::allocate) returned, and the caller keeps only
+    /// `new_layout.size()` bytes of it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    ///
+    /// let global = lle_mempool::GlobalPool::new();
+    /// let layout = |size| Layout::from_size_align(size, 16).unwrap();
+    /// let block = global.allocate(layout(4096)).unwrap();
+    /// unsafe {
+    ///     assert!(global.resize_in_place(block, layout(2048)), "a shared block shrinks in place");
+    ///     assert!(!global.resize_in_place(std::ptr::NonNull::from(&mut 0u8), layout(1)));
+    ///     assert!(global.free(block));
+    /// }
+    /// ```
+    pub unsafe fn resize_in_place(&self, block: NonNull<u8>, new_layout: Layout) -> bool {
+        self.pool_owning(block.as_ptr()).is_some_and(|(pool, _)| Self::resize_in_pool(pool, block, new_layout))
+    }
+
     /// The pool and what `block` is to it (a slab's block or a shared
     /// block), if the pool served it; `None` for [`System`]'s blocks.
+    #[inline]
     fn pool_owning(&self, block: *mut u8) -> Option<(&MemoryPool, Owner<'_>)> {
         let pool = self.ready_pool()?;
         match pool.inner.classify(block as usize) {
@@ -466,7 +641,7 @@ impl fmt::Debug for GlobalPool {
 // memory. Nothing unwinds out: pool code runs under `AbortOnUnwind`.
 unsafe impl GlobalAlloc for GlobalPool {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match self.allocate_from_pool(layout) {
+        match self.allocate(layout) {
             Some(block) => block.as_ptr(),
             // SAFETY: the caller's layout contract is System's.
             None => unsafe { System.alloc(layout) },
@@ -474,7 +649,7 @@ unsafe impl GlobalAlloc for GlobalPool {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        match self.allocate_from_pool(layout) {
+        match self.allocate(layout) {
             Some(block) => {
                 // SAFETY: the block holds at least `layout.size()` bytes;
                 // the pool reuses memory, so it must be cleared.
@@ -487,13 +662,13 @@ unsafe impl GlobalAlloc for GlobalPool {
     }
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        match self.pool_owning(block) {
-            // SAFETY: the caller gives up a live block; in the pool's
-            // memory, it is one the pool handed out (so not null), and
-            // `owner` classifies it.
-            Some((pool, owner)) => unsafe { self.free_to_pool(pool, owner, NonNull::new_unchecked(block)) },
+        // SAFETY: a block handed out by `alloc` or `realloc` is never null.
+        let block = unsafe { NonNull::new_unchecked(block) };
+        // SAFETY: the caller gives up a live block, which `free` takes if
+        // the pool handed it out.
+        if !unsafe { self.free(block) } {
             // SAFETY: not the pool's, so System's, for this layout.
-            None => unsafe { System.dealloc(block, layout) },
+            unsafe { System.dealloc(block.as_ptr(), layout) };
         }
     }
 

@@ -170,12 +170,23 @@ impl Drop for ExitGuard {
     fn drop(&mut self) {
         // Fails only under the models, where the table may already be gone
         // and has then retired its heaps itself.
-        let _ = THREAD_HEAPS.try_with(HeapTable::retire_all);
+        let _ = THREAD_LOCALS.try_with(|locals| locals.heaps.retire_all());
     }
 }
 
+/// A thread's state that the inline fast paths read, in one thread-local:
+/// in a shared library each thread-local is reached through a call
+/// (`__tls_get_addr`), which the compiler makes once for both fields.
+struct ThreadLocals {
+    heaps: HeapTable<ThreadHeap>,
+    /// Whether the thread is inside an operation of a `GlobalPool`'s pool
+    /// (see `global::InsidePool`), which a global allocator's inline path
+    /// checks beside the table.
+    inside_global_pool: Cell<bool>,
+}
+
 const_thread_local! {
-    static THREAD_HEAPS: HeapTable<ThreadHeap> = HeapTable::new();
+    static THREAD_LOCALS: ThreadLocals = ThreadLocals { heaps: HeapTable::new(), inside_global_pool: Cell::new(false) };
 }
 
 const_thread_local! {
@@ -186,7 +197,14 @@ const_thread_local! {
 /// locals are being destroyed.
 #[inline(always)]
 pub(super) fn with_thread_heaps<R>(use_table: impl FnOnce(&HeapTable<ThreadHeap>) -> R) -> Option<R> {
-    THREAD_HEAPS.try_with(use_table).ok()
+    THREAD_LOCALS.try_with(|locals| use_table(&locals.heaps)).ok()
+}
+
+/// Runs `use_flag` with this thread's inside-a-`GlobalPool` flag; `None`
+/// once the thread's locals are being destroyed.
+#[inline(always)]
+pub(crate) fn with_inside_global_pool<R>(use_flag: impl FnOnce(&Cell<bool>) -> R) -> Option<R> {
+    THREAD_LOCALS.try_with(|locals| use_flag(&locals.inside_global_pool)).ok()
 }
 
 /// Arms the exit guard; `false` if the thread is too far into its exit for

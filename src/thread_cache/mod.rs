@@ -40,6 +40,7 @@ mod slab_ring;
 
 #[cfg(not(lle_mempool_model))]
 pub(crate) use abandoned::AbandonedHold;
+pub(crate) use heap_table::with_inside_global_pool;
 #[cfg(not(lle_mempool_model))]
 pub(crate) use registry::RegistryState;
 
