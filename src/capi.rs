@@ -4,7 +4,12 @@
 //! reports [`LleResult::ErrorNullPointer`] (or NULL, 0, -1.0 where the C
 //! signature has no room for a code) instead of crashing.  No Rust panic ever
 //! unwinds into C: each body runs under [`std::panic::catch_unwind`] and a
-//! panic becomes [`LleResult::ErrorInternal`] or NULL.
+//! panic becomes [`LleResult::ErrorInternal`] or NULL. The one exception is
+//! the common case of the fast pair, [`MemoryPool::allocate_cached`] and
+//! [`MemoryPool::free_cached`], which nothing in can panic (but the debug
+//! assertions of the pool's invariants): run inside `catch_unwind` it could
+//! not be inlined, and would cost a C caller several times what it costs
+//! Rust.
 //!
 //! The header is written by hand; `tests/capi.rs` compiles a probe against it
 //! and compares every constant, size and field offset with this module, so the
@@ -18,7 +23,10 @@ use std::ptr::{self, NonNull};
 use std::time::Duration;
 
 use crate::align::align_up;
-use crate::{MemoryPool, PoolConfig, PoolError, PoolKind, PoolStats, PressureEvent, PressureReason};
+use crate::guard::CorruptionHandler;
+use crate::{
+    BlockDamage, DamageKind, MemoryPool, PoolConfig, PoolError, PoolKind, PoolStats, PressureEvent, PressureReason,
+};
 
 /// C `LLE_POOL_BUFFER`: maps to [`PoolKind::Buffer`].
 ///
@@ -123,6 +131,76 @@ pub const LLE_POOL_CUSTOM: c_uint = 7;
 /// unsafe { lle_destroy_memory_pool(pool) };
 /// ```
 pub const LLE_DEFAULT_ALIGNMENT: usize = 16;
+
+/// C `LLE_POOL_FLAG_CHECKED`: [`PoolConfig::checked`]: guard bytes, poison
+/// and double-free detection on both paths.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool_with_flags(1 << 20, 0, LLE_POOL_EVENT, LLE_POOL_FLAG_CHECKED);
+/// unsafe {
+///     let event = lle_pool_allocate_fast(pool, 64);
+///     assert_eq!(lle_pool_free_fast(pool, event), LleResult::Success);
+///     assert_eq!(lle_pool_free_fast(pool, event), LleResult::ErrorDoubleFree);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+pub const LLE_POOL_FLAG_CHECKED: u32 = 1 << 0;
+/// C `LLE_POOL_FLAG_ZERO_ON_FREE`: [`PoolConfig::zero_on_free`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool_with_flags(4096, 0, LLE_POOL_STRING, LLE_POOL_FLAG_ZERO_ON_FREE);
+/// unsafe {
+///     let secret = lle_pool_allocate(pool, 64).cast::<u8>();
+///     secret.write_bytes(0x5A, 64);
+///     assert_eq!(lle_pool_free(pool, secret.cast()), LleResult::Success);
+///     assert!((0..64).all(|offset| secret.add(offset).read_volatile() == 0));
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+pub const LLE_POOL_FLAG_ZERO_ON_FREE: u32 = 1 << 1;
+/// C `LLE_POOL_FLAG_HUGE_PAGES`: [`PoolConfig::huge_pages`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool_with_flags(4 << 20, 0, LLE_POOL_BUFFER, LLE_POOL_FLAG_HUGE_PAGES);
+/// unsafe {
+///     // The first block starts the pool's region, aligned for huge pages.
+///     let block = lle_pool_allocate(pool, 3 << 20);
+///     assert_eq!(block as usize % (2 << 20), 0);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+pub const LLE_POOL_FLAG_HUGE_PAGES: u32 = 1 << 2;
+/// C `LLE_POOL_FLAG_REPORT_LEAKS_ON_DROP`:
+/// [`PoolConfig::report_leaks_on_drop`]: [`lle_destroy_memory_pool`]
+/// writes a leak report to standard error if blocks are live. Implies
+/// [`LLE_POOL_FLAG_CHECKED`].
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool_with_flags(1 << 20, 0, LLE_POOL_CUSTOM, LLE_POOL_FLAG_REPORT_LEAKS_ON_DROP);
+/// unsafe {
+///     let forgotten = lle_pool_allocate(pool, 100);
+///     assert!(!forgotten.is_null());
+///     // Standard error: "memory pool leak report: 1 live block, 100 bytes ..."
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+pub const LLE_POOL_FLAG_REPORT_LEAKS_ON_DROP: u32 = 1 << 3;
+
+/// Every `LLE_POOL_FLAG_*` bit; any other makes creation fail.
+const KNOWN_FLAGS: u32 =
+    LLE_POOL_FLAG_CHECKED | LLE_POOL_FLAG_ZERO_ON_FREE | LLE_POOL_FLAG_HUGE_PAGES | LLE_POOL_FLAG_REPORT_LEAKS_ON_DROP;
 
 /// C `lle_result_t`: 0 on success, one negative code per failure cause.
 ///
@@ -299,6 +377,14 @@ pub struct LlePoolStatistics {
     pub avg_free_time_ns: u64,
     /// The per-thread caches.
     pub fast: LleFastPathStatistics,
+    /// Blocks a checked pool found damaged and holds back for good (see
+    /// [`PoolStats::quarantined_blocks`]).
+    pub quarantined_blocks: usize,
+    /// Allocations the maximum size refused and the pool retried after
+    /// compacting and calling the memory-pressure callback.
+    pub low_memory_retries: u64,
+    /// Of those, the retries that succeeded.
+    pub low_memory_recoveries: u64,
 }
 
 fn duration_as_nanos(duration: Duration) -> u64 {
@@ -330,6 +416,9 @@ impl From<&PoolStats> for LlePoolStatistics {
                 slabs: stats.fast.slabs,
                 slab_bytes: stats.fast.slab_bytes,
             },
+            quarantined_blocks: stats.quarantined_blocks,
+            low_memory_retries: stats.low_memory_retries,
+            low_memory_recoveries: stats.low_memory_recoveries,
         }
     }
 }
@@ -369,14 +458,75 @@ fn into_c_ptr(block: Result<NonNull<u8>, PoolError>) -> *mut c_void {
     block.map_or(ptr::null_mut(), |block| block.as_ptr().cast())
 }
 
+/// The configuration `lle_create_memory_pool_with_flags` makes a pool with,
+/// or `None` for arguments it refuses.
+fn pool_config(initial_size: usize, alignment: usize, pool_type: c_uint, flags: u32) -> Option<PoolConfig> {
+    if flags & !KNOWN_FLAGS != 0 {
+        return None;
+    }
+    let alignment = match alignment {
+        0 => LLE_DEFAULT_ALIGNMENT,
+        a if a.is_power_of_two() => a.max(LLE_DEFAULT_ALIGNMENT),
+        _ => return None,
+    };
+    let flag = |bit: u32| flags & bit != 0;
+    Some(
+        PoolConfig::new(initial_size)
+            .kind(pool_kind(pool_type)?)
+            .alignment(alignment)
+            .checked(flag(LLE_POOL_FLAG_CHECKED))
+            .zero_on_free(flag(LLE_POOL_FLAG_ZERO_ON_FREE))
+            .huge_pages(flag(LLE_POOL_FLAG_HUGE_PAGES))
+            .report_leaks_on_drop(flag(LLE_POOL_FLAG_REPORT_LEAKS_ON_DROP)),
+    )
+}
+
 /// Creates a pool of `initial_size` bytes (the pool may round it up, and
-/// grows on demand) whose `lle_pool_allocate` blocks
-/// are aligned to `alignment` (0 means 16; powers of two below 16 are raised
-/// to 16). Returns NULL if `alignment` is not a power of two or above 1 GiB,
-/// `pool_type` is not an `LLE_POOL_*` value, or the pool cannot be created.
+/// grows on demand) whose `lle_pool_allocate` blocks are aligned to
+/// `alignment` (0 means 16; powers of two below 16 are raised to 16), set
+/// up by `flags`, a combination of `LLE_POOL_FLAG_*` bits (0 for the
+/// default pool, the one [`PoolConfig::new`] makes). Returns NULL if
+/// `alignment` is not a power of two or above 1 GiB, `pool_type` is not an
+/// `LLE_POOL_*` value, `flags` has a bit that is no `LLE_POOL_FLAG_*`, or
+/// the pool cannot be created.
 ///
-/// Pools made here always detect double frees on the fast path too: C callers
-/// get an error code instead of silent heap corruption, at a small cost.
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool_with_flags(1 << 20, 0, LLE_POOL_EVENT, LLE_POOL_FLAG_CHECKED);
+/// assert!(!pool.is_null());
+/// assert!(lle_create_memory_pool_with_flags(4096, 0, LLE_POOL_EVENT, 1 << 31).is_null());
+/// unsafe {
+///     let block = lle_pool_allocate(pool, 100).cast::<u8>();
+///     block.add(100).write(b'!'); // one byte past the end: the guard bytes see it
+///     assert_eq!(lle_pool_free(pool, block.cast()), LleResult::ErrorCorrupted);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+///
+/// # Safety
+///
+/// None: any argument values are accepted. The returned pointer must be
+/// released with [`lle_destroy_memory_pool`] exactly once.
+#[unsafe(no_mangle)]
+pub extern "C" fn lle_create_memory_pool_with_flags(
+    initial_size: usize,
+    alignment: usize,
+    pool_type: c_uint,
+    flags: u32,
+) -> *mut MemoryPool {
+    guard(ptr::null_mut(), || {
+        let Some(config) = pool_config(initial_size, alignment, pool_type, flags) else {
+            return ptr::null_mut();
+        };
+        MemoryPool::with_config(config).map_or(ptr::null_mut(), |pool| Box::into_raw(Box::new(pool)))
+    })
+}
+
+/// [`lle_create_memory_pool_with_flags`] with no flags: the default pool,
+/// which checks no block (a second free of a fast-path block is undefined
+/// behaviour, as with `free(3)`; see [`LLE_POOL_FLAG_CHECKED`]).
 ///
 /// # Examples
 ///
@@ -395,18 +545,7 @@ fn into_c_ptr(block: Result<NonNull<u8>, PoolError>) -> *mut c_void {
 /// released with [`lle_destroy_memory_pool`] exactly once.
 #[unsafe(no_mangle)]
 pub extern "C" fn lle_create_memory_pool(initial_size: usize, alignment: usize, pool_type: c_uint) -> *mut MemoryPool {
-    guard(ptr::null_mut(), || {
-        let alignment = match alignment {
-            0 => LLE_DEFAULT_ALIGNMENT,
-            a if a.is_power_of_two() => a.max(LLE_DEFAULT_ALIGNMENT),
-            _ => return ptr::null_mut(),
-        };
-        let Some(kind) = pool_kind(pool_type) else {
-            return ptr::null_mut();
-        };
-        let config = PoolConfig::new(initial_size).kind(kind).alignment(alignment).checked(true);
-        MemoryPool::with_config(config).map_or(ptr::null_mut(), |pool| Box::into_raw(Box::new(pool)))
-    })
+    lle_create_memory_pool_with_flags(initial_size, alignment, pool_type, 0)
 }
 
 /// Destroys a pool and returns all its memory to the OS. NULL is ignored.
@@ -539,7 +678,20 @@ pub unsafe extern "C" fn lle_pool_allocate_fast(pool: *mut MemoryPool, size: usi
     let Some(pool) = (unsafe { pool_ref(pool) }) else {
         return ptr::null_mut();
     };
-    guard(ptr::null_mut(), || into_c_ptr(pool.allocate_fast(size)))
+    // Outside the guard: see the module docs.
+    if let Some(block) = pool.allocate_cached(size) {
+        return block.as_ptr().cast();
+    }
+    allocate_fast_guarded(pool, size)
+}
+
+/// The rest of `lle_pool_allocate_fast`, under the guard. Out of line, so
+/// that the common case saves no registers for it and reaches it with a
+/// jump.
+#[cold]
+#[inline(never)]
+fn allocate_fast_guarded(pool: &MemoryPool, size: usize) -> *mut c_void {
+    guard(ptr::null_mut(), || into_c_ptr(pool.allocate_fast_slow(size)))
 }
 
 /// Which of the pool's two free paths a C call asked for.
@@ -549,11 +701,16 @@ enum FreePath {
     Fast,
 }
 
-/// Shared body of the two free functions.
+/// Shared body of the two free functions; inline, so that each function's
+/// path is a constant.
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`];
+/// if `block` is a live block of the pool, the caller gives it up, and
+/// unless the pool is checked it must not be a fast-path block freed
+/// already.
+#[inline(always)]
 unsafe fn free_block(pool: *mut MemoryPool, block: *mut c_void, path: FreePath) -> LleResult {
     // SAFETY: forwarded from the caller.
     let Some(pool) = (unsafe { pool_ref(pool) }) else {
@@ -562,16 +719,32 @@ unsafe fn free_block(pool: *mut MemoryPool, block: *mut c_void, path: FreePath) 
     let Some(block) = NonNull::new(block.cast::<u8>()) else {
         return LleResult::Success;
     };
+    // Outside the guard: see the module docs.
+    // SAFETY: forwarded from the caller.
+    if matches!(path, FreePath::Fast) && unsafe { pool.free_cached(block) } {
+        return LleResult::Success;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { free_guarded(pool, block, path) }
+}
+
+/// The rest of `free_block`, under the guard; out of line as
+/// [`allocate_fast_guarded`] is.
+///
+/// # Safety
+///
+/// As [`free_block`].
+#[cold]
+#[inline(never)]
+unsafe fn free_guarded(pool: &MemoryPool, block: NonNull<u8>, path: FreePath) -> LleResult {
     guard(LleResult::ErrorInternal, || {
         // SAFETY: the pool refuses, without touching it, any pointer that is
-        // not one of its live blocks; the one exception, a second free of a
-        // thread-cache block, is refused too because pools made by
-        // lle_create_memory_pool are `checked`. Not using a block once it is
-        // freed is the C caller's side of lle_pool_free's contract.
+        // not one of its live blocks, and, checked, a second free of a
+        // fast-path block; the caller promises the rest.
         let freed = unsafe {
             match path {
                 FreePath::Shared => pool.free(block),
-                FreePath::Fast => pool.free_fast(block),
+                FreePath::Fast => pool.free_fast_slow(block),
             }
         };
         LleResult::from(freed)
@@ -600,7 +773,10 @@ unsafe fn free_block(pool: *mut MemoryPool, block: *mut c_void, path: FreePath) 
 /// # Safety
 ///
 /// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
-/// Once this returns `LLE_SUCCESS`, the block must no longer be used.
+/// Once this returns `LLE_SUCCESS`, the block must no longer be used; in a
+/// pool without [`LLE_POOL_FLAG_CHECKED`], freeing a fast-path block twice
+/// is undefined behaviour (a shared-path block's second free is refused in
+/// every pool).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_pool_free(pool: *mut MemoryPool, ptr: *mut c_void) -> LleResult {
     // SAFETY: forwarded from this function's contract.
@@ -615,11 +791,11 @@ pub unsafe extern "C" fn lle_pool_free(pool: *mut MemoryPool, ptr: *mut c_void) 
 ///
 /// ```
 /// use lle_mempool::capi::*;
-/// let pool = lle_create_memory_pool(1 << 20, 0, LLE_POOL_EVENT);
+/// let pool = lle_create_memory_pool_with_flags(1 << 20, 0, LLE_POOL_EVENT, LLE_POOL_FLAG_CHECKED);
 /// unsafe {
 ///     let event = lle_pool_allocate_fast(pool, 64);
 ///     assert_eq!(lle_pool_free_fast(pool, event), LleResult::Success);
-///     assert_ne!(lle_pool_free_fast(pool, event), LleResult::Success); // double free refused
+///     assert_ne!(lle_pool_free_fast(pool, event), LleResult::Success); // double free refused (checked pool)
 ///     let mut on_stack = 0u8;
 ///     assert_ne!(lle_pool_free_fast(pool, (&mut on_stack as *mut u8).cast()), LleResult::Success);
 ///     lle_destroy_memory_pool(pool);
@@ -629,7 +805,10 @@ pub unsafe extern "C" fn lle_pool_free(pool: *mut MemoryPool, ptr: *mut c_void) 
 /// # Safety
 ///
 /// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
-/// Once this returns `LLE_SUCCESS`, the block must no longer be used.
+/// Once this returns `LLE_SUCCESS`, the block must no longer be used; in a
+/// pool without [`LLE_POOL_FLAG_CHECKED`], freeing a fast-path block twice
+/// is undefined behaviour (a shared-path block's second free is refused in
+/// every pool).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_pool_free_fast(pool: *mut MemoryPool, ptr: *mut c_void) -> LleResult {
     // SAFETY: forwarded from this function's contract.
@@ -767,9 +946,7 @@ pub unsafe extern "C" fn lle_get_pool_size(pool: *const MemoryPool) -> usize {
 /// use lle_mempool::capi::*;
 /// let pool = lle_create_memory_pool(4096, 0, LLE_POOL_CUSTOM);
 /// unsafe {
-///     // Pools made here are checked: a block takes one byte more than
-///     // asked, for its canary.
-///     let half = lle_pool_allocate(pool, 2047);
+///     let half = lle_pool_allocate(pool, 2048);
 ///     assert_eq!(lle_calculate_pool_utilization(pool), 50.0);
 ///     lle_pool_free(pool, half);
 ///     lle_destroy_memory_pool(pool);
@@ -1008,22 +1185,147 @@ pub unsafe extern "C" fn lle_pool_set_soft_limit(pool: *mut MemoryPool, soft_lim
     guard(LleResult::ErrorInternal, || pool.set_soft_limit(soft_limit).into())
 }
 
-/// Writes a summary of the pool's live blocks (see
-/// [`write_leak_report`](crate::write_leak_report)) to the file descriptor
-/// `fd`, unless it is negative, and stores how many there are in
-/// `*live_blocks`, if it is not NULL. Pools made by
-/// [`lle_create_memory_pool`] are checked, so they know their live blocks.
-/// `LLE_ERROR_INVALID_PARAMETER` if the report could not be written, after
-/// `*live_blocks` is set; `LLE_ERROR_OUT_OF_MEMORY` if the list's memory
-/// could not be had.
+/// C `LLE_DAMAGE_OVERFLOW`: [`DamageKind::Overflow`].
+pub const LLE_DAMAGE_OVERFLOW: c_uint = 0;
+/// C `LLE_DAMAGE_WRITE_AFTER_FREE`: [`DamageKind::WriteAfterFree`].
+pub const LLE_DAMAGE_WRITE_AFTER_FREE: c_uint = 1;
+
+/// C `lle_block_damage_t`: mirrors [`BlockDamage`].
 ///
 /// # Examples
 ///
 /// ```
 /// use lle_mempool::capi::*;
-/// let pool = lle_create_memory_pool(1 << 20, 0, LLE_POOL_CUSTOM);
+/// let damage = LleBlockDamage { block: std::ptr::null_mut(), size: 20, usable: 32, offset: 20, kind: LLE_DAMAGE_OVERFLOW };
+/// assert_eq!(damage.usable - damage.size, 12);
+/// ```
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LleBlockDamage {
+    /// The damaged block.
+    pub block: *mut c_void,
+    /// The bytes asked for it (for a write after free, by the allocation
+    /// that was about to receive it).
+    pub size: usize,
+    /// The bytes the block spans, guard bytes included.
+    pub usable: usize,
+    /// The first damaged byte, as an offset from `block`.
+    pub offset: usize,
+    /// [`LLE_DAMAGE_OVERFLOW`] or [`LLE_DAMAGE_WRITE_AFTER_FREE`].
+    pub kind: c_uint,
+}
+
+impl From<&BlockDamage> for LleBlockDamage {
+    fn from(damage: &BlockDamage) -> Self {
+        // Deliberately no wildcard arm, as for `PoolError`: a new kind needs
+        // its own C value.
+        let kind = match damage.kind {
+            DamageKind::Overflow => LLE_DAMAGE_OVERFLOW,
+            DamageKind::WriteAfterFree => LLE_DAMAGE_WRITE_AFTER_FREE,
+        };
+        LleBlockDamage {
+            block: damage.addr as *mut c_void,
+            size: damage.size,
+            usable: damage.usable,
+            offset: damage.offset,
+            kind,
+        }
+    }
+}
+
+/// C `lle_corruption_fn`: told of a damaged block, with the `user_data` it
+/// was set with.
+pub type LleCorruptionFn = unsafe extern "C" fn(damage: *const LleBlockDamage, user_data: *mut c_void);
+
+/// Sets where a checked pool (see [`LLE_POOL_FLAG_CHECKED`]) reports a
+/// write after free, replacing the callback set before; `callback` NULL
+/// removes it. The allocation that finds a freed block written calls it,
+/// with `user_data`, quarantines the block and goes on with another; with
+/// no callback, that allocation returns NULL instead (and the library
+/// writes the damage to standard error). It runs on the allocating thread,
+/// outside the pool's locks (see [`MemoryPool::on_corruption`]): it may
+/// allocate from and free to the pool, but must not set the callback. Once
+/// this returns, the previous callback is not running and will not be
+/// called again. An unchecked pool keeps the callback and never calls it.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// use std::ffi::c_void;
+///
+/// unsafe extern "C" fn note(damage: *const LleBlockDamage, seen: *mut c_void) {
+///     unsafe { *seen.cast::<LleBlockDamage>() = *damage };
+/// }
+///
+/// let pool = lle_create_memory_pool_with_flags(1 << 20, 0, LLE_POOL_EVENT, LLE_POOL_FLAG_CHECKED);
+/// let mut seen = LleBlockDamage { block: std::ptr::null_mut(), size: 0, usable: 0, offset: 0, kind: 0 };
+/// unsafe {
+///     let user_data = (&mut seen as *mut LleBlockDamage).cast::<c_void>();
+///     assert_eq!(lle_pool_set_corruption_callback(pool, Some(note), user_data), LleResult::Success);
+///     let event = lle_pool_allocate_fast(pool, 64).cast::<u8>();
+///     assert_eq!(lle_pool_free_fast(pool, event.cast()), LleResult::Success);
+///     event.add(40).write(1); // a write after free
+///     let next = lle_pool_allocate_fast(pool, 64);
+///     assert!(!next.is_null() && next != event.cast());
+///     assert_eq!((seen.block, seen.offset, seen.kind), (event.cast(), 40, LLE_DAMAGE_WRITE_AFTER_FREE));
+///     assert_eq!(lle_pool_set_corruption_callback(std::ptr::null_mut(), None, user_data), LleResult::ErrorNullPointer);
+///     lle_pool_set_corruption_callback(pool, None, std::ptr::null_mut());
+///     lle_pool_free_fast(pool, next);
+///     lle_destroy_memory_pool(pool);
+/// }
+/// ```
+///
+/// # Safety
+///
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `callback`, if not NULL, must be safe to call with `user_data` on any
+/// thread that uses the pool, until it is replaced or the pool destroyed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lle_pool_set_corruption_callback(
+    pool: *mut MemoryPool,
+    callback: Option<LleCorruptionFn>,
+    user_data: *mut c_void,
+) -> LleResult {
+    // SAFETY: forwarded from this function's contract.
+    let Some(pool) = (unsafe { pool_ref(pool) }) else {
+        return LleResult::ErrorNullPointer;
+    };
+    guard(LleResult::ErrorInternal, || {
+        let handler = callback.map(|callback| {
+            let user_data = UserData(user_data);
+            CorruptionHandler::new(move |damage: &BlockDamage| {
+                let damage = LleBlockDamage::from(damage);
+                // SAFETY: the caller of `lle_pool_set_corruption_callback`
+                // promised that `callback` may be called with `user_data` on
+                // this thread; `damage` lives across the call.
+                unsafe { callback(&damage, user_data.get()) };
+            })
+        });
+        pool.inner.guards.replace_corruption_handler(handler);
+        LleResult::Success
+    })
+}
+
+/// Writes a summary of the pool's live blocks (see
+/// [`write_leak_report`](crate::write_leak_report)) to the file descriptor
+/// `fd`, unless it is negative, and stores how many there are in
+/// `*live_blocks`, if it is not NULL. Only checked pools know their live
+/// blocks (see [`LLE_POOL_FLAG_CHECKED`]): `LLE_ERROR_INVALID_CONFIG` for
+/// any other. `LLE_ERROR_INVALID_PARAMETER` if the report could not be
+/// written, after `*live_blocks` is set; `LLE_ERROR_OUT_OF_MEMORY` if the
+/// list's memory could not be had.
+///
+/// # Examples
+///
+/// ```
+/// use lle_mempool::capi::*;
+/// let pool = lle_create_memory_pool_with_flags(1 << 20, 0, LLE_POOL_CUSTOM, LLE_POOL_FLAG_CHECKED);
+/// let unchecked = lle_create_memory_pool(1 << 20, 0, LLE_POOL_CUSTOM);
 /// let mut live = 0;
 /// unsafe {
+///     assert_eq!(lle_pool_report_leaks(unchecked, -1, &mut live), LleResult::ErrorInvalidConfig);
+///     lle_destroy_memory_pool(unchecked);
 ///     let block = lle_pool_allocate_fast(pool, 24);
 ///     assert_eq!(lle_pool_report_leaks(pool, -1, &mut live), LleResult::Success);
 ///     assert_eq!(live, 1);

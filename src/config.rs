@@ -485,6 +485,8 @@ impl PoolConfig {
     /// `callback` runs, outside every lock of the pool, with the damaged
     /// block, which is quarantined, and the allocation that found it goes
     /// on with another block. Without a callback, the allocation panics.
+    /// [`MemoryPool::on_corruption`](crate::MemoryPool::on_corruption)
+    /// replaces it on a pool already made.
     ///
     /// # Examples
     ///

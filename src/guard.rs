@@ -32,7 +32,7 @@ use crate::slab_map::Owner;
 use crate::stats::Counter;
 #[cfg(not(lle_mempool_model))]
 use crate::sync::MutexGuard;
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, yield_now, Mutex};
 use crate::PoolInner;
 use std::collections::HashMap;
 use std::fmt;
@@ -169,6 +169,43 @@ impl SharedRecords {
     }
 }
 
+/// Where a pool reports writes after free: the configuration's
+/// [`on_corruption`](crate::PoolConfig::on_corruption) callback, until
+/// [`MemoryPool::on_corruption`](crate::MemoryPool::on_corruption) replaces
+/// it.
+///
+/// The handler sits in an `Arc` of its own, cloned by each report for the
+/// length of its call and never handed out otherwise: the count of its
+/// clones is the count of calls running, which lets [`replace`] wait for
+/// them without holding the lock across a call, so a callback may allocate
+/// from the pool and find another damaged block. It is `std`'s `Arc`, as
+/// [`CorruptionHandler`]'s is, for the same reasons.
+///
+/// [`replace`]: CorruptionReports::replace
+struct CorruptionReports(Mutex<Option<std::sync::Arc<CorruptionHandler>>>);
+
+impl CorruptionReports {
+    /// The handler to call now, held for the length of the call.
+    fn current(&self) -> Option<std::sync::Arc<CorruptionHandler>> {
+        lock(&self.0).clone()
+    }
+
+    /// Puts `handler` in place of the current one, and returns once no
+    /// call of the one it replaced is running; `true` if there was one.
+    /// Called from within the handler it replaces, it would wait for
+    /// itself.
+    fn replace(&self, handler: Option<CorruptionHandler>) -> bool {
+        let previous = std::mem::replace(&mut *lock(&self.0), handler.map(std::sync::Arc::new));
+        let Some(previous) = previous else { return false };
+        // No report can clone it any more; the clones left are calls still
+        // running.
+        while std::sync::Arc::strong_count(&previous) > 1 {
+            yield_now();
+        }
+        true
+    }
+}
+
 /// A pool's guard state; used only when the pool is checked.
 pub(crate) struct Guards {
     /// Held across each checked free of a shared block, from finding its
@@ -180,15 +217,26 @@ pub(crate) struct Guards {
     quarantined_cache: Counter<usize>,
     /// Shared blocks quarantined: live in the shared pool forever.
     quarantined_shared: Counter<usize>,
+    corruption: CorruptionReports,
 }
 
 impl Guards {
-    pub(crate) fn new() -> Self {
+    /// The guard state of a new pool, which reports writes after free to
+    /// `on_corruption`, or panics without one.
+    pub(crate) fn new(on_corruption: Option<CorruptionHandler>) -> Self {
         Guards {
             shared: Mutex::new(SharedRecords(HashMap::default())),
             quarantined_cache: Counter::new(0),
             quarantined_shared: Counter::new(0),
+            corruption: CorruptionReports(Mutex::new(on_corruption.map(std::sync::Arc::new))),
         }
+    }
+
+    /// Reports writes after free to `handler` from now on, or panics
+    /// without one; returns once no call of the handler it replaces is
+    /// running, `true` if there was one.
+    pub(crate) fn replace_corruption_handler(&self, handler: Option<CorruptionHandler>) -> bool {
+        self.corruption.replace(handler)
     }
 
     /// Cache blocks and shared blocks quarantined.
@@ -257,7 +305,7 @@ pub(crate) fn hand_out(
 
 /// Tells the pool's owner of a write after free: its callback, or a panic.
 fn report(pool: &PoolInner, damage: &BlockDamage) {
-    match &pool.config.on_corruption {
+    match pool.guards.corruption.current() {
         Some(handler) => (handler.0)(damage),
         None => panic!("checked memory pool: {damage}"),
     }

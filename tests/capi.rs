@@ -13,7 +13,12 @@ use std::mem::{offset_of, size_of};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use lle_mempool::capi::{self, LleFastPathStatistics, LleMemoryPressureEvent, LlePoolStatistics, LleResult};
+use lle_mempool::capi::{
+    self, LleBlockDamage, LleFastPathStatistics, LleMemoryPressureEvent, LlePoolStatistics, LleResult,
+};
+use lle_mempool::{MemoryPool, PoolConfig};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
 
 const STRICT_C_FLAGS: &[&str] = &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"];
 
@@ -137,6 +142,12 @@ fn header_expectations() -> Vec<Expectation> {
         expect("LLE_NO_LIMIT == SIZE_MAX", 1),
         expect("LLE_PRESSURE_SOFT_LIMIT", capi::LLE_PRESSURE_SOFT_LIMIT),
         expect("LLE_PRESSURE_MAX_SIZE", capi::LLE_PRESSURE_MAX_SIZE),
+        expect("LLE_POOL_FLAG_CHECKED", capi::LLE_POOL_FLAG_CHECKED),
+        expect("LLE_POOL_FLAG_ZERO_ON_FREE", capi::LLE_POOL_FLAG_ZERO_ON_FREE),
+        expect("LLE_POOL_FLAG_HUGE_PAGES", capi::LLE_POOL_FLAG_HUGE_PAGES),
+        expect("LLE_POOL_FLAG_REPORT_LEAKS_ON_DROP", capi::LLE_POOL_FLAG_REPORT_LEAKS_ON_DROP),
+        expect("LLE_DAMAGE_OVERFLOW", capi::LLE_DAMAGE_OVERFLOW),
+        expect("LLE_DAMAGE_WRITE_AFTER_FREE", capi::LLE_DAMAGE_WRITE_AFTER_FREE),
     ];
     let results = [
         ("LLE_SUCCESS", LleResult::Success),
@@ -177,6 +188,7 @@ fn header_expectations() -> Vec<Expectation> {
         };
     }
     layout!("lle_memory_pressure_event_t", LleMemoryPressureEvent, [used, soft_limit, max_size, requested, reason]);
+    layout!("lle_block_damage_t", LleBlockDamage, [block, size, usable, offset, kind]);
     layout!(
         "lle_fast_path_statistics_t",
         LleFastPathStatistics,
@@ -201,6 +213,9 @@ fn header_expectations() -> Vec<Expectation> {
             avg_alloc_time_ns,
             avg_free_time_ns,
             fast,
+            quarantined_blocks,
+            low_memory_retries,
+            low_memory_recoveries,
         ]
     );
     expected
@@ -236,4 +251,34 @@ fn header_matches_rust_definitions() {
         .map(|(item, c_value)| format!("{}: C says {c_value}, Rust says {}", item.c_expression, item.rust_value))
         .collect();
     assert!(mismatches.is_empty(), "header and src/capi.rs disagree:\n{}", mismatches.join("\n"));
+}
+
+/// C cannot give a pool a maximum size, which low-memory retries need, so
+/// this test makes the pool in Rust and reads its statistics through the C
+/// function: an allocation the maximum size refused, retried once the
+/// pressure callback freed the block in its way.
+#[test]
+fn statistics_count_low_memory_retries() {
+    let pool = Arc::new(MemoryPool::with_config(PoolConfig::new(4096).max_size(4096)).unwrap());
+    let backlog: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let (relieving_pool, queue) = (Arc::downgrade(&pool), Arc::clone(&backlog));
+    pool.on_memory_pressure(move |_| {
+        let Some(pool) = relieving_pool.upgrade() else { return };
+        for address in queue.lock().unwrap().drain(..) {
+            unsafe { pool.free(NonNull::new(address as *mut u8).unwrap()).unwrap() };
+        }
+    });
+    let first = pool.allocate(4096).unwrap();
+    backlog.lock().unwrap().push(first.as_ptr() as usize);
+    let second = pool.allocate(2048).unwrap();
+    unsafe { second.as_ptr().write_bytes(0x5A, 2048) };
+
+    let mut stats = LlePoolStatistics::default();
+    let handle: *const MemoryPool = &*pool;
+    assert_eq!(unsafe { capi::lle_get_pool_statistics(handle, &mut stats) }, LleResult::Success);
+    assert_eq!((stats.low_memory_retries, stats.low_memory_recoveries), (1, 1));
+    assert_eq!((stats.live_allocations, stats.quarantined_blocks), (1, 0));
+    assert!(backlog.lock().unwrap().is_empty());
+    assert!((0..2048).all(|offset| unsafe { second.as_ptr().add(offset).read() } == 0x5A));
+    unsafe { pool.free(second).unwrap() };
 }

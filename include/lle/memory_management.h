@@ -150,20 +150,53 @@ typedef struct lle_pool_statistics {
     uint64_t avg_free_time_ns;
     /* The per-thread caches. */
     lle_fast_path_statistics_t fast;
+    /* Blocks a checked pool found damaged and holds back for good. */
+    size_t quarantined_blocks;
+    /* Allocations the maximum size refused and the pool retried after
+     * compacting and calling the memory-pressure callback. */
+    uint64_t low_memory_retries;
+    /* Of those, the retries that succeeded. */
+    uint64_t low_memory_recoveries;
 } lle_pool_statistics_t;
+
+/* Flags for lle_create_memory_pool_with_flags; 0 is the default pool. */
+/* Checked mode, a debugging aid that costs every allocation and free a pass
+ * over the block: double frees are refused on both paths
+ * (LLE_ERROR_DOUBLE_FREE); the free of a block written past the size asked
+ * is refused with LLE_ERROR_CORRUPTED, and the block quarantined (never
+ * handed out again); freed blocks are poisoned, and an allocation that finds
+ * a freed block written reports it to the corruption callback (see
+ * lle_pool_set_corruption_callback), quarantines the block and goes on with
+ * another, or, with no callback, returns NULL once. */
+#define LLE_POOL_FLAG_CHECKED (1u << 0)
+/* Every block is zeroed as it is freed, on both paths (a fast-path block but
+ * its first 8 bytes, which hold a free-list link). */
+#define LLE_POOL_FLAG_ZERO_ON_FREE (1u << 1)
+/* Transparent huge pages (madvise(MADV_HUGEPAGE)) on regions of 2 MiB or
+ * more, aligned to 2 MiB. */
+#define LLE_POOL_FLAG_HUGE_PAGES (1u << 2)
+/* lle_destroy_memory_pool writes a leak report (see lle_pool_report_leaks)
+ * to standard error if blocks are live. Implies LLE_POOL_FLAG_CHECKED. */
+#define LLE_POOL_FLAG_REPORT_LEAKS_ON_DROP (1u << 3)
 
 /*
  * Creates a pool of initial_size bytes (the pool may round it up, and grows
- * on demand). Blocks from lle_pool_allocate are aligned to `alignment`: 0
- * means the default (16), and powers of two below 16 are raised to 16.
- * Returns NULL if alignment is not a power of two or above 1 GiB, type is not
- * an LLE_POOL_* value, or the pool cannot be created.
- * Pools created here are checked: they detect double frees on the fast path
- * as well, refuse the free of a block written past the size asked
- * (LLE_ERROR_CORRUPTED; the block is quarantined, never handed out again),
- * and poison freed blocks: an allocation that finds a freed block written
- * returns NULL once, and quarantines that block.
+ * on demand), set up by `flags`, a combination of LLE_POOL_FLAG_* bits (0
+ * for the default pool). Blocks from lle_pool_allocate are aligned to
+ * `alignment`: 0 means the default (16), and powers of two below 16 are
+ * raised to 16. Returns NULL if alignment is not a power of two or above
+ * 1 GiB, type is not an LLE_POOL_* value, flags has a bit that is no
+ * LLE_POOL_FLAG_*, or the pool cannot be created.
  * Release with lle_destroy_memory_pool.
+ */
+lle_memory_pool_t *lle_create_memory_pool_with_flags(size_t initial_size, size_t alignment,
+                                                     lle_memory_pool_type_t type, uint32_t flags);
+
+/*
+ * lle_create_memory_pool_with_flags with no flags: the default pool. It
+ * checks no block: like free(3), freeing a fast-path block twice is
+ * undefined behaviour (see LLE_POOL_FLAG_CHECKED); every other bad pointer
+ * is refused.
  */
 lle_memory_pool_t *lle_create_memory_pool(size_t initial_size, size_t alignment,
                                           lle_memory_pool_type_t type);
@@ -195,8 +228,11 @@ void *lle_pool_allocate_fast(lle_memory_pool_t *pool, size_t size);
  * LLE_SUCCESS. A pointer the pool cannot free is refused and nothing is
  * freed: LLE_ERROR_FOREIGN_POINTER (not from this pool),
  * LLE_ERROR_INTERIOR_POINTER (not the start of a block),
- * LLE_ERROR_DOUBLE_FREE (already freed, or never handed out),
- * LLE_ERROR_CORRUPTED (written past the size asked: quarantined).
+ * LLE_ERROR_DOUBLE_FREE (already freed, or never handed out: always for
+ * lle_pool_allocate's blocks, for lle_pool_allocate_fast's only in checked
+ * pools, where a second free is otherwise undefined behaviour),
+ * LLE_ERROR_CORRUPTED (checked pools: written past the size asked, and
+ * quarantined).
  */
 lle_result_t lle_pool_free(lle_memory_pool_t *pool, void *ptr);
 
@@ -269,11 +305,40 @@ lle_result_t lle_pool_set_soft_limit(lle_memory_pool_t *pool, size_t soft_limit)
 /* Writes a summary of the pool's live blocks to the file descriptor fd,
  * unless fd is negative: how many, their bytes, the ten largest and how many
  * of each size. Stores how many there are in *live_blocks if it is not NULL.
- * Pools created here are checked, so they know their live blocks.
+ * Only checked pools know their live blocks (LLE_POOL_FLAG_CHECKED):
+ * LLE_ERROR_INVALID_CONFIG for any other.
  * LLE_ERROR_NULL_POINTER if pool is NULL; LLE_ERROR_INVALID_PARAMETER if
  * the report could not be written (*live_blocks is set);
  * LLE_ERROR_OUT_OF_MEMORY if the list's memory could not be had. */
 lle_result_t lle_pool_report_leaks(const lle_memory_pool_t *pool, int fd, size_t *live_blocks);
+
+/* How a checked pool found a block damaged. */
+#define LLE_DAMAGE_OVERFLOW 0u         /* written past the size asked */
+#define LLE_DAMAGE_WRITE_AFTER_FREE 1u /* written while it was free */
+
+/* What a corruption callback is told. */
+typedef struct lle_block_damage {
+    void *block;       /* the damaged block */
+    size_t size;       /* bytes asked for it (for a write after free, by the
+                        * allocation that was about to receive it) */
+    size_t usable;     /* bytes the block spans, guard bytes included */
+    size_t offset;     /* the first damaged byte, from block */
+    unsigned int kind; /* LLE_DAMAGE_OVERFLOW or LLE_DAMAGE_WRITE_AFTER_FREE */
+} lle_block_damage_t;
+
+typedef void (*lle_corruption_fn)(const lle_block_damage_t *damage, void *user_data);
+
+/* Sets where a checked pool reports a write after free, replacing the
+ * callback set before; callback NULL removes it. The allocation that finds
+ * a freed block written calls it with user_data, quarantines the block and
+ * goes on with another; with no callback it returns NULL instead (and the
+ * library writes the damage to standard error). It runs on the allocating
+ * thread (any thread that uses the pool: user_data must allow that),
+ * outside the pool's locks: it may allocate and free, but must not set the
+ * callback. Once this returns, the previous callback is not running and
+ * will not be called again. An unchecked pool never calls it. */
+lle_result_t lle_pool_set_corruption_callback(lle_memory_pool_t *pool, lle_corruption_fn callback,
+                                              void *user_data);
 
 /* Rounds size up to a multiple of alignment (a power of two). Returns 0 if
  * alignment is not a power of two (0 included) or the result would not fit

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "lle/memory_management.h"
 
@@ -23,9 +24,9 @@
  * shared pool (sizes above 1 KiB) are exercised. */
 static const size_t block_sizes[] = {1, 8, 16, 24, 48, 64, 100, 256, 512, 1000, 1024, 1500, 4096, 9000};
 #define BLOCK_SIZE_COUNT (sizeof block_sizes / sizeof block_sizes[0])
-/* The largest size a thread cache serves in the checked pools made here: a
- * 1 KiB block's canary takes it past the largest size class. */
-#define FAST_PATH_LIMIT 1023
+/* The largest size a thread cache serves in a default pool (in a checked
+ * one, a 1 KiB block's canary takes it past the largest size class). */
+#define FAST_PATH_LIMIT 1024
 
 static unsigned passed;
 static unsigned failed;
@@ -270,6 +271,8 @@ static void test_bad_input(void) {
     CHECK(lle_create_memory_pool(1u << 16, 3, LLE_POOL_TEMP) == NULL);
     CHECK(lle_create_memory_pool(1u << 16, 48, LLE_POOL_TEMP) == NULL);
     CHECK(lle_create_memory_pool(1u << 16, 0, (lle_memory_pool_type_t)99) == NULL);
+    CHECK(lle_create_memory_pool_with_flags(1u << 16, 0, LLE_POOL_TEMP, 1u << 31) == NULL);
+    CHECK(lle_create_memory_pool_with_flags(1u << 16, 0, LLE_POOL_TEMP, LLE_POOL_FLAG_CHECKED | (1u << 4)) == NULL);
 
     /* Size 0 and bad alignments give NULL on every allocation path. */
     CHECK(lle_pool_allocate(pool, 0) == NULL);
@@ -279,13 +282,16 @@ static void test_bad_input(void) {
     CHECK(lle_pool_allocate_aligned(pool, 16, 0) == NULL);
     CHECK(lle_pool_allocate(pool, SIZE_MAX) == NULL);
 
-    /* Everything is allocated before the first frees: a later allocation
+    /* A default pool checks no block, but refuses every pointer that is no
+     * live block, but for a second free of a fast-path block (undefined
+     * behaviour there, as with free(3); see test_double_free_in_checked_pool).
+     * Everything is allocated before the first frees: a later allocation
      * could reuse a freed address and turn the double free below into a
      * valid free. */
     void *shared_block = lle_pool_allocate(pool, 32);
     CHECK(shared_block != NULL);
-    void *fast_block = lle_pool_allocate_fast(pool, 32);
-    CHECK(fast_block != NULL);
+    void *shared_block_freed_fast = lle_pool_allocate(pool, 48);
+    CHECK(shared_block_freed_fast != NULL);
     unsigned char *live_block = lle_pool_allocate(pool, 64);
     CHECK(live_block != NULL);
     unsigned char *live_fast_block = lle_pool_allocate_fast(pool, 64);
@@ -294,17 +300,20 @@ static void test_bad_input(void) {
     CHECK(from_malloc != NULL);
     int on_stack = 0;
     CHECK(lle_pool_free(pool, shared_block) == LLE_SUCCESS);
-    CHECK(lle_pool_free_fast(pool, fast_block) == LLE_SUCCESS);
+    CHECK(lle_pool_free_fast(pool, shared_block_freed_fast) == LLE_SUCCESS);
 
     lle_pool_statistics_t before, after;
     CHECK(lle_get_pool_statistics(pool, &before) == LLE_SUCCESS);
 
-    /* Double free, on both paths. */
+    /* A shared block's double free, through both functions. */
     CHECK(lle_pool_free(pool, shared_block) == LLE_ERROR_DOUBLE_FREE);
-    CHECK(lle_pool_free_fast(pool, fast_block) == LLE_ERROR_DOUBLE_FREE);
-    /* A pointer into the middle of a live block. */
+    CHECK(lle_pool_free_fast(pool, shared_block) == LLE_ERROR_DOUBLE_FREE);
+    CHECK(lle_pool_free(pool, shared_block_freed_fast) == LLE_ERROR_DOUBLE_FREE);
+    CHECK(lle_pool_free_fast(pool, shared_block_freed_fast) == LLE_ERROR_DOUBLE_FREE);
+    /* A pointer into the middle of a live block, of either path. */
     CHECK(lle_pool_free(pool, live_block + 16) == LLE_ERROR_INTERIOR_POINTER);
     CHECK(lle_pool_free_fast(pool, live_block + 16) == LLE_ERROR_INTERIOR_POINTER);
+    CHECK(lle_pool_free(pool, live_fast_block + 8) == LLE_ERROR_INTERIOR_POINTER);
     CHECK(lle_pool_free_fast(pool, live_fast_block + 8) == LLE_ERROR_INTERIOR_POINTER);
     /* Pointers the pool never handed out. */
     CHECK(lle_pool_free(pool, from_malloc) == LLE_ERROR_FOREIGN_POINTER);
@@ -318,6 +327,10 @@ static void test_bad_input(void) {
     CHECK(after.fast.frees == before.fast.frees);
     CHECK(after.live_allocations == before.live_allocations);
     CHECK(after.used == before.used);
+    memset(live_block, 0x5A, 64);
+    memset(live_fast_block, 0xA5, 64);
+    CHECK(live_block[0] == 0x5A && live_block[63] == 0x5A);
+    CHECK(live_fast_block[0] == 0xA5 && live_fast_block[63] == 0xA5);
     CHECK(lle_pool_free(pool, live_block) == LLE_SUCCESS);
     CHECK(lle_pool_free_fast(pool, live_fast_block) == LLE_SUCCESS);
     free(from_malloc);
@@ -348,11 +361,44 @@ static void test_bad_input(void) {
     lle_destroy_memory_pool(pool);
 }
 
+/* In a checked pool a fast-path block's double free is refused too, through
+ * both functions, and changes nothing. */
+static void test_double_free_in_checked_pool(void) {
+    lle_memory_pool_t *pool = lle_create_memory_pool_with_flags(1u << 16, 0, LLE_POOL_TEMP, LLE_POOL_FLAG_CHECKED);
+    CHECK(pool != NULL);
+    if (pool == NULL) {
+        return;
+    }
+    unsigned char *freed_fast = lle_pool_allocate_fast(pool, 32);
+    unsigned char *freed_shared_way = lle_pool_allocate_fast(pool, 32);
+    unsigned char *live = lle_pool_allocate_fast(pool, 32);
+    CHECK(freed_fast != NULL && freed_shared_way != NULL && live != NULL);
+    if (freed_fast == NULL || freed_shared_way == NULL || live == NULL) {
+        lle_destroy_memory_pool(pool);
+        return;
+    }
+    memset(live, 0x3C, 32);
+    CHECK(lle_pool_free_fast(pool, freed_fast) == LLE_SUCCESS);
+    CHECK(lle_pool_free(pool, freed_shared_way) == LLE_SUCCESS);
+    lle_pool_statistics_t before, after;
+    CHECK(lle_get_pool_statistics(pool, &before) == LLE_SUCCESS);
+    CHECK(lle_pool_free_fast(pool, freed_fast) == LLE_ERROR_DOUBLE_FREE);
+    CHECK(lle_pool_free(pool, freed_fast) == LLE_ERROR_DOUBLE_FREE);
+    CHECK(lle_pool_free_fast(pool, freed_shared_way) == LLE_ERROR_DOUBLE_FREE);
+    CHECK(lle_pool_free(pool, freed_shared_way) == LLE_ERROR_DOUBLE_FREE);
+    CHECK(lle_get_pool_statistics(pool, &after) == LLE_SUCCESS);
+    CHECK(after.fast.frees == before.fast.frees);
+    CHECK(after.live_allocations == before.live_allocations && after.live_allocations == 1);
+    CHECK(live[0] == 0x3C && live[31] == 0x3C);
+    CHECK(lle_pool_free_fast(pool, live) == LLE_SUCCESS);
+    lle_destroy_memory_pool(pool);
+}
+
 static void test_guard_bytes(void) {
-    /* Pools made through the C API are checked: a write even one byte past
-     * the size asked is refused when the block is freed, on both paths, and
-     * the block is quarantined, so that freeing it again is a double free. */
-    lle_memory_pool_t *pool = lle_create_memory_pool(1u << 16, 0, LLE_POOL_TEMP);
+    /* In a checked pool, a write even one byte past the size asked is
+     * refused when the block is freed, on both paths, and the block is
+     * quarantined, so that freeing it again is a double free. */
+    lle_memory_pool_t *pool = lle_create_memory_pool_with_flags(1u << 16, 0, LLE_POOL_TEMP, LLE_POOL_FLAG_CHECKED);
     CHECK(pool != NULL);
     if (pool == NULL) {
         return;
@@ -378,9 +424,11 @@ static void test_guard_bytes(void) {
     lle_pool_statistics_t stats;
     CHECK(lle_get_pool_statistics(pool, &stats) == LLE_SUCCESS);
     CHECK(stats.live_allocations == 0);
+    CHECK(stats.quarantined_blocks == 2);
 
-    /* A write after free: the allocation that finds it returns NULL (the
-     * library reports it on stderr), and the next one a sound block. */
+    /* A write after free, with no corruption callback: the allocation that
+     * finds it returns NULL (the library reports it on stderr), and the
+     * next one a sound block. */
     unsigned char *freed = lle_pool_allocate_fast(pool, 200);
     CHECK(freed != NULL);
     if (freed != NULL) {
@@ -390,8 +438,146 @@ static void test_guard_bytes(void) {
         unsigned char *next = lle_pool_allocate_fast(pool, 200);
         CHECK(next != NULL && next != freed);
         CHECK(lle_pool_free_fast(pool, next) == LLE_SUCCESS);
+        CHECK(lle_get_pool_statistics(pool, &stats) == LLE_SUCCESS);
+        CHECK(stats.quarantined_blocks == 3);
     }
     lle_destroy_memory_pool(pool);
+}
+
+/* A corruption callback is told of a write after free, with the block's
+ * address, and the allocation that found it goes on with a sound block. */
+struct damage_log {
+    lle_memory_pool_t *pool;
+    unsigned calls;
+    lle_block_damage_t last;
+    int allocated_inside;
+};
+
+static void note_damage(const lle_block_damage_t *damage, void *user_data) {
+    struct damage_log *log = user_data;
+    log->calls++;
+    log->last = *damage;
+    /* The callback may use the pool that called it. */
+    void *scratch = lle_pool_allocate(log->pool, 16);
+    log->allocated_inside = scratch != NULL;
+    lle_pool_free(log->pool, scratch);
+}
+
+static void test_corruption_callback(void) {
+    lle_memory_pool_t *pool = lle_create_memory_pool_with_flags(1u << 20, 0, LLE_POOL_EVENT, LLE_POOL_FLAG_CHECKED);
+    CHECK(pool != NULL);
+    if (pool == NULL) {
+        return;
+    }
+    struct damage_log log = {.pool = pool};
+    CHECK(lle_pool_set_corruption_callback(NULL, note_damage, &log) == LLE_ERROR_NULL_POINTER);
+    CHECK(lle_pool_set_corruption_callback(pool, note_damage, &log) == LLE_SUCCESS);
+    unsigned char *freed = lle_pool_allocate_fast(pool, 200);
+    CHECK(freed != NULL);
+    if (freed != NULL) {
+        CHECK(lle_pool_free_fast(pool, freed) == LLE_SUCCESS);
+        freed[120] = 7;
+        unsigned char *next = lle_pool_allocate_fast(pool, 200);
+        CHECK(next != NULL && next != freed);
+        CHECK(log.calls == 1);
+        CHECK(log.last.block == freed);
+        CHECK(log.last.offset == 120);
+        CHECK(log.last.size == 200);
+        CHECK(log.last.usable >= 201);
+        CHECK(log.last.kind == LLE_DAMAGE_WRITE_AFTER_FREE);
+        CHECK(log.allocated_inside);
+        if (next != NULL) {
+            memset(next, 0x11, 200);
+            CHECK(next[0] == 0x11 && next[199] == 0x11);
+            CHECK(lle_pool_free_fast(pool, next) == LLE_SUCCESS);
+        }
+        lle_pool_statistics_t stats;
+        CHECK(lle_get_pool_statistics(pool, &stats) == LLE_SUCCESS);
+        CHECK(stats.quarantined_blocks == 1);
+        CHECK(stats.live_allocations == 0);
+    }
+
+    /* Removed: a write after free makes the allocation return NULL again. */
+    CHECK(lle_pool_set_corruption_callback(pool, NULL, NULL) == LLE_SUCCESS);
+    unsigned char *again = lle_pool_allocate_fast(pool, 300);
+    CHECK(again != NULL);
+    if (again != NULL) {
+        CHECK(lle_pool_free_fast(pool, again) == LLE_SUCCESS);
+        again[100] = 1;
+        CHECK(lle_pool_allocate_fast(pool, 300) == NULL);
+        CHECK(log.calls == 1);
+    }
+    lle_destroy_memory_pool(pool);
+}
+
+/* The flags other than checked mode: zeroing on free, huge pages, and the
+ * leak report when a pool is destroyed. */
+static void test_flags(void) {
+    lle_memory_pool_t *pool = lle_create_memory_pool_with_flags(1u << 20, 0, LLE_POOL_STRING, LLE_POOL_FLAG_ZERO_ON_FREE);
+    CHECK(pool != NULL);
+    if (pool != NULL) {
+        volatile unsigned char *shared = lle_pool_allocate(pool, 100);
+        volatile unsigned char *cached = lle_pool_allocate_fast(pool, 100);
+        CHECK(shared != NULL && cached != NULL);
+        if (shared != NULL && cached != NULL) {
+            memset((void *)shared, 0x5A, 100);
+            memset((void *)cached, 0x5A, 100);
+            CHECK(lle_pool_free(pool, (void *)shared) == LLE_SUCCESS);
+            CHECK(lle_pool_free_fast(pool, (void *)cached) == LLE_SUCCESS);
+            /* The pool's memory stays mapped: the freed bytes read zero (a
+             * cached block's first 8 hold its free-list link). */
+            unsigned nonzero = 0;
+            for (size_t i = 0; i < 100; i++) {
+                nonzero += shared[i] != 0;
+                nonzero += i >= 8 && cached[i] != 0;
+            }
+            CHECK(nonzero == 0);
+        }
+        lle_destroy_memory_pool(pool);
+    }
+
+    pool = lle_create_memory_pool_with_flags(4u << 20, 0, LLE_POOL_BUFFER, LLE_POOL_FLAG_HUGE_PAGES);
+    CHECK(pool != NULL);
+    if (pool != NULL) {
+        /* The first block starts the pool's region, aligned for huge pages. */
+        unsigned char *block = lle_pool_allocate(pool, 3u << 20);
+        CHECK(block != NULL && is_aligned(block, 2u << 20));
+        if (block != NULL) {
+            memset(block, 1, 3u << 20);
+            CHECK(block[(3u << 20) - 1] == 1);
+            CHECK(lle_pool_free(pool, block) == LLE_SUCCESS);
+        }
+        lle_destroy_memory_pool(pool);
+    }
+
+    /* Standard error, sent to a file while the pool is destroyed. */
+    pool = lle_create_memory_pool_with_flags(1u << 20, 0, LLE_POOL_CUSTOM, LLE_POOL_FLAG_REPORT_LEAKS_ON_DROP);
+    FILE *captured = tmpfile();
+    CHECK(pool != NULL && captured != NULL);
+    if (pool != NULL && captured != NULL) {
+        void *forgotten = lle_pool_allocate(pool, 100);
+        CHECK(forgotten != NULL);
+        /* It implies checked mode, so the pool knows its live blocks. */
+        size_t live = 0;
+        CHECK(lle_pool_report_leaks(pool, -1, &live) == LLE_SUCCESS);
+        CHECK(live == 1);
+        fflush(stderr);
+        int saved = dup(STDERR_FILENO);
+        CHECK(saved >= 0 && dup2(fileno(captured), STDERR_FILENO) >= 0);
+        lle_destroy_memory_pool(pool);
+        pool = NULL;
+        CHECK(dup2(saved, STDERR_FILENO) >= 0);
+        close(saved);
+        char report[1024];
+        rewind(captured);
+        size_t length = fread(report, 1, sizeof report - 1, captured);
+        report[length] = '\0';
+        CHECK(strstr(report, "memory pool leak report: 1 live block, 100 bytes") != NULL);
+    }
+    lle_destroy_memory_pool(pool);
+    if (captured != NULL) {
+        fclose(captured);
+    }
 }
 
 static void test_size_helpers(void) {
@@ -443,6 +629,9 @@ static void test_statistics_of_cached_slabs(void) {
     CHECK(stats.fast.slab_bytes == stats.fast.slabs * 65536);
     CHECK(stats.used == stats.fast.slab_bytes);
     CHECK(stats.fast.allocations == stats.fast.frees);
+    /* Nothing damaged, and no maximum size to refuse anything. */
+    CHECK(stats.quarantined_blocks == 0);
+    CHECK(stats.low_memory_retries == 0 && stats.low_memory_recoveries == 0);
     lle_destroy_memory_pool(pool);
 }
 
@@ -514,8 +703,8 @@ static void test_out_of_memory(void) {
  * soft limit was crossed, catches the consumer up by freeing the queued
  * blocks, checking their contents first. */
 #define PRESSURE_QUEUE 64
-/* Bytes asked per block: with the checked pool's canary (at least one
- * byte past the bytes asked) a block takes 512 bytes of the pool. */
+/* Bytes asked per block: rounded up to 16-byte granules, a block takes 512
+ * bytes of the pool. */
 #define PRESSURE_BLOCK 500
 struct pressure_queue {
     lle_memory_pool_t *pool;
@@ -603,9 +792,17 @@ static void test_memory_pressure(void) {
 }
 
 static void test_leak_report(void) {
+    /* Only a checked pool knows its live blocks. */
+    lle_memory_pool_t *unchecked = lle_create_memory_pool(1u << 20, 0, LLE_POOL_CUSTOM);
+    size_t unknown = 7;
+    CHECK(unchecked != NULL);
+    CHECK(lle_pool_report_leaks(unchecked, -1, &unknown) == LLE_ERROR_INVALID_CONFIG);
+    CHECK(unknown == 7);
+    lle_destroy_memory_pool(unchecked);
+
     /* Two blocks leaked, one per path, and one freed: the report names the
      * two, written to a file, and counts them. */
-    lle_memory_pool_t *pool = lle_create_memory_pool(1u << 20, 0, LLE_POOL_CUSTOM);
+    lle_memory_pool_t *pool = lle_create_memory_pool_with_flags(1u << 20, 0, LLE_POOL_CUSTOM, LLE_POOL_FLAG_CHECKED);
     FILE *file = tmpfile();
     CHECK(pool != NULL && file != NULL);
     if (pool == NULL || file == NULL) {
@@ -648,7 +845,10 @@ int main(void) {
     test_alignment();
     test_resizing();
     test_bad_input();
+    test_double_free_in_checked_pool();
     test_guard_bytes();
+    test_corruption_callback();
+    test_flags();
     test_size_helpers();
     test_out_of_memory();
     test_memory_pressure();
