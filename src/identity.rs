@@ -2,12 +2,12 @@
 //! lock's owner and the threads' cache entries.
 
 #[cfg(not(lle_mempool_model))]
-use crate::sync::const_thread_local;
+use crate::sync::{const_thread_local, zeroed_thread_local};
 
 #[cfg(not(lle_mempool_model))]
-const_thread_local! {
+zeroed_thread_local! {
     /// Its address names the current thread while the thread lives.
-    static THREAD_TOKEN: u8 = 0;
+    static THREAD_TOKEN: u8;
 }
 
 /// A non-zero number that no other live thread has: the address of a

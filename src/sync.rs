@@ -56,9 +56,11 @@ mod imp {
 }
 
 mod mutex;
+pub(crate) mod zeroed_local;
 
 pub(crate) use imp::*;
 pub(crate) use mutex::lock;
+pub(crate) use zeroed_local::{zeroed_thread_local, Zeroable};
 
 /// Declares a thread-local whose initial value is a constant expression.
 ///

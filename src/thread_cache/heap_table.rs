@@ -15,7 +15,7 @@
 //! surely unused, and its slot is reused.
 
 use super::heap::ThreadHeap;
-use crate::sync::const_thread_local;
+use crate::sync::{const_thread_local, zeroed_thread_local, Zeroable};
 use std::cell::Cell;
 use std::ptr;
 
@@ -45,6 +45,8 @@ pub(super) struct HeapTable<H: TableEntry> {
 }
 
 impl<H: TableEntry> HeapTable<H> {
+    /// An empty table; a thread's own starts as all-zero bytes, the same.
+    #[cfg(all(test, not(lle_mempool_model)))]
     pub(super) const fn new() -> Self {
         HeapTable {
             keys: [const { Cell::new(EMPTY) }; HEAPS_PER_THREAD],
@@ -174,9 +176,8 @@ impl Drop for ExitGuard {
     }
 }
 
-/// A thread's state that the inline fast paths read, in one thread-local:
-/// in a shared library each thread-local is reached through a call
-/// (`__tls_get_addr`), which the compiler makes once for both fields.
+/// A thread's state that the inline fast paths read, in one thread-local,
+/// whose address the compiler works out once for both fields.
 struct ThreadLocals {
     heaps: HeapTable<ThreadHeap>,
     /// Whether the thread is inside an operation of a `GlobalPool`'s pool
@@ -185,8 +186,13 @@ struct ThreadLocals {
     inside_global_pool: Cell<bool>,
 }
 
-const_thread_local! {
-    static THREAD_LOCALS: ThreadLocals = ThreadLocals { heaps: HeapTable::new(), inside_global_pool: Cell::new(false) };
+// SAFETY: zero bytes are empty slots (`EMPTY` keys, null heaps) and a
+// clear flag: a thread's table and flag as it starts.
+unsafe impl Zeroable for ThreadLocals {}
+const _: () = assert!(EMPTY == 0, "a zeroed table's slots must be empty");
+
+zeroed_thread_local! {
+    static THREAD_LOCALS: ThreadLocals;
 }
 
 const_thread_local! {
