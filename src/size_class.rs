@@ -57,8 +57,20 @@ pub(crate) fn class_for_layout(layout: Layout) -> Option<usize> {
         return None;
     }
     let class = class_of(size);
-    (layout.align() <= class_alignment(class)).then_some(class)
+    (layout.align() <= ALIGNMENT_BY_CLASS[class] as usize).then_some(class)
 }
+
+/// `class_alignment` by table: on the allocation path a load is cheaper
+/// than working out the size's lowest set bit.
+static ALIGNMENT_BY_CLASS: [u8; CLASS_COUNT] = {
+    let mut table = [0u8; CLASS_COUNT];
+    let mut class = 0;
+    while class < CLASS_COUNT {
+        table[class] = class_alignment(class) as u8;
+        class += 1;
+    }
+    table
+};
 
 const fn compute_class(size: usize) -> usize {
     let mut class = 0;
