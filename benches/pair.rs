@@ -8,10 +8,10 @@
 //! can be optimised away. The first 100 000 pairs are not timed. Prints one
 //! line in the C workloads' format, with the mean time per pair in ns.
 //!
-//! The pool has the default settings (`PoolConfig::new`); with `--checked`
-//! it is checked (`PoolConfig::checked`), as every pool
-//! `lle_create_memory_pool` makes is, so that the C pair can be read both
-//! against the Rust fast path and against the same pool settings from Rust.
+//! The pool has the default settings (`PoolConfig::new`), as the pools
+//! `lle_create_memory_pool` makes do, so the C pair reads against it; with
+//! `--checked` it is checked (`PoolConfig::checked`), to show what checking
+//! costs.
 //!
 //! Run: `cargo bench -p lle-mempool-benches --bench pair` (20 million pairs);
 //! `-- --pairs N` sets the count, `-- --checked` checks the pool.

@@ -25,9 +25,9 @@
 #     through lle_pool_allocate_fast / lle_pool_free_fast linked statically
 #     (lle-static) and dynamically (lle-shared), through
 #     MemoryPool::allocate_fast / free_fast from Rust (rust: the `pair` bench
-#     of the benches/ package, on a default pool; rust-checked: on a checked
-#     pool, as lle_create_memory_pool makes), and through malloc/free under
-#     each allocator.
+#     of the benches/ package, on a default pool, as lle_create_memory_pool
+#     makes; rust-checked: on a checked pool, for what checking costs), and
+#     through malloc/free under each allocator.
 #  5. Writes every run to a CSV (default <target>/cbench/results.csv) and
 #     prints the medians over the rounds as Markdown tables: throughput in
 #     operations per second, its ratio to glibc's, and the drop-in's ratio to

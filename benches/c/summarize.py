@@ -7,9 +7,9 @@ Workloads: median operations per second for each allocator over the rounds,
 then each allocator's ratio to glibc (above 1 is faster than glibc) and, when
 the drop-in malloc ("lle") ran, its ratio to jemalloc and mimalloc. Pairs:
 median ns per pair for each path and its ratio to the Rust pair on a default
-pool (above 1 is slower than Rust). The C API's pools are checked
-(lle_create_memory_pool sets PoolConfig::checked), hence the Rust pair on a
-checked pool beside them.
+pool (above 1 is slower than Rust). The C API's pools are default pools
+too (lle_create_memory_pool); the Rust pair on a checked pool shows what
+checked mode costs.
 """
 
 import csv
@@ -22,8 +22,8 @@ PAIR_PATHS = ["rust", "rust-checked", "lle-static", "lle-shared"] + ALLOCATORS
 PAIR_LABELS = {
     "rust": "MemoryPool::allocate_fast / free_fast (Rust), default pool",
     "rust-checked": "MemoryPool::allocate_fast / free_fast (Rust), checked pool",
-    "lle-static": "lle_pool_allocate_fast / lle_pool_free_fast, liblle_mempool.a (checked pool)",
-    "lle-shared": "lle_pool_allocate_fast / lle_pool_free_fast, liblle_mempool.so (checked pool)",
+    "lle-static": "lle_pool_allocate_fast / lle_pool_free_fast, liblle_mempool.a",
+    "lle-shared": "lle_pool_allocate_fast / lle_pool_free_fast, liblle_mempool.so",
     "glibc": "malloc / free, glibc",
     "mimalloc": "malloc / free, libmimalloc.so preloaded",
     "jemalloc": "malloc / free, libjemalloc.so preloaded",
