@@ -20,6 +20,22 @@ pub(crate) fn page_size() -> usize {
     imp::page_size()
 }
 
+/// A point in time, as the time since a fixed point of the clock
+/// [`coarse_monotonic_now`] reads.
+pub(crate) type Timestamp = std::time::Duration;
+
+/// The time now, from a monotonic clock that is cheap to read, at the
+/// kernel tick's resolution (1 to 10 ms): `CLOCK_MONOTONIC_COARSE`, a value
+/// the kernel publishes for the vDSO to copy, where `std::time::Instant`
+/// reads the time-stamp counter, which costs tens of nanoseconds in a
+/// virtual machine. For the purge delays, measured in seconds, which their
+/// schedules check on slow paths that a busy thread takes often. Zero if
+/// the kernel has no such clock (older than Linux 2.6.32): the delays then
+/// never pass, and only `compact` purges.
+pub(crate) fn coarse_monotonic_now() -> Timestamp {
+    imp::coarse_monotonic_now()
+}
+
 /// Why the OS refused memory: the `errno` it reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OsError(pub(crate) i32);
@@ -54,6 +70,15 @@ mod imp {
     use super::OsError;
     use memmap2::{Advice, MmapOptions, MmapRaw, RemapOptions, UncheckedAdvice};
     use std::ptr::NonNull;
+
+    pub(super) fn coarse_monotonic_now() -> super::Timestamp {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes the timespec it is given, and only it.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } != 0 {
+            return super::Timestamp::ZERO;
+        }
+        super::Timestamp::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
+    }
 
     /// The transparent huge page of x86-64 and of arm64 with 4 KiB pages:
     /// the span one page-middle-directory entry maps.
@@ -615,6 +640,12 @@ mod imp {
     use super::OsError;
     use std::alloc::Layout;
     use std::ptr::NonNull;
+
+    /// The models' time: std's clock, from the first call.
+    pub(super) fn coarse_monotonic_now() -> super::Timestamp {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed()
+    }
 
     const MODEL_PAGE_SIZE: usize = 4096;
 

@@ -21,8 +21,9 @@
 //! delay ([`HeapPurgeSchedule`]), looked at only when the thread's cache
 //! takes its slow path (a slab runs dry), never on the fast path.
 
+use crate::os::{coarse_monotonic_now, Timestamp};
 use crate::slab::SLAB_SIZE;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The least bytes freed between two checks of the clock, whatever the
 /// pool's size: a few MiB, so that a small pool under heavy churn reads the
@@ -54,14 +55,14 @@ pub(crate) struct PurgeSchedule {
     /// Bytes still to be freed before the next look at the clock.
     bytes_until_check: usize,
     /// When free pages were last purged (or the pool was made).
-    last_purge: Instant,
+    last_purge: Timestamp,
 }
 
 impl PurgeSchedule {
     /// A schedule for a pool of `pool_size` bytes that purges `delay` after
     /// the last purge.
     pub(crate) fn new(delay: Option<Duration>, pool_size: usize) -> PurgeSchedule {
-        let mut schedule = PurgeSchedule { delay, bytes_until_check: 0, last_purge: Instant::now() };
+        let mut schedule = PurgeSchedule { delay, bytes_until_check: 0, last_purge: coarse_monotonic_now() };
         schedule.restart(schedule.last_purge, pool_size);
         schedule
     }
@@ -89,7 +90,7 @@ impl PurgeSchedule {
             self.bytes_until_check = usize::MAX;
             return false;
         };
-        let now = Instant::now();
+        let now = coarse_monotonic_now();
         if delay_passed(delay, self.last_purge, now) {
             self.restart(now, pool_size);
             true
@@ -101,7 +102,7 @@ impl PurgeSchedule {
 
     /// Records a purge made at `now` (by the delay or by `compact`), after
     /// which the full threshold is counted again.
-    pub(crate) fn restart(&mut self, now: Instant, pool_size: usize) {
+    pub(crate) fn restart(&mut self, now: Timestamp, pool_size: usize) {
         self.last_purge = now;
         self.bytes_until_check = match self.delay {
             Some(_) => purge_threshold(pool_size),
@@ -112,32 +113,33 @@ impl PurgeSchedule {
 
 /// Whether `delay` has passed between `last_purge` and `now`: the one
 /// test both schedules make.
-fn delay_passed(delay: Duration, last_purge: Instant, now: Instant) -> bool {
-    now.duration_since(last_purge) >= delay
+fn delay_passed(delay: Duration, last_purge: Timestamp, now: Timestamp) -> bool {
+    now.saturating_sub(last_purge) >= delay
 }
 
 /// When a thread's cache next purges the free pages inside its slabs on its
 /// own. Its thread alone uses it; it is asked only on the cache's slow path,
-/// which is rare enough to read the clock each time.
+/// which is rare enough to read the clock each time: the coarse clock,
+/// which costs a few loads (see `os::coarse_monotonic_now`).
 #[derive(Clone, Copy)]
 pub(crate) struct HeapPurgeSchedule {
     /// `None`: purge only on `compact`.
     delay: Option<Duration>,
     /// When the cache last purged (or was made).
-    last_purge: Instant,
+    last_purge: Timestamp,
 }
 
 impl HeapPurgeSchedule {
     /// A schedule that purges `delay` after the last purge.
     pub(crate) fn new(delay: Option<Duration>) -> HeapPurgeSchedule {
-        HeapPurgeSchedule { delay, last_purge: Instant::now() }
+        HeapPurgeSchedule { delay, last_purge: coarse_monotonic_now() }
     }
 
     /// Whether to purge now: `true` when the delay has passed since the last
     /// purge, and then the schedule counts the purge as done.
     pub(crate) fn purge_now(&mut self) -> bool {
         let Some(delay) = self.delay else { return false };
-        let now = Instant::now();
+        let now = coarse_monotonic_now();
         let due = delay_passed(delay, self.last_purge, now);
         if due {
             self.last_purge = now;
@@ -147,7 +149,7 @@ impl HeapPurgeSchedule {
 
     /// Records a purge made by `compact`.
     pub(crate) fn restart(&mut self) {
-        self.last_purge = Instant::now();
+        self.last_purge = coarse_monotonic_now();
     }
 }
 
@@ -194,7 +196,8 @@ mod tests {
         assert!(short.purge_now(), "the delay has passed");
         assert!(short.last_purge > made, "the purge restarted the delay");
         let purged = short.last_purge;
-        std::thread::sleep(Duration::from_millis(1));
+        // Past the coarse clock's tick, a few milliseconds.
+        std::thread::sleep(Duration::from_millis(25));
         short.restart();
         assert!(short.last_purge > purged, "compact restarts it too");
     }

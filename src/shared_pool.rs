@@ -35,7 +35,7 @@ use crate::stats::{Counter, SampledTimer, SHARED_TIMING_PERIOD};
 use crate::sync::Ordering;
 use crossbeam_epoch::{Atomic, Collector, Guard, Owned};
 use std::ptr::NonNull;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The largest region, in bytes; bigger requests span several regions.
 const MAX_REGION_BYTES: usize = MAX_REGION_GRANULES * GRANULE;
@@ -840,7 +840,7 @@ impl SharedPool {
                 }
             }
             self.purge_free_pages(state, os::page_size());
-            state.purge.restart(Instant::now(), self.counters.size.get());
+            state.purge.restart(crate::os::coarse_monotonic_now(), self.counters.size.get());
             Ok((old_size, self.counters.size.get()))
         })?;
         Self::collect_garbage(&handle);
