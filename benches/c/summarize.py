@@ -45,20 +45,31 @@ def table(header, rows):
     return "\n".join(lines)
 
 
+def median_ratio(top, bottom):
+    """The median over rounds of top / bottom, each round's values divided
+    within the round: the machine's speed drifts between rounds, and a
+    ratio of two medians would mix rounds."""
+    if not top or not bottom:
+        return "-"
+    ratios = [top[r] / bottom[r] for r in top if r in bottom and bottom[r]]
+    return f"{statistics.median(ratios):.2f}" if ratios else "-"
+
+
 def main(path):
-    throughput = defaultdict(list)
-    pair_ns = defaultdict(list)
+    # (workload, allocator) -> {round: value}
+    throughput = defaultdict(dict)
+    pair_ns = defaultdict(dict)
     workloads = []
     with open(path, newline="") as results:
         for row in csv.DictReader(results):
             if row["workload"] == "pair":
-                pair_ns[row["allocator"]].append(float(row["ns_per_pair"]))
+                pair_ns[row["allocator"]][row["round"]] = float(row["ns_per_pair"])
                 continue
             if row["workload"] not in workloads:
                 workloads.append(row["workload"])
-            throughput[row["workload"], row["allocator"]].append(float(row["ops_per_s"]))
+            throughput[row["workload"], row["allocator"]][row["round"]] = float(row["ops_per_s"])
 
-    median = {key: statistics.median(values) for key, values in throughput.items()}
+    median = {key: statistics.median(values.values()) for key, values in throughput.items()}
     present = [a for a in ALLOCATORS if any((w, a) in median for w in workloads)]
     peers = [a for a in present if a != "glibc"]
     header = ["workload"] + [f"{a} ops/s" for a in present] + [f"{a} / glibc" for a in peers]
@@ -67,9 +78,7 @@ def main(path):
         header += ["lle / jemalloc", "lle / mimalloc"]
 
     def ratio(workload, numerator, denominator):
-        top = median.get((workload, numerator))
-        bottom = median.get((workload, denominator))
-        return f"{top / bottom:.2f}" if top and bottom else "-"
+        return median_ratio(throughput.get((workload, numerator)), throughput.get((workload, denominator)))
 
     rows = []
     for workload in workloads:
@@ -84,13 +93,12 @@ def main(path):
     print(table(header, rows))
 
     if pair_ns:
-        rust = statistics.median(pair_ns["rust"]) if pair_ns.get("rust") else None
         rows = []
         for path_name in PAIR_PATHS:
             if not pair_ns.get(path_name):
                 continue
-            ns = statistics.median(pair_ns[path_name])
-            rows.append([PAIR_LABELS[path_name], f"{ns:.1f}", f"{ns / rust:.2f}" if rust else "-"])
+            ns = statistics.median(pair_ns[path_name].values())
+            rows.append([PAIR_LABELS[path_name], f"{ns:.1f}", median_ratio(pair_ns[path_name], pair_ns.get("rust"))])
         print()
         print("64-byte allocate/free pairs, one byte written into each block: median ns per pair.")
         print()

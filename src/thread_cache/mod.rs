@@ -258,9 +258,11 @@ unsafe fn try_free_owned(heaps: &HeapTable<ThreadHeap>, pool: &PoolInner, block:
     }
     // The timed frees take the full path.
     let Some(number) = heap.counters.frees.next_untimed() else { return false };
+    // Counted first, so that nothing but the answer is left to do after the
+    // free, whose rare call (the slab emptied) then needs no registers kept.
+    heap.counters.frees.count_untimed(number);
     // SAFETY: `block` starts a block of `slab`, which the caller gives up.
     unsafe { heap.free_local_untimed(slab, block) };
-    heap.counters.frees.count_untimed(number);
     true
 }
 
