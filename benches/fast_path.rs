@@ -50,6 +50,9 @@
 //! timed span: timing starts when a barrier releases them and stops when the
 //! last one finishes its operations, before it frees leftovers and exits.
 
+#[path = "pool_options.rs"]
+mod pool_options;
+
 use std::alloc::{handle_alloc_error, GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
@@ -312,19 +315,13 @@ fn leaked_option_pools() -> &'static [Lle] {
 }
 
 fn make_option_pools() -> Vec<Lle> {
-    let base = || PoolConfig::new(POOL_INITIAL_SIZE);
-    [
-        ("lle_mempool_checked", base().checked(true)),
-        ("lle_mempool_track_callers", base().track_callers(true)),
-        ("lle_mempool_zero_on_free", base().zero_on_free(true)),
-        ("lle_mempool_huge_pages", base().huge_pages(true)),
-    ]
-    .into_iter()
-    .map(|(name, config)| {
-        let pool = MemoryPool::with_config(config).expect("create a pool with an option on");
-        Lle(Box::leak(Box::new(pool)), name)
-    })
-    .collect()
+    pool_options::option_configs(|| PoolConfig::new(POOL_INITIAL_SIZE))
+        .into_iter()
+        .map(|(name, config)| {
+            let pool = MemoryPool::with_config(config).expect("create a pool with an option on");
+            Lle(Box::leak(Box::new(pool)), name)
+        })
+        .collect()
 }
 
 /// Writes `tag` into the block's first byte, as a program fills its event.

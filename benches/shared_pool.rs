@@ -27,6 +27,9 @@
 //! requested by the live blocks. 1.0 is no overhead; `size` ratio minus
 //! `used` ratio is free space the pool holds.
 
+#[path = "pool_options.rs"]
+mod pool_options;
+
 use std::alloc::{handle_alloc_error, GlobalAlloc, Layout, System};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
@@ -322,13 +325,7 @@ fn report_pool_footprint(churn: &Churn<'_, LlePool>) {
 /// The pool with one option each on, run beside the default pool to show
 /// what the option costs.
 fn option_configs() -> [(&'static str, PoolConfig); 4] {
-    let base = || PoolConfig::new(POOL_INITIAL_SIZE);
-    [
-        ("lle_mempool_checked", base().checked(true)),
-        ("lle_mempool_track_callers", base().track_callers(true)),
-        ("lle_mempool_zero_on_free", base().zero_on_free(true)),
-        ("lle_mempool_huge_pages", base().huge_pages(true)),
-    ]
+    pool_options::option_configs(|| PoolConfig::new(POOL_INITIAL_SIZE))
 }
 
 fn shared_pool(c: &mut Criterion) {

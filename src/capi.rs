@@ -563,7 +563,8 @@ pub extern "C" fn lle_create_memory_pool(initial_size: usize, alignment: usize, 
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a pointer from [`lle_create_memory_pool`] not yet
+/// `pool` must be NULL or a pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`] not yet
 /// destroyed, and no other thread may be using it. Every block it handed out
 /// becomes invalid.
 #[unsafe(no_mangle)]
@@ -582,7 +583,8 @@ pub unsafe extern "C" fn lle_destroy_memory_pool(pool: *mut MemoryPool) {
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 unsafe fn pool_ref<'a>(pool: *const MemoryPool) -> Option<&'a MemoryPool> {
     // SAFETY: forwarded from the caller; a live pool is only ever shared
     // (every method takes &self), so handing out & references is sound.
@@ -608,7 +610,8 @@ unsafe fn pool_ref<'a>(pool: *const MemoryPool) -> Option<&'a MemoryPool> {
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_pool_allocate(pool: *mut MemoryPool, size: usize) -> *mut c_void {
     // SAFETY: forwarded from this function's contract.
@@ -637,7 +640,8 @@ pub unsafe extern "C" fn lle_pool_allocate(pool: *mut MemoryPool, size: usize) -
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_pool_allocate_aligned(
     pool: *mut MemoryPool,
@@ -671,7 +675,8 @@ pub unsafe extern "C" fn lle_pool_allocate_aligned(
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_pool_allocate_fast(pool: *mut MemoryPool, size: usize) -> *mut c_void {
     // SAFETY: forwarded from this function's contract.
@@ -706,7 +711,8 @@ enum FreePath {
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`];
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`];
 /// if `block` is a live block of the pool, the caller gives it up, and
 /// unless the pool is checked it must not be a fast-path block freed
 /// already.
@@ -772,7 +778,8 @@ unsafe fn free_guarded(pool: &MemoryPool, block: NonNull<u8>, path: FreePath) ->
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 /// Once this returns `LLE_SUCCESS`, the block must no longer be used; in a
 /// pool without [`LLE_POOL_FLAG_CHECKED`], freeing a fast-path block twice
 /// is undefined behaviour (a shared-path block's second free is refused in
@@ -804,7 +811,8 @@ pub unsafe extern "C" fn lle_pool_free(pool: *mut MemoryPool, ptr: *mut c_void) 
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 /// Once this returns `LLE_SUCCESS`, the block must no longer be used; in a
 /// pool without [`LLE_POOL_FLAG_CHECKED`], freeing a fast-path block twice
 /// is undefined behaviour (a shared-path block's second free is refused in
@@ -831,7 +839,8 @@ pub unsafe extern "C" fn lle_pool_free_fast(pool: *mut MemoryPool, ptr: *mut c_v
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_expand_pool_memory(pool: *mut MemoryPool, additional_size: usize) -> LleResult {
     // SAFETY: forwarded from this function's contract.
@@ -860,7 +869,8 @@ pub unsafe extern "C" fn lle_expand_pool_memory(pool: *mut MemoryPool, additiona
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`];
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`];
 /// `released` must be NULL or valid for writing one `size_t`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_compact_pool_memory(pool: *mut MemoryPool, released: *mut usize) -> LleResult {
@@ -900,7 +910,8 @@ pub unsafe extern "C" fn lle_compact_pool_memory(pool: *mut MemoryPool, released
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_atomic_pool_resize(pool: *mut MemoryPool, new_size: usize) -> LleResult {
     // SAFETY: forwarded from this function's contract.
@@ -927,7 +938,8 @@ pub unsafe extern "C" fn lle_atomic_pool_resize(pool: *mut MemoryPool, new_size:
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_get_pool_size(pool: *const MemoryPool) -> usize {
     // SAFETY: forwarded from this function's contract.
@@ -955,7 +967,8 @@ pub unsafe extern "C" fn lle_get_pool_size(pool: *const MemoryPool) -> usize {
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_calculate_pool_utilization(pool: *const MemoryPool) -> f64 {
     // SAFETY: forwarded from this function's contract.
@@ -986,7 +999,8 @@ pub unsafe extern "C" fn lle_calculate_pool_utilization(pool: *const MemoryPool)
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`];
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`];
 /// `out` must be NULL or valid for writing one `lle_pool_statistics_t`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_get_pool_statistics(pool: *const MemoryPool, out: *mut LlePoolStatistics) -> LleResult {
@@ -1126,7 +1140,8 @@ unsafe impl Sync for UserData {}
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 /// `callback`, if not NULL, must be safe to call with `user_data` on any
 /// thread that uses the pool, until it is replaced or the pool destroyed.
 #[unsafe(no_mangle)]
@@ -1174,7 +1189,8 @@ pub unsafe extern "C" fn lle_pool_set_memory_pressure_callback(
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lle_pool_set_soft_limit(pool: *mut MemoryPool, soft_limit: usize) -> LleResult {
     // SAFETY: forwarded from this function's contract.
@@ -1278,7 +1294,8 @@ pub type LleCorruptionFn = unsafe extern "C" fn(damage: *const LleBlockDamage, u
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`].
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`].
 /// `callback`, if not NULL, must be safe to call with `user_data` on any
 /// thread that uses the pool, until it is replaced or the pool destroyed.
 #[unsafe(no_mangle)]
@@ -1339,7 +1356,8 @@ pub unsafe extern "C" fn lle_pool_set_corruption_callback(
 ///
 /// # Safety
 ///
-/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`];
+/// `pool` must be NULL or a live pointer from [`lle_create_memory_pool`] or
+/// [`lle_create_memory_pool_with_flags`];
 /// `fd` negative or a file descriptor open for the whole call;
 /// `live_blocks` NULL or valid for writing one `size_t`.
 #[unsafe(no_mangle)]

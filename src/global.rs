@@ -362,8 +362,10 @@ impl GlobalPool {
     #[inline]
     pub unsafe fn free(&self, block: NonNull<u8>) -> bool {
         if let Some(pool) = self.ready_pool() {
-            // As in `allocate`: the inline path calls nothing that could
-            // allocate.
+            // As in `allocate`: the inline path allocates nothing. (Its rare
+            // tail, a slab that empties going back to the shared pool, takes
+            // the pool's lock unmarked; a nested call there is refused as
+            // re-entry and served by the fallback.)
             // SAFETY: as the caller guarantees.
             if !InsidePool::is_set() && unsafe { thread_cache::try_free_cached(&pool.inner, block) } {
                 return true;
@@ -641,7 +643,12 @@ impl fmt::Debug for GlobalPool {
 // memory. Nothing unwinds out: pool code runs under `AbortOnUnwind`.
 unsafe impl GlobalAlloc for GlobalPool {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match self.allocate(layout) {
+        // The inline path's invariant checks (debug builds) must not unwind
+        // out of the allocator either.
+        let abort_on_unwind = AbortOnUnwind;
+        let block = self.allocate(layout);
+        std::mem::forget(abort_on_unwind);
+        match block {
             Some(block) => block.as_ptr(),
             // SAFETY: the caller's layout contract is System's.
             None => unsafe { System.alloc(layout) },
@@ -649,7 +656,11 @@ unsafe impl GlobalAlloc for GlobalPool {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        match self.allocate(layout) {
+        // As in `alloc`.
+        let abort_on_unwind = AbortOnUnwind;
+        let block = self.allocate(layout);
+        std::mem::forget(abort_on_unwind);
+        match block {
             Some(block) => {
                 // SAFETY: the block holds at least `layout.size()` bytes;
                 // the pool reuses memory, so it must be cleared.
@@ -664,9 +675,13 @@ unsafe impl GlobalAlloc for GlobalPool {
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
         // SAFETY: a block handed out by `alloc` or `realloc` is never null.
         let block = unsafe { NonNull::new_unchecked(block) };
+        // As in `alloc`.
+        let abort_on_unwind = AbortOnUnwind;
         // SAFETY: the caller gives up a live block, which `free` takes if
         // the pool handed it out.
-        if !unsafe { self.free(block) } {
+        let freed = unsafe { self.free(block) };
+        std::mem::forget(abort_on_unwind);
+        if !freed {
             // SAFETY: not the pool's, so System's, for this layout.
             unsafe { System.dealloc(block.as_ptr(), layout) };
         }

@@ -2,7 +2,7 @@
 //! lock's owner and the threads' cache entries.
 
 #[cfg(not(lle_mempool_model))]
-use crate::sync::{const_thread_local, zeroed_thread_local};
+use crate::sync::zeroed_thread_local;
 
 #[cfg(not(lle_mempool_model))]
 zeroed_thread_local! {
@@ -49,7 +49,7 @@ pub(crate) fn current_thread_token() -> usize {
 #[cfg(not(any(lle_mempool_model, lle_mempool_tsan)))]
 #[inline]
 pub(crate) fn current_thread_serial() -> u64 {
-    const_thread_local! {
+    crate::sync::const_thread_local! {
         static SERIAL: std::cell::Cell<u64> = std::cell::Cell::new(0);
     }
     static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

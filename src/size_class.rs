@@ -66,6 +66,7 @@ static ALIGNMENT_BY_CLASS: [u8; CLASS_COUNT] = {
     let mut table = [0u8; CLASS_COUNT];
     let mut class = 0;
     while class < CLASS_COUNT {
+        assert!(class_alignment(class) <= u8::MAX as usize);
         table[class] = class_alignment(class) as u8;
         class += 1;
     }

@@ -193,9 +193,13 @@ pub unsafe extern "C" fn realloc(block: *mut c_void, size: usize) -> *mut c_void
     if unsafe { POOL.resize_in_place(nonnull, layout) } {
         return block;
     }
+    // Before anything moves: a block whose size cannot be read now (the
+    // thread is inside a pool operation) stays where it is, and the call
+    // fails as `realloc` does when memory runs out.
+    let Some(usable) = POOL.usable_size(nonnull.as_ptr()) else { return fail(libc::ENOMEM) };
     let moved = allocate(layout);
     if !moved.is_null() {
-        let kept = POOL.usable_size(nonnull.as_ptr()).unwrap_or(0).min(size);
+        let kept = usable.min(size);
         // SAFETY: the old block holds at least `kept` bytes and the new one
         // `size`; the new one is fresh, so they don't overlap, and the old
         // one is the caller's to give up.

@@ -8,14 +8,17 @@
 //! general-dynamic TLS model: a call to `__tls_get_addr` per access, and,
 //! even in a static library whose linker turns that call into two plain
 //! instructions, registers saved around a call that is no longer there.
-//! Stable Rust cannot ask for another model. On x86-64 Linux this module
+//! Stable Rust cannot ask for another model. On x86-64 Linux with glibc
+//! (`cfg(lle_mempool_initial_exec_tls)`, set by `build.rs`) this module
 //! declares the thread-local itself, in assembly, and reaches it with the
 //! initial-exec model, as C allocators do with
 //! `__attribute__((tls_model("initial-exec")))`: the thread pointer plus
 //! an offset the dynamic linker fixes at load time. The cost is that a
 //! library using it takes a little of the static TLS space glibc keeps for
 //! libraries loaded later (`dlopen`); the pool's locals are a few hundred
-//! bytes of the 1,664 or more reserved.
+//! bytes of the 1,664 or more reserved, and `dlopen` of such a library
+//! fails ("cannot allocate memory in static TLS block") once that space is
+//! used up.
 //!
 //! Elsewhere, and under the models (whose thread-locals are their own),
 //! the same macro declares a `const`-initialised `thread_local!`.
@@ -39,33 +42,42 @@ unsafe impl Zeroable for u8 {}
 /// thread-locals go away while a thread exits.
 macro_rules! zeroed_thread_local {
     ($(#[$attribute:meta])* static $name:ident: $type:ty;) => {
-        #[cfg(all(target_arch = "x86_64", target_os = "linux", not(lle_mempool_model)))]
+        #[cfg(lle_mempool_initial_exec_tls)]
         core::arch::global_asm!(
             concat!(".pushsection .tbss.lle_mempool.", stringify!($name), ",\"awT\",@nobits"),
-            concat!(".globl lle_mempool.", env!("CARGO_PKG_VERSION"), ".", stringify!($name)),
-            concat!(".hidden lle_mempool.", env!("CARGO_PKG_VERSION"), ".", stringify!($name)),
-            concat!(".type lle_mempool.", env!("CARGO_PKG_VERSION"), ".", stringify!($name), ",@object"),
-            concat!(".size lle_mempool.", env!("CARGO_PKG_VERSION"), ".", stringify!($name), ",{size}"),
+            ".globl {anchor}.tls",
+            ".hidden {anchor}.tls",
+            ".type {anchor}.tls,@object",
+            ".size {anchor}.tls,{size}",
             ".balign {align}",
-            concat!("lle_mempool.", env!("CARGO_PKG_VERSION"), ".", stringify!($name), ":"),
+            "{anchor}.tls:",
             ".zero {size}",
             ".popsection",
+            anchor = sym $name::ANCHOR,
             size = const core::mem::size_of::<$type>(),
             align = const core::mem::align_of::<$type>(),
         );
 
-        // The function that finds this thread's copy is a trait method of a
-        // type of its own, so calls to it are static and inline; the
-        // module shares the static's name (modules and values have separate
-        // namespaces) and sees the caller's types through `super`.
-        #[cfg(all(target_arch = "x86_64", target_os = "linux", not(lle_mempool_model)))]
+        // The variable's symbol is its anchor's name with `.tls` added: the
+        // anchor is a static of this crate, whose mangled name no other
+        // crate, nor another copy or version of this one, has. The function
+        // that finds this thread's copy is a trait method of a type of its
+        // own, so calls to it are static and inline; the module shares the
+        // static's name (modules and values have separate namespaces) and
+        // sees the caller's types through `super`.
+        #[cfg(lle_mempool_initial_exec_tls)]
         #[allow(non_snake_case, unused_imports)]
         mod $name {
             use super::*;
 
             pub(super) struct Key;
 
-            impl crate::sync::zeroed_local::InitialExecKey for Key {
+            /// Names the variable's symbol; never read.
+            pub(super) static ANCHOR: u8 = 0;
+
+            // SAFETY: `address` returns this thread's copy of the variable
+            // declared above, in `.tbss`, so zeroed when the thread starts.
+            unsafe impl crate::sync::zeroed_local::InitialExecKey for Key {
                 type Value = $type;
 
                 #[inline(always)]
@@ -81,14 +93,9 @@ macro_rules! zeroed_thread_local {
                     unsafe {
                         core::arch::asm!(
                             "mov {address}, qword ptr fs:[0]",
-                            concat!(
-                                "add {address}, qword ptr [rip + lle_mempool.",
-                                env!("CARGO_PKG_VERSION"),
-                                ".",
-                                stringify!($name),
-                                "@GOTTPOFF]"
-                            ),
+                            "add {address}, qword ptr [rip + {anchor}.tls@GOTTPOFF]",
                             address = out(reg) address,
+                            anchor = sym ANCHOR,
                             options(pure, readonly, nostack),
                         );
                     }
@@ -97,12 +104,12 @@ macro_rules! zeroed_thread_local {
             }
         }
 
-        #[cfg(all(target_arch = "x86_64", target_os = "linux", not(lle_mempool_model)))]
+        #[cfg(lle_mempool_initial_exec_tls)]
         $(#[$attribute])*
         static $name: crate::sync::zeroed_local::InitialExecLocal<$name::Key> =
             crate::sync::zeroed_local::InitialExecLocal::new();
 
-        #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(lle_mempool_model))))]
+        #[cfg(not(lle_mempool_initial_exec_tls))]
         crate::sync::const_thread_local! {
             $(#[$attribute])*
             static $name: $type = {
@@ -120,8 +127,14 @@ pub(crate) const fn assert_zeroable<T: Zeroable>() {}
 
 /// How an [`InitialExecLocal`] finds this thread's copy: a type per
 /// variable, made by [`zeroed_thread_local!`].
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(lle_mempool_model)))]
-pub(crate) trait InitialExecKey {
+///
+/// # Safety
+///
+/// `address` must return the address of the calling thread's copy of a
+/// variable of type `Value` that lives as long as the thread, started as
+/// all-zero bytes, and is only ever read through shared references.
+#[cfg(lle_mempool_initial_exec_tls)]
+pub(crate) unsafe trait InitialExecKey {
     /// The variable's type.
     type Value: Zeroable + 'static;
 
@@ -131,12 +144,12 @@ pub(crate) trait InitialExecKey {
 
 /// A thread-local declared in assembly (see the module docs), found
 /// through `K`.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(lle_mempool_model)))]
+#[cfg(lle_mempool_initial_exec_tls)]
 pub(crate) struct InitialExecLocal<K> {
     key: std::marker::PhantomData<fn() -> K>,
 }
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(lle_mempool_model)))]
+#[cfg(lle_mempool_initial_exec_tls)]
 impl<K: InitialExecKey> InitialExecLocal<K> {
     pub(crate) const fn new() -> Self {
         InitialExecLocal { key: std::marker::PhantomData }

@@ -200,14 +200,16 @@ const_thread_local! {
 }
 
 /// Runs `use_table` with this thread's table; `None` once the thread's
-/// locals are being destroyed.
+/// locals are being destroyed, which only the models' thread-locals are
+/// (elsewhere the table has no destructor and lives as long as its thread).
 #[inline(always)]
 pub(super) fn with_thread_heaps<R>(use_table: impl FnOnce(&HeapTable<ThreadHeap>) -> R) -> Option<R> {
     THREAD_LOCALS.try_with(|locals| use_table(&locals.heaps)).ok()
 }
 
 /// Runs `use_flag` with this thread's inside-a-`GlobalPool` flag; `None`
-/// once the thread's locals are being destroyed.
+/// once the thread's locals are being destroyed (under the models only, as
+/// for `with_thread_heaps`).
 #[inline(always)]
 pub(crate) fn with_inside_global_pool<R>(use_flag: impl FnOnce(&Cell<bool>) -> R) -> Option<R> {
     THREAD_LOCALS.try_with(|locals| use_flag(&locals.inside_global_pool)).ok()

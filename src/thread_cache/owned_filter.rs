@@ -13,9 +13,9 @@ use crate::slab::SLAB_SIZE;
 use std::cell::Cell;
 
 /// Entries in the filter; a power of two. 512 cover 32 MiB of slabs
-/// without a collision (4 KiB per heap): a server thread whose live blocks
-/// span a few hundred slabs keeps its frees on the inline path, where 64
-/// sent a third of them to the full path in the larson benchmark.
+/// without a collision (4 KiB per heap), so that a server thread whose
+/// live blocks span a few hundred slabs (the larson benchmark's do) keeps
+/// its frees on the inline path.
 const ENTRIES: usize = 512;
 /// An empty entry: no slab starts at an odd address.
 const NO_SLAB: usize = 1;
