@@ -5,8 +5,9 @@
 //! `pairs` times: `MemoryPool::allocate_fast(64)`, write one byte into the
 //! block, read it back, `MemoryPool::free_fast`. The byte goes through
 //! volatile accesses, as in the C program, so neither the write nor the pair
-//! can be optimised away. The first 100 000 pairs are not timed. Prints one
-//! line in the C workloads' format, with the mean time per pair in ns.
+//! can be optimised away. The first 100 000 pairs are not timed; the pairs
+//! then run five times, and the fastest run counts. Prints one line in the
+//! C workloads' format, with that run's mean time per pair in ns.
 //!
 //! The pool has the default settings (`PoolConfig::new`), as the pools
 //! `lle_create_memory_pool` makes do, so the C pair reads against it; with
@@ -28,6 +29,10 @@ const BLOCK_SIZE: usize = 64;
 const POOL_INITIAL_SIZE: usize = 1 << 20;
 const DEFAULT_PAIRS: u64 = 20_000_000;
 const WARM_UP_PAIRS: u64 = 100_000;
+/// Timed runs of the pairs; the fastest counts: on a shared machine other
+/// work only ever slows a run down, so the fastest is the nearest to the
+/// code's own cost.
+const REPETITIONS: u32 = 5;
 
 /// Why a pair failed: the pool refused, or the block lost its byte.
 enum PairError {
@@ -103,8 +108,13 @@ fn main() {
         process::exit(1);
     });
     let timed = run_pairs(&pool, WARM_UP_PAIRS).and_then(|()| {
-        let started = Instant::now();
-        run_pairs(&pool, pairs).map(|()| started.elapsed())
+        let mut fastest = std::time::Duration::MAX;
+        for _ in 0..REPETITIONS {
+            let started = Instant::now();
+            run_pairs(&pool, pairs)?;
+            fastest = fastest.min(started.elapsed());
+        }
+        Ok(fastest)
     });
     match timed {
         Ok(elapsed) => {

@@ -21,7 +21,8 @@
 #     threads under every allocator, one after another (glibc: no preload;
 #     the others through LD_PRELOAD), starting with a different allocator in
 #     each round so that none always runs first. Then the pairs: 20 million
-#     64-byte allocate/free pairs with one byte written into each block,
+#     64-byte allocate/free pairs with one byte written into each block
+#     (five times in each program, the fastest counting),
 #     through lle_pool_allocate_fast / lle_pool_free_fast linked statically
 #     (lle-static) and dynamically (lle-shared), through
 #     MemoryPool::allocate_fast / free_fast from Rust (rust: the `pair` bench
