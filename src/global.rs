@@ -81,15 +81,26 @@ impl Drop for InsidePool {
     }
 }
 
-/// Aborts the process if dropped: armed around pool code in the
-/// allocator's entry points, which must not unwind (a panic escaping a
-/// global allocator is undefined behaviour), and defused by `mem::forget`.
+/// Aborts the process if dropped: armed by [`abort_on_unwind`] and defused
+/// by `mem::forget`.
 struct AbortOnUnwind;
 
 impl Drop for AbortOnUnwind {
     fn drop(&mut self) {
         std::process::abort();
     }
+}
+
+/// Runs `body`, aborting the process if it unwinds: for pool code in the
+/// allocator's entry points, which must not unwind (a panic escaping a
+/// global allocator is undefined behaviour). Costs no instruction when
+/// `body` returns.
+#[inline(always)]
+fn abort_on_unwind<R>(body: impl FnOnce() -> R) -> R {
+    let guard = AbortOnUnwind;
+    let result = body();
+    mem::forget(guard);
+    result
 }
 
 /// A [`MemoryPool`] usable as the `#[global_allocator]`.
@@ -228,9 +239,7 @@ impl GlobalPool {
         if outermost.is_some() {
             // `use_pool` has returned, so this thread holds none of the
             // pool's locks.
-            let abort_on_unwind = AbortOnUnwind;
-            self.free_waiting(pool);
-            mem::forget(abort_on_unwind);
+            abort_on_unwind(|| self.free_waiting(pool));
         }
         Some(result)
     }
@@ -326,10 +335,7 @@ impl GlobalPool {
             return None;
         }
         let _inside = InsidePool::enter()?;
-        let abort_on_unwind = AbortOnUnwind;
-        let block = self.pool_or_initialise().and_then(|pool| pool.allocate_for_layout(layout).ok());
-        mem::forget(abort_on_unwind);
-        block
+        abort_on_unwind(|| self.pool_or_initialise().and_then(|pool| pool.allocate_for_layout(layout).ok()))
     }
 
     /// Gives `block` back to the pool and returns `true` if the pool
@@ -479,8 +485,7 @@ impl GlobalPool {
     /// caller gives it up.
     unsafe fn free_to_pool(&self, pool: &MemoryPool, owner: Owner<'_>, block: NonNull<u8>) {
         debug_assert!(!matches!(owner, Owner::Foreign));
-        let abort_on_unwind = AbortOnUnwind;
-        match (InsidePool::enter(), owner) {
+        abort_on_unwind(|| match (InsidePool::enter(), owner) {
             (Some(_inside), owner) => {
                 if matches!(owner, Owner::Shared) {
                     self.free_waiting(pool);
@@ -496,8 +501,7 @@ impl GlobalPool {
             // Nested in a pool operation, which may hold the shared lock.
             // SAFETY: as the caller guarantees: a live shared block.
             (None, _) => unsafe { self.wait_to_free(block) },
-        }
-        mem::forget(abort_on_unwind);
+        })
     }
 
     /// Puts a shared block on the list of those waiting to be freed.
@@ -544,10 +548,7 @@ impl GlobalPool {
     /// shared lock that resizing a shared block takes.
     fn resize_in_pool(pool: &MemoryPool, block: NonNull<u8>, new_layout: Layout) -> bool {
         let Some(_inside) = InsidePool::enter() else { return false };
-        let abort_on_unwind = AbortOnUnwind;
-        let resized = pool.resize_layout_in_place(block, new_layout).is_some();
-        mem::forget(abort_on_unwind);
-        resized
+        abort_on_unwind(|| pool.resize_layout_in_place(block, new_layout).is_some())
     }
 }
 
@@ -640,15 +641,12 @@ impl fmt::Debug for GlobalPool {
 // asks the shared pool for the layout's alignment otherwise) or from
 // `System`; `dealloc` and `realloc` send each block back to the one that
 // served it, told apart by the pool's map, which marks exactly the pool's
-// memory. Nothing unwinds out: pool code runs under `AbortOnUnwind`.
+// memory. Nothing unwinds out: pool code runs under `abort_on_unwind`.
 unsafe impl GlobalAlloc for GlobalPool {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // The inline path's invariant checks (debug builds) must not unwind
         // out of the allocator either.
-        let abort_on_unwind = AbortOnUnwind;
-        let block = self.allocate(layout);
-        std::mem::forget(abort_on_unwind);
-        match block {
+        match abort_on_unwind(|| self.allocate(layout)) {
             Some(block) => block.as_ptr(),
             // SAFETY: the caller's layout contract is System's.
             None => unsafe { System.alloc(layout) },
@@ -657,10 +655,7 @@ unsafe impl GlobalAlloc for GlobalPool {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // As in `alloc`.
-        let abort_on_unwind = AbortOnUnwind;
-        let block = self.allocate(layout);
-        std::mem::forget(abort_on_unwind);
-        match block {
+        match abort_on_unwind(|| self.allocate(layout)) {
             Some(block) => {
                 // SAFETY: the block holds at least `layout.size()` bytes;
                 // the pool reuses memory, so it must be cleared.
@@ -676,12 +671,9 @@ unsafe impl GlobalAlloc for GlobalPool {
         // SAFETY: a block handed out by `alloc` or `realloc` is never null.
         let block = unsafe { NonNull::new_unchecked(block) };
         // As in `alloc`.
-        let abort_on_unwind = AbortOnUnwind;
         // SAFETY: the caller gives up a live block, which `free` takes if
         // the pool handed it out.
-        let freed = unsafe { self.free(block) };
-        std::mem::forget(abort_on_unwind);
-        if !freed {
+        if !abort_on_unwind(|| unsafe { self.free(block) }) {
             // SAFETY: not the pool's, so System's, for this layout.
             unsafe { System.dealloc(block.as_ptr(), layout) };
         }
