@@ -6,8 +6,9 @@
 //! one and hands it over, then frees the other two (one batch: a chain the
 //! freeing thread links through the blocks' first words) and hands them
 //! over too, onto the slab's thread-free list, which may still hold the
-//! first. Meanwhile the owner allocates once more, so its refill takes
-//! whatever has arrived and walks the links to the end of the chain. The
+//! first. Meanwhile the owner allocates three more blocks, so its refill
+//! takes whatever has arrived (as its local list, without walking it, when
+//! that list is empty) and the allocations after it follow the links. The
 //! owner does not wait for the other thread before that: the slab's list is
 //! the only thing that orders the links' writes before their reads, and
 //! loom checks each link access as a cell's (`sync::read_block_link`).
@@ -94,14 +95,18 @@ fn remote_frees_reach_the_owner_through_their_links() {
         // The hand-overs go first here; loom also tries the refill at every
         // point of them.
         support::observe_later();
-        let refilled = pool.allocate_fast(SIZE).expect("refill").as_ptr() as usize;
-        assert!(!mine.contains(&refilled), "the refill handed out a live block");
-        fill(refilled, 0xEE);
+        let mut refilled = Vec::new();
+        for _ in 0..HANDED {
+            let block = pool.allocate_fast(SIZE).expect("refill").as_ptr() as usize;
+            assert!(!mine.contains(&block) && !refilled.contains(&block), "the refill handed out a live block");
+            fill(block, 0xEE);
+            refilled.push(block);
+        }
         remote.join().expect("remote");
         for (index, &block) in mine.iter().enumerate() {
             assert!(holds(block, index as u8), "block {index} was handed out twice");
         }
-        mine.push(refilled);
+        mine.extend(refilled);
         for block in mine {
             // SAFETY: live blocks of this thread.
             unsafe { pool.free_fast(support::block(block)).expect("owner free") };

@@ -89,6 +89,50 @@ impl FreeBlock {
     }
 }
 
+/// A slab's list of blocks freed by other threads, as the one word they
+/// update with a compare-and-swap: the list's length in the high half and
+/// its first block's offset from the slab's start in the low half (0 for
+/// none: no block starts at the header). The blocks link to one another
+/// with full pointers, the last one to null. The length lets the owner take
+/// the list without walking it; a push only ever replaces the word it read,
+/// so a list taken and rebuilt to the same word in between links the pushed
+/// chain correctly still.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct RemoteList(u64);
+
+impl RemoteList {
+    const EMPTY: RemoteList = RemoteList(0);
+
+    #[inline]
+    fn is_empty(self) -> bool {
+        self == Self::EMPTY
+    }
+
+    #[inline]
+    fn len(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The first block, in the slab at `base`; null for an empty list.
+    #[inline]
+    fn head(self, base: usize) -> *mut FreeBlock {
+        let offset = self.0 as u32 as usize;
+        if offset == 0 {
+            ptr::null_mut()
+        } else {
+            (base + offset) as *mut FreeBlock
+        }
+    }
+
+    /// The list after a chain of `len` blocks starting at `first_offset`
+    /// is pushed onto it.
+    #[inline]
+    fn pushed(self, first_offset: usize, len: u32) -> RemoteList {
+        debug_assert!((DATA_OFFSET..SLAB_SIZE).contains(&first_offset));
+        RemoteList(u64::from(self.len() + len) << 32 | first_offset as u64)
+    }
+}
+
 /// Whom a slab belongs to, in the terms of the layer that owns slabs (the
 /// address of a thread's heap); the slab only keeps it and hands it back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,9 +162,17 @@ pub(crate) unsafe fn link(block: NonNull<u8>, next: NonNull<u8>) {
     unsafe { FreeBlock::set_next(block.as_ptr().cast(), next.as_ptr().cast()) };
 }
 
-/// The header at the start of every slab. `repr(C)` in this order: the
-/// fields the inline allocate and free paths touch come first, so that both
-/// read one cache line of the header.
+/// Starts a new cache line inside a `repr(C)` struct: a zero-sized field
+/// that places the field after it on the next 64-byte boundary.
+#[repr(C, align(64))]
+struct CacheLineStart;
+
+/// The header at the start of every slab. `repr(C)` in this order, in three
+/// cache lines by who writes them: the owner's state (written on every
+/// allocate and free of the owning thread), the constants (never written
+/// while the slab lives, so every thread that frees into the slab keeps its
+/// copy of that line: a remote free classifies its pointer without a miss
+/// on a line the owner keeps writing), and the list of remote frees.
 #[repr(C, align(64))]
 pub(crate) struct Slab {
     // Owner-only state, reached through `OwnedSlab`: touched only by the
@@ -140,11 +192,17 @@ pub(crate) struct Slab {
     /// block that starts in the page is free, on no list, and below `bump`
     /// (see the module docs).
     parked_pages: Cell<PageMask>,
-    // Fixed while the slab exists; read by any thread.
+    /// Owner-only: the links of the ring of slabs the owner keeps it in.
+    next: Cell<*mut Slab>,
+    previous: Cell<*mut Slab>,
+    _constants: CacheLineStart,
+    // Fixed while the slab exists (the owner words change only when the
+    // slab changes hands); read by any thread.
     block_size: u32,
     capacity: u32,
     /// Where the blocks end, as an offset from the first block.
     blocks_end: u32,
+    class: u32,
     /// `ceil(2^64 / block_size)`: an offset below 2^16 is a multiple of the
     /// block size exactly when `offset * divisibility_magic` (wrapping) is
     /// below it (Lemire, Kaser and Kurz, "Faster remainder by direct
@@ -153,7 +211,9 @@ pub(crate) struct Slab {
     /// The owning thread's `current_thread_token`, 0 while abandoned; set
     /// with `owner`.
     owner_thread: AtomicUsize,
-    class: u32,
+    /// A [`SlabOwner`]'s address; null while abandoned by an exited thread.
+    /// Only the holder of an `OwnedSlab` changes it.
+    owner: AtomicPtr<()>,
     /// `ceil(2^32 / block_size)`: turns an offset into a block index with a
     /// multiply, exactly, because offsets and sizes are below 2^16.
     reciprocal: u32,
@@ -161,18 +221,23 @@ pub(crate) struct Slab {
     /// With `checked`: whether the slab also keeps where each block was
     /// allocated (see [`Slab::record_caller`]).
     callers: bool,
-    /// A [`SlabOwner`]'s address; null while abandoned by an exited thread.
-    /// Only the holder of an `OwnedSlab` changes it.
-    owner: AtomicPtr<()>,
-    /// Owner-only: the links of the ring of slabs the owner keeps it in.
-    next: Cell<*mut Slab>,
-    previous: Cell<*mut Slab>,
-    /// Blocks freed by other threads; on its own cache line so remote frees
-    /// do not bounce the owner's line.
-    thread_free: CachePadded<AtomicPtr<FreeBlock>>,
+    /// Blocks freed by other threads, as a [`RemoteList`] word; on its own
+    /// cache line so remote frees do not bounce the owner's line.
+    thread_free: CachePadded<AtomicU64>,
     /// With `checked`: one bit per block, set while the block is handed out.
     allocated: [AtomicU64; BITMAP_WORDS],
 }
+
+// The three groups of fields stay on three lines (the models' atomics are
+// larger, and their layout measures nothing).
+#[cfg(not(lle_mempool_model))]
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(Slab, previous) + std::mem::size_of::<Cell<*mut Slab>>() <= offset_of!(Slab, block_size));
+    assert!(offset_of!(Slab, block_size) % 64 == 0);
+    assert!(offset_of!(Slab, callers) < offset_of!(Slab, block_size) + 64);
+    assert!(offset_of!(Slab, thread_free) >= offset_of!(Slab, block_size) + 64);
+};
 
 /// The bytes a checked slab keeps per block for the size asked of it (see
 /// [`Slab::record_asked`]): a class holds at most `MAX_FAST_SIZE` bytes.
@@ -222,6 +287,23 @@ const DATA_OFFSET: usize = std::mem::size_of::<Slab>();
 // which puts the header at exactly a quarter of the models' 4 KiB slab.
 const _: () = assert!(DATA_OFFSET % 64 == 0 && DATA_OFFSET <= SLAB_SIZE / 4);
 
+/// The number of blocks on the chain from `first` to `last` (see [`link`]).
+///
+/// # Safety
+/// Following links from `first` must reach `last`, through freed blocks
+/// that nobody writes meanwhile.
+pub(crate) unsafe fn chain_length(first: *mut u8, last: *mut u8) -> u32 {
+    let (mut block, last) = (first.cast::<FreeBlock>(), last.cast::<FreeBlock>());
+    let mut length = 1;
+    while block != last {
+        // SAFETY: a block of the chain before `last`, whose link the
+        // caller guarantees written and unchanging.
+        block = unsafe { FreeBlock::next(block) };
+        length += 1;
+    }
+    length
+}
+
 impl Slab {
     /// Writes a fresh header for class `class` at `memory`, owned by `owner`
     /// on the calling thread (`None`: by nobody yet), and returns the
@@ -264,7 +346,8 @@ impl Slab {
             parked_pages: Cell::new(0),
             next: Cell::new(slab),
             previous: Cell::new(slab),
-            thread_free: CachePadded::new(AtomicPtr::new(ptr::null_mut())),
+            _constants: CacheLineStart,
+            thread_free: CachePadded::new(AtomicU64::new(RemoteList::EMPTY.0)),
             allocated: std::array::from_fn(|_| AtomicU64::new(0)),
         };
         // SAFETY: the caller hands us SLAB_SIZE suitably aligned bytes, and
@@ -353,25 +436,31 @@ impl Slab {
     #[inline]
     pub(crate) unsafe fn push_remote(&self, block: NonNull<u8>) {
         // SAFETY: a single freed block is a chain from itself to itself.
-        unsafe { self.push_remote_chain(block, block) };
+        unsafe { self.push_remote_chain(block, block, 1) };
     }
 
-    /// Gives back, from any thread, the chain of freed blocks of this slab
-    /// that runs from `first` to `last` through their links (see [`link`]).
+    /// Gives back, from any thread, the chain of `len` freed blocks of
+    /// this slab that runs from `first` to `last` through their links (see
+    /// [`link`]).
     ///
     /// # Safety
     /// Every block on the chain must be a freed block of this slab that the
-    /// caller alone holds, and following links from `first` must reach `last`.
-    pub(crate) unsafe fn push_remote_chain(&self, first: NonNull<u8>, last: NonNull<u8>) {
-        let (first, last) = (first.as_ptr().cast::<FreeBlock>(), last.as_ptr().cast::<FreeBlock>());
-        let mut head = self.thread_free.load(Ordering::Relaxed);
+    /// caller alone holds, and following links from `first` must reach
+    /// `last` in `len` blocks.
+    pub(crate) unsafe fn push_remote_chain(&self, first: NonNull<u8>, last: NonNull<u8>, len: u32) {
+        debug_assert!(len > 0 && len <= self.capacity);
+        let first_offset = first.as_ptr() as usize - self.base();
+        let last = last.as_ptr().cast::<FreeBlock>();
+        let mut word = self.thread_free.load(Ordering::Relaxed);
         loop {
+            let list = RemoteList(word);
             // SAFETY: the caller holds the chain, so nobody else writes its
             // last link; the Release below publishes every link with it.
-            unsafe { FreeBlock::set_next(last, head) };
-            match self.thread_free.compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed) {
+            unsafe { FreeBlock::set_next(last, list.head(self.base())) };
+            let pushed = list.pushed(first_offset, len);
+            match self.thread_free.compare_exchange_weak(word, pushed.0, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
-                Err(current) => head = current,
+                Err(current) => word = current,
             }
         }
     }
@@ -724,29 +813,41 @@ impl OwnedSlab<'_> {
 
     /// Moves every remotely freed block onto the local list. Returns
     /// whether there were any.
+    ///
+    /// The list's word carries its length, so when the local list is empty
+    /// (as when a refill finds the current slab used up) the remote list
+    /// becomes the local one without a walk: the walk would take a miss
+    /// per block on lines the freeing threads wrote last, which the owner's
+    /// `pop` takes anyway, one per allocation.
     pub(crate) fn collect_remote(self) -> bool {
-        if self.thread_free.load(Ordering::Relaxed).is_null() {
+        if RemoteList(self.thread_free.load(Ordering::Relaxed)).is_empty() {
             return false;
         }
         // Acquire: the links the pushers wrote before their Release CAS.
-        let head = self.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
-        if head.is_null() {
+        let list = RemoteList(self.thread_free.swap(RemoteList::EMPTY.0, Ordering::Acquire));
+        if list.is_empty() {
             return false;
         }
-        let mut tail = head;
-        let mut count = 1u32;
-        // SAFETY: every block on the list was pushed by `push_remote_chain`,
-        // which wrote its link before publishing it.
-        unsafe {
-            loop {
-                let next = FreeBlock::next(tail);
-                if next.is_null() {
-                    break;
+        let head = list.head(self.base());
+        let count = list.len();
+        let local = self.local_free.get();
+        if !local.is_null() {
+            let mut tail = head;
+            let mut walked = 1u32;
+            // SAFETY: every block on the list was pushed by
+            // `push_remote_chain`, which wrote its link before publishing it.
+            unsafe {
+                loop {
+                    let next = FreeBlock::next(tail);
+                    if next.is_null() {
+                        break;
+                    }
+                    tail = next;
+                    walked += 1;
                 }
-                tail = next;
-                count += 1;
+                FreeBlock::set_next(tail, local);
             }
-            FreeBlock::set_next(tail, self.local_free.get());
+            debug_assert_eq!(walked, count, "the remote list's length is not its word's");
         }
         self.local_free.set(head);
         debug_assert!(count <= self.used.get());
@@ -757,7 +858,7 @@ impl OwnedSlab<'_> {
     /// Whether the owner could take a block without a new slab, once it
     /// collects the remote frees.
     pub(crate) fn has_free_block(self) -> bool {
-        self.has_block_to_pop() || !self.thread_free.load(Ordering::Relaxed).is_null()
+        self.has_block_to_pop() || !RemoteList(self.thread_free.load(Ordering::Relaxed)).is_empty()
     }
 
     /// Whether [`pop`](Self::pop) would hand out a block now, without
@@ -1124,7 +1225,7 @@ mod tests {
         unsafe {
             link(blocks[2], blocks[1]);
             link(blocks[1], blocks[0]);
-            slab.push_remote_chain(blocks[2], blocks[0]);
+            slab.push_remote_chain(blocks[2], blocks[0], 3);
         }
         assert_eq!(slab.used(), 5, "remote frees count until collected");
         assert!(slab.collect_remote());

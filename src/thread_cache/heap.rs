@@ -416,6 +416,8 @@ impl ThreadHeap {
     pub(super) unsafe fn retire_vanished(heap: *mut ThreadHeap) {
         // SAFETY: listed heaps are alive; nothing else uses this one.
         let view = unsafe { &*heap };
+        // Its thread may have stopped inside `add`, with `len` short.
+        view.remote_batch.hand_over_counted();
         if view.editing.get() == 0 {
             // SAFETY: as the caller guarantees.
             unsafe { Self::retire(heap) };

@@ -17,15 +17,18 @@
 //! their stores: `slab` is what says the batch holds blocks, published
 //! after the chain it names is complete and cleared before that chain
 //! goes to the slab; a block is linked to the chain before it becomes its
-//! `first`. A thread stopped partway leaks at most what it was moving, the
-//! block it was adding or the chain it was handing over (nobody holds
-//! them; their slab stays unreclaimed), and never hands a block over
-//! twice.
+//! `first`. Only `len` may trail the chain, by the block being added, so
+//! the child counts the chain instead ([`hand_over_counted`]): a slab must
+//! learn exactly how many blocks came home. A thread stopped partway leaks
+//! at most what it was moving, the block it was adding or the chain it was
+//! handing over (nobody holds them; their slab stays unreclaimed), and
+//! never hands a block over twice.
 //!
 //! [`add`]: RemoteBatch::add
 //! [`hand_over`]: RemoteBatch::hand_over
+//! [`hand_over_counted`]: RemoteBatch::hand_over_counted
 
-use crate::slab::{link, Slab};
+use crate::slab::{chain_length, link, Slab};
 use crate::sync::{compiler_fence, Ordering};
 use std::cell::Cell;
 use std::ptr::{self, NonNull};
@@ -90,10 +93,34 @@ impl RemoteBatch {
 
     /// Hands the batch to its slab, if there is one.
     pub(super) fn hand_over(&self) {
-        let slab = self.slab.replace(ptr::null());
-        if slab.is_null() {
+        self.hand_over_with(|| {
+            let len = self.len.get();
+            // SAFETY: as in `hand_over_counted`; this thread's own batch.
+            debug_assert_eq!(len, unsafe { chain_length(self.first.get(), self.last.get()) });
+            len
+        });
+    }
+
+    /// [`hand_over`](Self::hand_over) for a batch whose thread may have
+    /// stopped at any instruction (in a forked child): counts the blocks on
+    /// the chain rather than trusting `len`.
+    #[cfg(not(lle_mempool_model))]
+    pub(super) fn hand_over_counted(&self) {
+        self.hand_over_with(|| {
+            // SAFETY: called while `slab` is set, so `first` and `last`
+            // name a whole chain of freed blocks (see the module docs),
+            // which nobody else reads or writes.
+            unsafe { chain_length(self.first.get(), self.last.get()) }
+        });
+    }
+
+    /// Hands the batch over as a chain of `length()` blocks.
+    fn hand_over_with(&self, length: impl FnOnce() -> u32) {
+        if self.slab.get().is_null() {
             return;
         }
+        let len = length();
+        let slab = self.slab.replace(ptr::null());
         // Empty before the chain leaves: a thread stopped from here on
         // leaves a batch that hands nothing over again.
         compiler_fence(Ordering::Release);
@@ -108,6 +135,7 @@ impl RemoteBatch {
             (*slab).push_remote_chain(
                 NonNull::new_unchecked(self.first.replace(ptr::null_mut())),
                 NonNull::new_unchecked(self.last.replace(ptr::null_mut())),
+                len,
             )
         };
     }
@@ -231,7 +259,7 @@ mod tests {
             }
             add_stopped_after(&batch, &slabs[1], second[0], stores);
             // What the forked child does with the heap's batch.
-            batch.hand_over();
+            batch.hand_over_counted();
             let back = collected(slabs[0]);
             assert_eq!(back, [first[1], first[0]], "stopped after {stores} stores");
             assert!(intact(&back, [1, 0]));
@@ -251,7 +279,7 @@ mod tests {
                 unsafe { batch.add(&slab, block) };
             }
             add_stopped_after(&batch, &slab, blocks[2], stores);
-            batch.hand_over();
+            batch.hand_over_counted();
             let back = collected(slab);
             let expected: &[NonNull<u8>] =
                 if stores >= 2 { &[blocks[2], blocks[1], blocks[0]] } else { &[blocks[1], blocks[0]] };
@@ -275,7 +303,7 @@ mod tests {
             }
             hand_over_stopped_after(&batch, stores);
             // What the forked child does with the heap's batch.
-            batch.hand_over();
+            batch.hand_over_counted();
             let back = collected(slab);
             // Stopped after emptying the batch and before the chain went
             // out: the two blocks are leaked.
