@@ -249,14 +249,18 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
     allocate_sized(size, align)
 }
 
-/// As [`aligned_alloc`].
+/// A block of `size` bytes aligned to `align` rounded up to a power of two,
+/// as glibc's `memalign` does (0 asks for no alignment); null with `errno`
+/// EINVAL when no power of two is that large, ENOMEM if no memory is left.
 ///
 /// # Safety
 /// Callable from C at any time.
 #[no_mangle]
 pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    // SAFETY: always callable.
-    unsafe { aligned_alloc(align, size) }
+    match align.max(1).checked_next_power_of_two() {
+        Some(align) => allocate_sized(size, align),
+        None => fail(libc::EINVAL),
+    }
 }
 
 /// A page-aligned block of `size` bytes.

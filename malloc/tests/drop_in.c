@@ -185,7 +185,18 @@ static void check_alignment(void) {
     errno = 0;
     CHECK(aligned_alloc(24, 48) == NULL && errno == EINVAL, "aligned_alloc(24)");
     errno = 0;
-    CHECK(memalign(3, 16) == NULL && errno == EINVAL, "memalign(3)");
+    CHECK(memalign(SIZE_MAX, 16) == NULL && errno == EINVAL, "memalign(SIZE_MAX)");
+    /* memalign rounds a bad alignment up to a power of two, as glibc's does. */
+    void *rounded_up = memalign(24, 100);
+    CHECK(rounded_up && aligned(rounded_up, 32), "memalign(24) is aligned to 32: %p", rounded_up);
+    fill(rounded_up, 100, 3);
+    CHECK(holds(rounded_up, 100, 3), "memalign(24) data");
+    free(rounded_up);
+    void *unaligned = memalign(0, 40);
+    CHECK(unaligned && malloc_usable_size(unaligned) >= 40, "memalign(0) is malloc");
+    fill(unaligned, 40, 4);
+    CHECK(holds(unaligned, 40, 4), "memalign(0) data");
+    free(unaligned);
     errno = 0;
     CHECK(aligned_alloc(0, 16) == NULL && errno == EINVAL, "aligned_alloc(0)");
     printf("alignment: ok\n");
