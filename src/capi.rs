@@ -722,14 +722,15 @@ unsafe fn free_block(pool: *mut MemoryPool, block: *mut c_void, path: FreePath) 
     let Some(pool) = (unsafe { pool_ref(pool) }) else {
         return LleResult::ErrorNullPointer;
     };
+    // Outside the guard: see the module docs. NULL takes the full path,
+    // which the inline one sends it to without a test of its own.
+    // SAFETY: forwarded from the caller.
+    if matches!(path, FreePath::Fast) && unsafe { pool.free_cached(block.cast()) } {
+        return LleResult::Success;
+    }
     let Some(block) = NonNull::new(block.cast::<u8>()) else {
         return LleResult::Success;
     };
-    // Outside the guard: see the module docs.
-    // SAFETY: forwarded from the caller.
-    if matches!(path, FreePath::Fast) && unsafe { pool.free_cached(block) } {
-        return LleResult::Success;
-    }
     // SAFETY: forwarded from the caller.
     unsafe { free_guarded(pool, block, path) }
 }

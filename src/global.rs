@@ -319,7 +319,7 @@ impl GlobalPool {
             // no pool operation of this thread is underway, whose heap it
             // might be changing.
             if !InsidePool::is_set() {
-                if let Some(block) = thread_cache::try_allocate_cached(&pool.inner, class) {
+                if let Some(block) = thread_cache::try_allocate_cached(pool.inline_key, class) {
                     return Some(block);
                 }
             }
@@ -373,7 +373,7 @@ impl GlobalPool {
             // the pool's lock unmarked; a nested call there is refused as
             // re-entry and served by the fallback.)
             // SAFETY: as the caller guarantees.
-            if !InsidePool::is_set() && unsafe { thread_cache::try_free_cached(&pool.inner, block) } {
+            if !InsidePool::is_set() && unsafe { thread_cache::try_free_cached(pool.inline_key, block.as_ptr()) } {
                 return true;
             }
         }

@@ -189,6 +189,10 @@ use thread_cache::{with_heap, PoolCaches};
 /// ```
 pub struct MemoryPool {
     inner: Box<PoolInner>,
+    /// `inner.caches.inline_key()`, fixed for the pool's life: here, the
+    /// inline paths of a C caller (which cannot hoist it out of its loop)
+    /// read one word through the handle instead of two.
+    inline_key: thread_cache::InlineKey,
 }
 
 /// The pool itself, boxed so that thread heaps can point at it while the
@@ -417,7 +421,8 @@ impl MemoryPool {
         let caches = PoolCaches::new(id, config.takes_full_paths());
         shared.pressure.set_soft_limit(config.soft_limit);
         let guards = guard::Guards::new(config.on_corruption.clone());
-        let pool = MemoryPool { inner: Box::new(PoolInner { id, config, shared, caches, guards }) };
+        let inline_key = caches.inline_key();
+        let pool = MemoryPool { inner: Box::new(PoolInner { id, config, shared, caches, guards }), inline_key };
         fork::register(&pool.inner)?;
         Ok(pool)
     }
@@ -601,7 +606,7 @@ impl MemoryPool {
         // it, with the same steps behind an `Option`, a churn step takes
         // five percent more instructions (callgrind).
         if size.wrapping_sub(1) < MAX_FAST_SIZE {
-            if let Some(block) = thread_cache::try_allocate_cached(&self.inner, class_of(size)) {
+            if let Some(block) = thread_cache::try_allocate_cached(self.inline_key, class_of(size)) {
                 return Ok(block);
             }
         }
@@ -622,7 +627,7 @@ impl MemoryPool {
         if size.wrapping_sub(1) >= MAX_FAST_SIZE {
             return None;
         }
-        thread_cache::try_allocate_cached(&self.inner, class_of(size))
+        thread_cache::try_allocate_cached(self.inline_key, class_of(size))
     }
 
     /// [`allocate_fast`](Self::allocate_fast) of `size` bytes (non-zero, at
@@ -634,7 +639,7 @@ impl MemoryPool {
     #[track_caller]
     pub(crate) fn allocate_in_class(&self, size: usize, class: usize) -> Result<NonNull<u8>, PoolError> {
         debug_assert!(size > 0 && size <= MAX_FAST_SIZE && class == class_of(size));
-        if let Some(block) = thread_cache::try_allocate_cached(&self.inner, class) {
+        if let Some(block) = thread_cache::try_allocate_cached(self.inline_key, class) {
             return Ok(block);
         }
         self.allocate_fast_slow(size)
@@ -688,7 +693,7 @@ impl MemoryPool {
     #[inline(always)]
     pub unsafe fn free_fast(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
         // SAFETY: the caller's contract is ours.
-        if unsafe { self.free_cached(ptr) } {
+        if unsafe { self.free_cached(ptr.as_ptr()) } {
             return Ok(());
         }
         // SAFETY: the caller's contract is ours.
@@ -701,15 +706,16 @@ impl MemoryPool {
     /// with nothing freed.
     ///
     /// Nothing in it panics but its debug assertions of the pool's
-    /// invariants, so the C API calls it outside its unwinding guard.
+    /// invariants, so the C API calls it outside its unwinding guard. Null
+    /// gives `false`, so the C API tests for it only past this path.
     ///
     /// # Safety
     ///
-    /// As [`free_fast`](Self::free_fast).
+    /// As [`free_fast`](Self::free_fast), for a non-null `ptr`.
     #[inline(always)]
-    pub(crate) unsafe fn free_cached(&self, ptr: NonNull<u8>) -> bool {
+    pub(crate) unsafe fn free_cached(&self, ptr: *mut u8) -> bool {
         // SAFETY: the caller's contract is ours.
-        unsafe { thread_cache::try_free_cached(&self.inner, ptr) }
+        unsafe { thread_cache::try_free_cached(self.inline_key, ptr) }
     }
 
     /// Everything `free_fast` does not do inline: validation errors, shared

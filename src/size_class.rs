@@ -20,7 +20,9 @@ pub(crate) const CLASS_COUNT: usize = 4 + 4 * 8;
 #[inline]
 pub(crate) fn class_of(size: usize) -> usize {
     debug_assert!(size > 0 && size <= MAX_FAST_SIZE);
-    CLASS_BY_EIGHTHS[size.div_ceil(8)] as usize
+    // `(size - 1) / 8` rather than `size.div_ceil(8)`: callers have just
+    // tested `size - 1` against the range, and reuse it.
+    CLASS_BY_EIGHTHS[(size - 1) / 8] as usize
 }
 
 /// The block size of class `class`.
@@ -81,14 +83,15 @@ const fn compute_class(size: usize) -> usize {
     class
 }
 
-/// `class_of` by table, indexed by the request in bytes divided by 8 and
-/// rounded up: every class boundary is a multiple of 8, so this is exact.
-static CLASS_BY_EIGHTHS: [u8; MAX_FAST_SIZE / 8 + 1] = {
-    let mut table = [0u8; MAX_FAST_SIZE / 8 + 1];
-    let mut eighths = 1;
-    while eighths <= MAX_FAST_SIZE / 8 {
-        table[eighths] = compute_class(eighths * 8) as u8;
-        eighths += 1;
+/// `class_of` by table, indexed by the request in bytes less one, divided
+/// by 8: every class boundary is a multiple of 8, so the requests of one
+/// entry, `8 * index + 1 ..= 8 * (index + 1)`, share a class.
+static CLASS_BY_EIGHTHS: [u8; MAX_FAST_SIZE / 8] = {
+    let mut table = [0u8; MAX_FAST_SIZE / 8];
+    let mut index = 0;
+    while index < MAX_FAST_SIZE / 8 {
+        table[index] = compute_class((index + 1) * 8) as u8;
+        index += 1;
     }
     table
 };

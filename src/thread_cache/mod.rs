@@ -65,6 +65,12 @@ use std::ptr::NonNull;
 /// `PoolConfig::takes_full_paths`): no heap is filed under it.
 const NO_INLINE_KEY: u64 = u64::MAX;
 
+/// What a pool's inline fast paths look for at the front of a thread's
+/// table (see `PoolCaches::inline_key`); the pool's handle keeps a copy, so
+/// that those paths read it through the caller's pointer alone.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct InlineKey(u64);
+
 /// The pool's side of its thread caches.
 pub(crate) struct PoolCaches {
     /// The key the inline fast paths look for at the front of a thread's
@@ -92,6 +98,11 @@ impl PoolCaches {
             slab_blocks: Counter::new(0),
             orphan_frees: Counter::new(0),
         }
+    }
+
+    /// The key the inline fast paths compare.
+    pub(crate) fn inline_key(&self) -> InlineKey {
+        InlineKey(self.inline_key)
     }
 
     /// The counts of every heap, live or retired; `frees` includes the
@@ -204,11 +215,11 @@ pub(crate) fn reclaim_abandoned(pool: &PoolInner) {
 /// also handles the sampled timing, checked mode and parked pages, so that
 /// this one stays a handful of instructions.
 #[inline]
-pub(crate) fn try_allocate_cached(pool: &PoolInner, class: usize) -> Option<NonNull<u8>> {
+pub(crate) fn try_allocate_cached(key: InlineKey, class: usize) -> Option<NonNull<u8>> {
     with_thread_heaps(|heaps| {
         // A checked or wiping pool's inline key is no heap's: its heap never
         // passes.
-        let heap = heaps.front(pool.caches.inline_key)?;
+        let heap = heaps.front(key.0)?;
         // SAFETY: the front entry is this thread's live heap for `pool`.
         let heap = unsafe { &*heap };
         debug_assert!(!heap.checked);
@@ -225,15 +236,17 @@ pub(crate) fn try_allocate_cached(pool: &PoolInner, class: usize) -> Option<NonN
 
 /// Frees `block` if it is a block of a slab in this thread's most recently
 /// used heap, found in that heap's owned-slab filter, and nothing special
-/// applies; `false` sends the caller to the full path.
+/// applies; `false` sends the caller to the full path. Null is no slab's
+/// (the filter's empty marker is not 0), so a caller that accepts null,
+/// as C's free functions do, tests for it only on the full path.
 ///
 /// # Safety
 /// If `block` starts a block of a slab of `pool`, it is a live block the
 /// caller gives up.
 #[inline]
-pub(crate) unsafe fn try_free_cached(pool: &PoolInner, block: NonNull<u8>) -> bool {
+pub(crate) unsafe fn try_free_cached(key: InlineKey, block: *mut u8) -> bool {
     // SAFETY: as the caller guarantees.
-    with_thread_heaps(|heaps| unsafe { try_free_owned(heaps, pool, block) }).unwrap_or(false)
+    with_thread_heaps(|heaps| unsafe { try_free_owned(heaps, key, block) }).unwrap_or(false)
 }
 
 /// `try_free_cached`, with the thread's table.
@@ -241,14 +254,15 @@ pub(crate) unsafe fn try_free_cached(pool: &PoolInner, block: NonNull<u8>) -> bo
 /// # Safety
 /// As [`try_free_cached`].
 #[inline]
-unsafe fn try_free_owned(heaps: &HeapTable<ThreadHeap>, pool: &PoolInner, block: NonNull<u8>) -> bool {
+unsafe fn try_free_owned(heaps: &HeapTable<ThreadHeap>, key: InlineKey, block: *mut u8) -> bool {
     // A checked or wiping pool's inline key is no heap's (see
     // `try_allocate_cached`).
-    let Some(heap) = heaps.front(pool.caches.inline_key) else { return false };
+    let Some(heap) = heaps.front(key.0) else { return false };
     // SAFETY: the front entry is this thread's live heap for `pool`.
     let heap = unsafe { &*heap };
-    let address = block.as_ptr() as usize;
+    let address = block as usize;
     let Some(slab_address) = heap.owned.slab_of(address) else { return false };
+    debug_assert!(!block.is_null());
     // SAFETY: filter entries are slabs in this heap's rings, owned by this
     // thread and mapped while the pool lives.
     let slab = unsafe { OwnedSlab::new(slab_address as *const Slab) };
@@ -261,8 +275,9 @@ unsafe fn try_free_owned(heaps: &HeapTable<ThreadHeap>, pool: &PoolInner, block:
     // Counted first, so that nothing but the answer is left to do after the
     // free, whose rare call (the slab emptied) then needs no registers kept.
     heap.counters.frees.count_untimed(number);
-    // SAFETY: `block` starts a block of `slab`, which the caller gives up.
-    unsafe { heap.free_local_untimed(slab, block) };
+    // SAFETY: `block` starts a block of `slab`, which the caller gives up;
+    // it lies in the slab, so it is not null.
+    unsafe { heap.free_local_untimed(slab, NonNull::new_unchecked(block)) };
     true
 }
 
@@ -394,21 +409,21 @@ mod tests {
         for pool in [&plain, &checked, &wiping] {
             // The first allocation makes the heap and is timed: full path.
             let first = pool.allocate_fast(64).unwrap();
-            let inline = try_allocate_cached(&pool.inner, class_of(64));
+            let inline = try_allocate_cached(pool.inline_key, class_of(64));
             assert_eq!(inline.is_some(), std::ptr::eq(pool, &plain), "only the plain pool's heap answers inline");
             // SAFETY: live blocks, freed once.
             unsafe {
                 // The first free is timed: full path.
                 pool.free_fast(first).unwrap();
                 if let Some(block) = inline {
-                    assert!(try_free_cached(&pool.inner, block), "the owner frees its own block inline");
+                    assert!(try_free_cached(pool.inline_key, block.as_ptr()), "the owner frees its own block inline");
                 }
             }
         }
         for pool in [&checked, &wiping] {
             let block = pool.allocate_fast(64).unwrap();
             // SAFETY: a live block, which the inline path refuses untouched.
-            assert!(!unsafe { try_free_cached(&pool.inner, block) });
+            assert!(!unsafe { try_free_cached(pool.inline_key, block.as_ptr()) });
             // SAFETY: a live block, freed once.
             unsafe { pool.free_fast(block).unwrap() };
         }
