@@ -711,7 +711,7 @@ impl MemoryPool {
     ///
     /// # Safety
     ///
-    /// As [`free_fast`](Self::free_fast), for a non-null `ptr`.
+    /// As [`free_fast`](Self::free_fast); `ptr` may also be null.
     #[inline(always)]
     pub(crate) unsafe fn free_cached(&self, ptr: *mut u8) -> bool {
         // SAFETY: the caller's contract is ours.
