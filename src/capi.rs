@@ -9,7 +9,7 @@
 //! [`MemoryPool::free_cached`], which nothing in can panic (but the debug
 //! assertions of the pool's invariants): run inside `catch_unwind` it could
 //! not be inlined, and would cost a C caller several times what it costs
-//! Rust.
+//! Rust. (A free that empties a slab retires it under the guard.)
 //!
 //! The header is written by hand; `tests/capi.rs` compiles a probe against it
 //! and compares every constant, size and field offset with this module, so the
@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use crate::align::align_up;
 use crate::guard::CorruptionHandler;
+use crate::thread_cache::{EmptiedSlab, InlineFree};
 use crate::{
     BlockDamage, DamageKind, MemoryPool, PoolConfig, PoolError, PoolKind, PoolStats, PressureEvent, PressureReason,
 };
@@ -724,15 +725,30 @@ unsafe fn free_block(pool: *mut MemoryPool, block: *mut c_void, path: FreePath) 
     };
     // Outside the guard: see the module docs. NULL takes the full path,
     // which the inline one sends it to without a test of its own.
-    // SAFETY: forwarded from the caller.
-    if matches!(path, FreePath::Fast) && unsafe { pool.free_cached(block.cast()) } {
-        return LleResult::Success;
+    if matches!(path, FreePath::Fast) {
+        // SAFETY: forwarded from the caller.
+        match unsafe { pool.free_cached(block.cast()) } {
+            InlineFree::Freed => return LleResult::Success,
+            InlineFree::SlabEmptied(slab) => return retire_guarded(slab),
+            InlineFree::NotInline => {}
+        }
     }
     let Some(block) = NonNull::new(block.cast::<u8>()) else {
         return LleResult::Success;
     };
     // SAFETY: forwarded from the caller.
     unsafe { free_guarded(pool, block, path) }
+}
+
+/// The end of an inline free that emptied a slab, under the guard: the
+/// retirement goes to the shared pool, which is not panic-free code.
+#[cold]
+#[inline(never)]
+fn retire_guarded(slab: EmptiedSlab) -> LleResult {
+    guard(LleResult::ErrorInternal, || {
+        slab.retire();
+        LleResult::Success
+    })
 }
 
 /// The rest of `free_block`, under the guard; out of line as

@@ -28,7 +28,7 @@
 use crate::fork;
 use crate::size_class::class_for_layout;
 use crate::slab_map::Owner;
-use crate::thread_cache;
+use crate::thread_cache::{self, InlineFree};
 use crate::{MemoryPool, PoolConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, UnsafeCell};
@@ -373,8 +373,16 @@ impl GlobalPool {
             // the pool's lock unmarked; a nested call there is refused as
             // re-entry and served by the fallback.)
             // SAFETY: as the caller guarantees.
-            if !InsidePool::is_set() && unsafe { thread_cache::try_free_cached(pool.inline_key, block.as_ptr()) } {
-                return true;
+            if !InsidePool::is_set() {
+                // SAFETY: as the caller guarantees.
+                match unsafe { thread_cache::try_free_cached(pool.inline_key, block.as_ptr()) } {
+                    InlineFree::Freed => return true,
+                    InlineFree::SlabEmptied(slab) => {
+                        slab.retire();
+                        return true;
+                    }
+                    InlineFree::NotInline => {}
+                }
             }
         }
         // SAFETY: as the caller guarantees.
@@ -763,5 +771,34 @@ mod tests {
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "the child could not use the pool: {status:#x}"
         );
+    }
+
+    /// Slabs emptied by `free`'s inline path go back to the shared pool,
+    /// as those emptied by `MemoryPool::free_fast` do.
+    #[test]
+    fn slabs_emptied_by_inline_frees_go_back() {
+        const BLOCKS: usize = 8000;
+        let global = GlobalPool::new();
+        let layout = Layout::from_size_align(64, 16).unwrap();
+        let blocks: Vec<NonNull<u8>> = (0..BLOCKS)
+            .map(|index| {
+                let block = global.allocate(layout).expect("a block");
+                // SAFETY: a live 64-byte block of ours.
+                unsafe { block.as_ptr().write_bytes(index as u8, 64) };
+                block
+            })
+            .collect();
+        let slabs = || global.with_pool(|pool| pool.stats().fast.slabs).unwrap();
+        let full = slabs();
+        assert!(full >= 7, "about a thousand 64-byte blocks fill a slab: {full} slabs");
+        for (index, &block) in blocks.iter().enumerate() {
+            // SAFETY: live blocks of ours, each freed once.
+            unsafe {
+                assert!(std::slice::from_raw_parts(block.as_ptr(), 64).iter().all(|&byte| byte == index as u8));
+                assert!(global.free(block));
+            }
+        }
+        // What stays: the class's current slab and one spare.
+        assert!(slabs() <= 2, "{} of {full} slabs stayed", slabs());
     }
 }

@@ -167,7 +167,7 @@ use stats::mean_duration;
 use std::fmt;
 use std::ops::Range;
 use std::ptr::NonNull;
-use thread_cache::{with_heap, PoolCaches};
+use thread_cache::{with_heap, InlineFree, PoolCaches};
 
 /// A concurrent memory pool over anonymous mappings.
 ///
@@ -693,27 +693,31 @@ impl MemoryPool {
     #[inline(always)]
     pub unsafe fn free_fast(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
         // SAFETY: the caller's contract is ours.
-        if unsafe { self.free_cached(ptr.as_ptr()) } {
-            return Ok(());
+        match unsafe { self.free_cached(ptr.as_ptr()) } {
+            InlineFree::Freed => Ok(()),
+            InlineFree::SlabEmptied(slab) => {
+                slab.retire();
+                Ok(())
+            }
+            // SAFETY: the caller's contract is ours.
+            InlineFree::NotInline => unsafe { self.free_fast_slow(ptr) },
         }
-        // SAFETY: the caller's contract is ours.
-        unsafe { self.free_fast_slow(ptr) }
     }
 
     /// The common case of [`free_fast`](Self::free_fast), inline: a block
     /// of a slab this thread owns, known from thread-local memory alone.
-    /// `false` sends the caller to [`free_fast_slow`](Self::free_fast_slow),
-    /// with nothing freed.
+    /// `NotInline` sends the caller to
+    /// [`free_fast_slow`](Self::free_fast_slow), with nothing freed.
     ///
     /// Nothing in it panics but its debug assertions of the pool's
     /// invariants, so the C API calls it outside its unwinding guard. Null
-    /// gives `false`, so the C API tests for it only past this path.
+    /// gives `NotInline`, so the C API tests for it only past this path.
     ///
     /// # Safety
     ///
     /// As [`free_fast`](Self::free_fast); `ptr` may also be null.
     #[inline(always)]
-    pub(crate) unsafe fn free_cached(&self, ptr: *mut u8) -> bool {
+    pub(crate) unsafe fn free_cached(&self, ptr: *mut u8) -> InlineFree {
         // SAFETY: the caller's contract is ours.
         unsafe { thread_cache::try_free_cached(self.inline_key, ptr) }
     }

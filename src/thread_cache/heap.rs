@@ -307,9 +307,23 @@ impl ThreadHeap {
     #[inline(always)]
     pub(super) unsafe fn free_local_untimed(&self, slab: OwnedSlab<'_>, block: NonNull<u8>) {
         // SAFETY: as the caller guarantees.
-        if unsafe { slab.push_local(block) } == 0 && !slab.is_current() {
+        if unsafe { Self::push_freed(slab, block) } {
             self.retire_empty(slab);
         }
+    }
+
+    /// Puts `block` back on `slab`'s local list; returns whether that
+    /// emptied the slab and the slab is not its heap's current one (which
+    /// stays, to serve the next allocation: a thread that allocates and
+    /// frees one block at a time empties it at every free). The caller
+    /// then hands it to [`retire_empty`](Self::retire_empty).
+    ///
+    /// # Safety
+    /// As [`free_local`](Self::free_local).
+    #[inline(always)]
+    pub(super) unsafe fn push_freed(slab: OwnedSlab<'_>, block: NonNull<u8>) -> bool {
+        // SAFETY: as the caller guarantees.
+        unsafe { slab.push_local(block) == 0 && !slab.is_current() }
     }
 
     /// Gives a block back to a slab another thread owns (or an abandoned
@@ -333,7 +347,7 @@ impl ThreadHeap {
     /// Takes `slab`, just emptied and not current, out of its ring: kept as
     /// its class's spare, or released.
     #[cold]
-    fn retire_empty(&self, slab: OwnedSlab<'_>) {
+    pub(super) fn retire_empty(&self, slab: OwnedSlab<'_>) {
         self.edit(slab.class(), || {
             self.owned.forget(slab.as_ptr() as usize);
             let cache = &self.classes[slab.class()];

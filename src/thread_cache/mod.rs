@@ -234,19 +234,52 @@ pub(crate) fn try_allocate_cached(key: InlineKey, class: usize) -> Option<NonNul
     .flatten()
 }
 
+/// What [`try_free_cached`] did.
+#[must_use]
+pub(crate) enum InlineFree {
+    /// The block is free.
+    Freed,
+    /// The block is free, and its slab, which is not its heap's current
+    /// one, is empty: the caller finishes with [`EmptiedSlab::retire`].
+    /// The call is left to the caller so that it is the last thing the
+    /// caller does, and the inline path keeps no register across it.
+    SlabEmptied(EmptiedSlab),
+    /// Nothing was done: the caller takes the full path.
+    NotInline,
+}
+
+/// A slab of this thread's heap that an inline free emptied.
+pub(crate) struct EmptiedSlab {
+    heap: *const ThreadHeap,
+    slab: *const Slab,
+}
+
+impl EmptiedSlab {
+    /// Keeps the slab as its class's spare, or releases it.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn retire(self) {
+        // SAFETY: made by `try_free_owned` on this thread (the type is
+        // neither `Send` nor `Sync`), for a slab the heap owns: the heap is
+        // alive while the thread runs and the pool lives, and nothing of
+        // this thread has used it since.
+        unsafe { (*self.heap).retire_empty(OwnedSlab::new(self.slab)) };
+    }
+}
+
 /// Frees `block` if it is a block of a slab in this thread's most recently
 /// used heap, found in that heap's owned-slab filter, and nothing special
-/// applies; `false` sends the caller to the full path. Null is no slab's
-/// (the filter's empty marker is not 0), so a caller that accepts null,
-/// as C's free functions do, tests for it only on the full path.
+/// applies. Null is no slab's (the filter's empty marker is not 0), so a
+/// caller that accepts null, as C's free functions do, tests for it only
+/// on the full path.
 ///
 /// # Safety
 /// If `block` starts a block of a slab of `pool`, it is a live block the
 /// caller gives up.
 #[inline]
-pub(crate) unsafe fn try_free_cached(key: InlineKey, block: *mut u8) -> bool {
+pub(crate) unsafe fn try_free_cached(key: InlineKey, block: *mut u8) -> InlineFree {
     // SAFETY: as the caller guarantees.
-    with_thread_heaps(|heaps| unsafe { try_free_owned(heaps, key, block) }).unwrap_or(false)
+    with_thread_heaps(|heaps| unsafe { try_free_owned(heaps, key, block) }).unwrap_or(InlineFree::NotInline)
 }
 
 /// `try_free_cached`, with the thread's table.
@@ -254,31 +287,32 @@ pub(crate) unsafe fn try_free_cached(key: InlineKey, block: *mut u8) -> bool {
 /// # Safety
 /// As [`try_free_cached`].
 #[inline]
-unsafe fn try_free_owned(heaps: &HeapTable<ThreadHeap>, key: InlineKey, block: *mut u8) -> bool {
+unsafe fn try_free_owned(heaps: &HeapTable<ThreadHeap>, key: InlineKey, block: *mut u8) -> InlineFree {
     // A checked or wiping pool's inline key is no heap's (see
     // `try_allocate_cached`).
-    let Some(heap) = heaps.front(key.0) else { return false };
+    let Some(heap_pointer) = heaps.front(key.0) else { return InlineFree::NotInline };
     // SAFETY: the front entry is this thread's live heap for `pool`.
-    let heap = unsafe { &*heap };
+    let heap = unsafe { &*heap_pointer };
     let address = block as usize;
-    let Some(slab_address) = heap.owned.slab_of(address) else { return false };
+    let Some(slab_address) = heap.owned.slab_of(address) else { return InlineFree::NotInline };
     debug_assert!(!block.is_null());
     // SAFETY: filter entries are slabs in this heap's rings, owned by this
     // thread and mapped while the pool lives.
     let slab = unsafe { OwnedSlab::new(slab_address as *const Slab) };
     debug_assert!(slab.owned_by_current_thread().is_some() && !slab.is_checked());
     if !slab.is_block_start(address) {
-        return false;
+        return InlineFree::NotInline;
     }
     // The timed frees take the full path.
-    let Some(number) = heap.counters.frees.next_untimed() else { return false };
-    // Counted first, so that nothing but the answer is left to do after the
-    // free, whose rare call (the slab emptied) then needs no registers kept.
+    let Some(number) = heap.counters.frees.next_untimed() else { return InlineFree::NotInline };
     heap.counters.frees.count_untimed(number);
     // SAFETY: `block` starts a block of `slab`, which the caller gives up;
     // it lies in the slab, so it is not null.
-    unsafe { heap.free_local_untimed(slab, NonNull::new_unchecked(block)) };
-    true
+    if unsafe { ThreadHeap::push_freed(slab, NonNull::new_unchecked(block)) } {
+        InlineFree::SlabEmptied(EmptiedSlab { heap: heap_pointer, slab: slab.as_ptr() })
+    } else {
+        InlineFree::Freed
+    }
 }
 
 /// Frees a cache block of `slab`, on any thread: onto the owner's list when
@@ -416,14 +450,17 @@ mod tests {
                 // The first free is timed: full path.
                 pool.free_fast(first).unwrap();
                 if let Some(block) = inline {
-                    assert!(try_free_cached(pool.inline_key, block.as_ptr()), "the owner frees its own block inline");
+                    assert!(
+                        matches!(try_free_cached(pool.inline_key, block.as_ptr()), InlineFree::Freed),
+                        "the owner frees its own block inline"
+                    );
                 }
             }
         }
         for pool in [&checked, &wiping] {
             let block = pool.allocate_fast(64).unwrap();
             // SAFETY: a live block, which the inline path refuses untouched.
-            assert!(!unsafe { try_free_cached(pool.inline_key, block.as_ptr()) });
+            assert!(matches!(unsafe { try_free_cached(pool.inline_key, block.as_ptr()) }, InlineFree::NotInline));
             // SAFETY: a live block, freed once.
             unsafe { pool.free_fast(block).unwrap() };
         }

@@ -635,6 +635,43 @@ static void test_statistics_of_cached_slabs(void) {
     lle_destroy_memory_pool(pool);
 }
 
+/* Slabs emptied by lle_pool_free_fast go back to the shared pool: the
+ * inline free hands an emptied slab to the pool before it returns. */
+static void test_emptied_slabs_go_back(void) {
+    enum { EVENTS = 8000, EVENT_SIZE = 64 };
+    lle_memory_pool_t *pool = lle_create_memory_pool(4u << 20, 0, LLE_POOL_EVENT);
+    CHECK(pool != NULL);
+    if (pool == NULL) {
+        return;
+    }
+    static unsigned char *events[EVENTS];
+    for (unsigned i = 0; i < EVENTS; i++) {
+        events[i] = lle_pool_allocate_fast(pool, EVENT_SIZE);
+        CHECK(events[i] != NULL);
+        if (events[i] != NULL) {
+            memset(events[i], (int)(i & 0xFF), EVENT_SIZE);
+        }
+    }
+    lle_pool_statistics_t full, emptied;
+    CHECK(lle_get_pool_statistics(pool, &full) == LLE_SUCCESS);
+    /* About a thousand 64-byte blocks fit in a 64 KiB slab. */
+    CHECK(full.fast.slabs >= 7);
+    unsigned intact = 0;
+    for (unsigned i = 0; i < EVENTS; i++) {
+        if (events[i] != NULL) {
+            intact += events[i][0] == (unsigned char)(i & 0xFF) && events[i][EVENT_SIZE - 1] == (unsigned char)(i & 0xFF);
+            CHECK(lle_pool_free_fast(pool, events[i]) == LLE_SUCCESS);
+        }
+    }
+    CHECK(intact == EVENTS);
+    CHECK(lle_get_pool_statistics(pool, &emptied) == LLE_SUCCESS);
+    CHECK(emptied.fast.allocations == emptied.fast.frees);
+    /* What stays: the class's current slab and one spare. */
+    CHECK(emptied.fast.slabs <= 2);
+    CHECK(emptied.used == emptied.fast.slab_bytes);
+    lle_destroy_memory_pool(pool);
+}
+
 /* The process's mapped bytes now (VmSize), or 0 if unknown. */
 static size_t mapped_bytes(void) {
     FILE *status = fopen("/proc/self/status", "r");
@@ -842,6 +879,7 @@ static void test_leak_report(void) {
 int main(void) {
     test_concurrent_use();
     test_statistics_of_cached_slabs();
+    test_emptied_slabs_go_back();
     test_alignment();
     test_resizing();
     test_bad_input();
