@@ -28,7 +28,7 @@
 use crate::fork;
 use crate::size_class::class_for_layout;
 use crate::slab_map::Owner;
-use crate::thread_cache::{self, InlineFree};
+use crate::thread_cache;
 use crate::{MemoryPool, PoolConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, UnsafeCell};
@@ -373,16 +373,10 @@ impl GlobalPool {
             // the pool's lock unmarked; a nested call there is refused as
             // re-entry and served by the fallback.)
             // SAFETY: as the caller guarantees.
-            if !InsidePool::is_set() {
-                // SAFETY: as the caller guarantees.
-                match unsafe { thread_cache::try_free_cached(pool.inline_key, block.as_ptr()) } {
-                    InlineFree::Freed => return true,
-                    InlineFree::SlabEmptied(slab) => {
-                        slab.retire();
-                        return true;
-                    }
-                    InlineFree::NotInline => {}
-                }
+            if !InsidePool::is_set()
+                && unsafe { thread_cache::try_free_cached(pool.inline_key, block.as_ptr()) }.finish()
+            {
+                return true;
             }
         }
         // SAFETY: as the caller guarantees.

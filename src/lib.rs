@@ -693,15 +693,11 @@ impl MemoryPool {
     #[inline(always)]
     pub unsafe fn free_fast(&self, ptr: NonNull<u8>) -> Result<(), PoolError> {
         // SAFETY: the caller's contract is ours.
-        match unsafe { self.free_cached(ptr.as_ptr()) } {
-            InlineFree::Freed => Ok(()),
-            InlineFree::SlabEmptied(slab) => {
-                slab.retire();
-                Ok(())
-            }
-            // SAFETY: the caller's contract is ours.
-            InlineFree::NotInline => unsafe { self.free_fast_slow(ptr) },
+        if unsafe { self.free_cached(ptr.as_ptr()) }.finish() {
+            return Ok(());
         }
+        // SAFETY: the caller's contract is ours.
+        unsafe { self.free_fast_slow(ptr) }
     }
 
     /// The common case of [`free_fast`](Self::free_fast), inline: a block

@@ -840,7 +840,7 @@ impl SharedPool {
                 }
             }
             self.purge_free_pages(state, os::page_size());
-            state.purge.restart(crate::os::coarse_monotonic_now(), self.counters.size.get());
+            state.purge.restart(os::coarse_monotonic_now(), self.counters.size.get());
             Ok((old_size, self.counters.size.get()))
         })?;
         Self::collect_garbage(&handle);

@@ -248,6 +248,24 @@ pub(crate) enum InlineFree {
     NotInline,
 }
 
+impl InlineFree {
+    /// Finishes what the inline free left, for a caller with nothing to do
+    /// after it: retires an emptied slab; returns whether the block was
+    /// freed (`false`: take the full path). The C API does the same in its
+    /// own way, the retirement under its unwinding guard.
+    #[inline(always)]
+    pub(crate) fn finish(self) -> bool {
+        match self {
+            InlineFree::Freed => true,
+            InlineFree::SlabEmptied(slab) => {
+                slab.retire();
+                true
+            }
+            InlineFree::NotInline => false,
+        }
+    }
+}
+
 /// A slab of this thread's heap that an inline free emptied.
 pub(crate) struct EmptiedSlab {
     heap: *const ThreadHeap,
