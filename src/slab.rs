@@ -1,8 +1,10 @@
 //! Slabs: the unit in which per-thread caches take memory from the pool.
 //!
 //! A slab is one `SLAB_SIZE`-byte block of the shared pool, aligned to its
-//! size, carved into equal blocks of one size class. Its header sits at its
-//! start (as mimalloc's page metadata sits in its segment): a free list only
+//! size, carved into equal blocks of one size class. Its header sits before
+//! its blocks, at one of a few places chosen by the slab's address so that
+//! headers do not all share the same cache sets (see `HEADER_COLORS`;
+//! mimalloc keeps its page metadata in its segment): a free list only
 //! the owning thread touches, with no atomics, and a second list that other
 //! threads push freed blocks onto with one compare-and-swap, which the owner
 //! takes whole with one swap when its own list runs dry (mimalloc's
@@ -34,7 +36,6 @@ use crate::model_cells::{forget_block_links, read_block_link, write_block_link};
 use crate::os;
 use crate::size_class::{class_size, MAX_FAST_SIZE};
 use crate::sync::{compiler_fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::ops::Deref;
 use std::panic::Location;
@@ -167,12 +168,15 @@ pub(crate) unsafe fn link(block: NonNull<u8>, next: NonNull<u8>) {
 #[repr(C, align(64))]
 struct CacheLineStart;
 
-/// The header at the start of every slab. `repr(C)` in this order, in three
-/// cache lines by who writes them: the owner's state (written on every
-/// allocate and free of the owning thread), the constants (never written
-/// while the slab lives, so every thread that frees into the slab keeps its
-/// copy of that line: a remote free classifies its pointer without a miss
-/// on a line the owner keeps writing), and the list of remote frees.
+/// The header of every slab, near its start (see [`HEADER_COLORS`]).
+/// `repr(C)` in this order, in three cache lines by who uses them: the
+/// owner's (its state, written on every allocate and free of the owning
+/// thread, and the constants only its inline free reads, so that such a
+/// free touches one line of the header), the constants any thread reads
+/// (never written while the slab lives, so every thread that frees into the
+/// slab keeps its copy of that line: a remote free classifies its pointer
+/// without a miss on a line the owner keeps writing), and the list of
+/// remote frees.
 #[repr(C, align(64))]
 pub(crate) struct Slab {
     // Owner-only state, reached through `OwnedSlab`: touched only by the
@@ -195,19 +199,20 @@ pub(crate) struct Slab {
     /// Owner-only: the links of the ring of slabs the owner keeps it in.
     next: Cell<*mut Slab>,
     previous: Cell<*mut Slab>,
-    _constants: CacheLineStart,
-    // Fixed while the slab exists (the owner words change only when the
-    // slab changes hands); read by any thread.
-    block_size: u32,
-    capacity: u32,
-    /// Where the blocks end, as an offset from the first block.
-    blocks_end: u32,
-    class: u32,
+    // Fixed while the slab exists; the inline free's test of a block start.
     /// `ceil(2^64 / block_size)`: an offset below 2^16 is a multiple of the
     /// block size exactly when `offset * divisibility_magic` (wrapping) is
     /// below it (Lemire, Kaser and Kurz, "Faster remainder by direct
     /// computation", 2019): one multiply and one comparison, no division.
     divisibility_magic: u64,
+    /// Where the blocks end, as an offset from the first block.
+    blocks_end: u32,
+    _constants: CacheLineStart,
+    // Fixed while the slab exists (the owner words change only when the
+    // slab changes hands); read by any thread.
+    block_size: u32,
+    capacity: u32,
+    class: u32,
     /// The owning thread's `current_thread_token`, 0 while abandoned; set
     /// with `owner`.
     owner_thread: AtomicUsize,
@@ -221,22 +226,27 @@ pub(crate) struct Slab {
     /// With `checked`: whether the slab also keeps where each block was
     /// allocated (see [`Slab::record_caller`]).
     callers: bool,
+    _remote: CacheLineStart,
     /// Blocks freed by other threads, as a [`RemoteList`] word; on its own
     /// cache line so remote frees do not bounce the owner's line.
-    thread_free: CachePadded<AtomicU64>,
-    /// With `checked`: one bit per block, set while the block is handed out.
-    allocated: [AtomicU64; BITMAP_WORDS],
+    thread_free: AtomicU64,
 }
+
+/// With `checked`: one bit per block, set while the block is handed out.
+/// Kept beside the header (see [`bitmap_offset`]), not in it: only checked
+/// pools read it, and the header's size is what its colors cost.
+type AllocatedBits = [AtomicU64; BITMAP_WORDS];
 
 // The three groups of fields stay on three lines (the models' atomics are
 // larger, and their layout measures nothing).
 #[cfg(not(lle_mempool_model))]
 const _: () = {
     use std::mem::offset_of;
-    assert!(offset_of!(Slab, previous) + std::mem::size_of::<Cell<*mut Slab>>() <= offset_of!(Slab, block_size));
+    assert!(offset_of!(Slab, blocks_end) + std::mem::size_of::<u32>() <= offset_of!(Slab, block_size));
     assert!(offset_of!(Slab, block_size) % 64 == 0);
     assert!(offset_of!(Slab, callers) < offset_of!(Slab, block_size) + 64);
-    assert!(offset_of!(Slab, thread_free) >= offset_of!(Slab, block_size) + 64);
+    assert!(offset_of!(Slab, thread_free) == offset_of!(Slab, block_size) + 64);
+    assert!(std::mem::size_of::<Slab>() == 3 * 64);
 };
 
 /// The bytes a checked slab keeps per block for the size asked of it (see
@@ -280,12 +290,54 @@ fn owner_words(owner: Option<SlabOwner>) -> (*mut (), usize) {
     }
 }
 
-/// Where the first block starts: right after the header.
-const DATA_OFFSET: usize = std::mem::size_of::<Slab>();
+/// How many places a slab's header may sit in, by the slab's address.
+/// Slabs are aligned to their size, so headers at their start would all
+/// fall in the same few sets of every cache (a 48 KiB, 12-way L1 holds the
+/// first line of only 12 of them, a 2 MiB, 16-way L2 of 32): a program
+/// whose live blocks span a few hundred slabs would miss on a header at
+/// most allocations and frees. Each color moves the header by its size, so
+/// neighbouring slabs' headers fall in different sets. Under the models
+/// one place: their slabs are one page, and their layout measures nothing.
+#[cfg(not(lle_mempool_model))]
+const HEADER_COLORS: usize = 8;
+#[cfg(lle_mempool_model)]
+const HEADER_COLORS: usize = 1;
+const HEADER_SIZE: usize = std::mem::size_of::<Slab>();
+const BITMAP_SIZE: usize = std::mem::size_of::<AllocatedBits>();
+
+/// Where the first block starts: after the header at its farthest place,
+/// and after the bitmap.
+pub(crate) const DATA_OFFSET: usize = {
+    let colored = HEADER_COLORS * HEADER_SIZE;
+    let end = if colored > HEADER_SIZE + BITMAP_SIZE { colored } else { HEADER_SIZE + BITMAP_SIZE };
+    end.next_multiple_of(64)
+};
 // At most a quarter of the slab, so even the largest class gets three
 // blocks. Under shuttle each atomic carries a vector clock (about 100 bytes),
-// which puts the header at exactly a quarter of the models' 4 KiB slab.
-const _: () = assert!(DATA_OFFSET % 64 == 0 && DATA_OFFSET <= SLAB_SIZE / 4);
+// which puts the header and bitmap at a quarter of the models' 4 KiB slab.
+const _: () = assert!(DATA_OFFSET <= SLAB_SIZE / 4);
+
+/// Where a slab's bitmap sits, from the slab's start, for a header
+/// `header_offset` bytes in: right after the header when it fits there
+/// before the blocks, else right before the header.
+const fn bitmap_offset(header_offset: usize) -> usize {
+    if header_offset + HEADER_SIZE + BITMAP_SIZE <= DATA_OFFSET {
+        header_offset + HEADER_SIZE
+    } else {
+        header_offset - BITMAP_SIZE
+    }
+}
+
+// Every color's bitmap fits on one side of its header, aligned.
+const _: () = {
+    assert!(std::mem::align_of::<AllocatedBits>() <= 64 && HEADER_SIZE % 64 == 0 && BITMAP_SIZE % 64 == 0);
+    let mut color = 0;
+    while color < HEADER_COLORS {
+        let header_offset = color * HEADER_SIZE;
+        assert!(header_offset + HEADER_SIZE + BITMAP_SIZE <= DATA_OFFSET || header_offset >= BITMAP_SIZE);
+        color += 1;
+    }
+};
 
 /// The number of blocks on the chain from `first` to `last` (see [`link`]).
 ///
@@ -327,7 +379,10 @@ impl Slab {
         let per_block = block_size + records.bytes_per_block();
         let padding = if records == BlockRecords::SizesAndCallers { std::mem::align_of::<CallerSlot>() } else { 0 };
         let capacity = (SLAB_SIZE - DATA_OFFSET - padding) / per_block;
-        let slab = memory.as_ptr().cast::<Slab>();
+        let base = memory.as_ptr() as usize;
+        // SAFETY: the header's place lies in the first quarter of the
+        // caller's memory.
+        let slab = unsafe { memory.as_ptr().add(Slab::header_address(base) - base) }.cast::<Slab>();
         let header = Slab {
             block_size: block_size as u32,
             capacity: capacity as u32,
@@ -347,19 +402,23 @@ impl Slab {
             next: Cell::new(slab),
             previous: Cell::new(slab),
             _constants: CacheLineStart,
-            thread_free: CachePadded::new(AtomicU64::new(RemoteList::EMPTY.0)),
-            allocated: std::array::from_fn(|_| AtomicU64::new(0)),
+            _remote: CacheLineStart,
+            thread_free: AtomicU64::new(RemoteList::EMPTY.0),
         };
         // SAFETY: the caller hands us SLAB_SIZE suitably aligned bytes, and
         // the header is far smaller than that.
         unsafe { ptr::write(slab, header) };
+        let bitmap = base + bitmap_offset(slab as usize - base);
+        // SAFETY: the bitmap's place lies between the slab's start and its
+        // first block, apart from the header, in the caller's memory.
+        unsafe { ptr::write(bitmap as *mut AllocatedBits, std::array::from_fn(|_| AtomicU64::new(0))) };
         // The memory may have held another slab, whose links are not this
         // one's.
-        forget_block_links(slab as usize, slab as usize + SLAB_SIZE);
+        forget_block_links(base, base + SLAB_SIZE);
         // Nor are its records: a walk of the live blocks may read a block's
         // records as soon as the block is marked handed out, before its
         // taker writes them, and must find no size and no caller there.
-        let records_start = slab as usize + DATA_OFFSET + capacity * block_size;
+        let records_start = base + DATA_OFFSET + capacity * block_size;
         // SAFETY: the records lie in the slab's memory, past its blocks, in
         // the room `per_block` and `padding` left; nobody else knows of the
         // slab yet.
@@ -397,13 +456,26 @@ impl Slab {
         (token != 0 && token == current_thread_token()).then(|| unsafe { OwnedSlab::new(self) })
     }
 
+    /// The address of the header of the slab whose chunk holds `addr`:
+    /// the one place a pointer is turned into its slab (see
+    /// `HEADER_COLORS`).
+    #[inline(always)]
+    pub(crate) fn header_address(addr: usize) -> usize {
+        let base = addr & !(SLAB_SIZE - 1);
+        base + (base >> SLAB_SHIFT) % HEADER_COLORS * HEADER_SIZE
+    }
+
+    /// Where the slab's memory starts: the start of its chunk.
     #[inline]
-    fn base(&self) -> usize {
-        self as *const Slab as usize
+    pub(crate) fn base(&self) -> usize {
+        let base = self as *const Slab as usize & !(SLAB_SIZE - 1);
+        debug_assert_eq!(Slab::header_address(base), self as *const Slab as usize);
+        base
     }
 
     /// Whether a block of this slab starts at `addr`, which lies in the
-    /// slab: the fast path's test, without the block's index.
+    /// slab: the inline free's test, without the block's index, from the
+    /// owner's line (another thread would pull that line from the owner).
     #[inline]
     pub(crate) fn is_block_start(&self, addr: usize) -> bool {
         debug_assert_eq!(addr & !(SLAB_SIZE - 1), self.base());
@@ -470,10 +542,20 @@ impl Slab {
         self.checked
     }
 
+    /// The slab's bitmap of handed-out blocks.
+    #[inline]
+    fn allocated_bits(&self) -> &AllocatedBits {
+        let base = self.base();
+        let bitmap = base + bitmap_offset(self as *const Slab as usize - base);
+        // SAFETY: `create` wrote the bitmap there with the header, and it
+        // lives as long as the header.
+        unsafe { &*(bitmap as *const AllocatedBits) }
+    }
+
     /// With `checked`: records that block `index` was handed out.
     #[inline]
     pub(crate) fn mark_allocated(&self, index: usize) {
-        let previous = self.allocated[index / 64].fetch_or(1 << (index % 64), Ordering::Relaxed);
+        let previous = self.allocated_bits()[index / 64].fetch_or(1 << (index % 64), Ordering::Relaxed);
         debug_assert_eq!(previous & (1 << (index % 64)), 0, "block handed out twice");
     }
 
@@ -482,13 +564,13 @@ impl Slab {
     #[inline]
     pub(crate) fn mark_freed(&self, index: usize) -> bool {
         let bit = 1u64 << (index % 64);
-        self.allocated[index / 64].fetch_and(!bit, Ordering::Relaxed) & bit != 0
+        self.allocated_bits()[index / 64].fetch_and(!bit, Ordering::Relaxed) & bit != 0
     }
 
     /// With `checked`: whether block `index` is handed out.
     #[inline]
     pub(crate) fn is_allocated(&self, index: usize) -> bool {
-        self.allocated[index / 64].load(Ordering::Relaxed) & (1 << (index % 64)) != 0
+        self.allocated_bits()[index / 64].load(Ordering::Relaxed) & (1 << (index % 64)) != 0
     }
 
     /// The bytes of each block.
@@ -1121,6 +1203,49 @@ mod tests {
     use super::test_support::SlabMemory;
     use super::*;
     use crate::size_class::CLASS_COUNT;
+
+    #[test]
+    fn neighbouring_slabs_take_every_color_and_header_bitmap_and_blocks_stay_apart() {
+        let memory = SlabMemory::many(2 * HEADER_COLORS);
+        let mut offsets = Vec::new();
+        for index in 0..2 * HEADER_COLORS {
+            let base = memory.base(index).as_ptr() as usize;
+            // The smallest class has the most blocks, so the longest bitmap.
+            // SAFETY: fresh, aligned, exclusively ours.
+            let slab = unsafe { Slab::create(memory.base(index), 0, None, BlockRecords::SizesAndCallers) };
+            let header = slab.as_ptr() as usize;
+            offsets.push(header - base);
+            for addr in [base, header, base + DATA_OFFSET, base + SLAB_SIZE - 1] {
+                assert_eq!(Slab::header_address(addr), header, "every address of the chunk finds its header");
+            }
+            assert_eq!(slab.base(), base);
+            let bitmap = bitmap_offset(header - base);
+            let header_range = header - base..header - base + HEADER_SIZE;
+            assert!(header_range.end <= DATA_OFFSET && bitmap + BITMAP_SIZE <= DATA_OFFSET);
+            assert!(bitmap + BITMAP_SIZE <= header_range.start || bitmap >= header_range.end);
+            // Every block written, every other one marked handed out: the
+            // header, the bitmap and the blocks keep their values.
+            for block in slab.indices() {
+                // SAFETY: a block of the slab, which the test owns.
+                unsafe { (slab.block_address(block) as *mut u8).write_bytes(0xa5, slab.block_size()) };
+            }
+            for block in slab.indices().step_by(2) {
+                slab.mark_allocated(block);
+                slab.record_asked(block, 1 + block % 16);
+            }
+            assert_eq!((slab.class(), slab.block_size(), slab.capacity()), (0, 16, (SLAB_SIZE - DATA_OFFSET - 8) / 26));
+            assert!(slab.indices().all(|block| slab.is_allocated(block) == (block % 2 == 0)));
+            // SAFETY: the slab's blocks, which the test owns.
+            let blocks = unsafe { std::slice::from_raw_parts(base as *const u8, SLAB_SIZE) };
+            let (start, len) = slab.block_area();
+            assert!(blocks[start - base..start - base + len].iter().all(|&byte| byte == 0xa5));
+        }
+        let mut colors = offsets.clone();
+        colors.sort_unstable();
+        colors.dedup();
+        assert_eq!(colors.len(), HEADER_COLORS, "{offsets:?}");
+        assert!(offsets.windows(2).all(|pair| pair[0] != pair[1]), "neighbours differ: {offsets:?}");
+    }
 
     #[test]
     fn block_index_accepts_exactly_the_block_starts() {

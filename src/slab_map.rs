@@ -66,7 +66,7 @@ const UNITS: usize = SLAB_SIZE / UNIT;
 const _: () = assert!(SLAB_SIZE % UNIT == 0 && UNITS >= 1 && UNITS < usize::BITS as usize);
 
 /// Set in an entry that is a unit mask; clear in a slab header's address,
-/// which is `SLAB_SIZE`-aligned.
+/// which is 64-byte aligned.
 const MASK_TAG: usize = 1;
 /// The entry of a chunk wholly inside a shared region.
 const ALL_SHARED: usize = unit_bits(0, UNITS) | MASK_TAG;
@@ -327,12 +327,12 @@ impl SlabMap {
     /// Makes lookups in `slab`'s chunk find it.
     ///
     /// # Safety
-    /// `slab` is a written slab header at the start of a live shared-pool
+    /// `slab` is a written slab header in a live shared-pool
     /// block that fills its chunk, and stays so until
     /// [`unregister`](Self::unregister): lookups hand out references to it.
     pub(crate) unsafe fn register(&self, slab: *mut Slab) -> Result<(), PoolError> {
         let addr = slab as usize;
-        debug_assert_eq!(addr % SLAB_SIZE, 0);
+        debug_assert_eq!(Slab::header_address(addr), addr);
         let slot = self.slot_or_build(addr >> SLAB_SHIFT)?;
         debug_assert_eq!(
             slot.load(Ordering::Relaxed),
@@ -447,7 +447,7 @@ mod tests {
         let memory = NonNull::new(unsafe { std::alloc::alloc(layout) }).unwrap();
         // SAFETY: SLAB_SIZE bytes aligned to SLAB_SIZE, ours alone.
         let slab = unsafe { Slab::create(memory, 3, None, BlockRecords::None) }.as_ptr();
-        let base = slab as usize;
+        let base = memory.as_ptr() as usize;
         let map = SlabMap::new().unwrap();
         // The slab's chunk and a page either side, as one region.
         map.mark_shared(base - PAGE, SLAB_SIZE + 2 * PAGE).unwrap();

@@ -40,7 +40,7 @@ use crate::error::PoolError;
 use crate::fallible::out_of_memory;
 use crate::purge::HeapPurgeSchedule;
 use crate::size_class::{class_size, CLASS_COUNT};
-use crate::slab::{OwnedSlab, Slab, SlabOwner, SLAB_SIZE};
+use crate::slab::{OwnedSlab, Slab, SlabOwner};
 use crate::stats::{Counter, SampledTimer, FAST_TIMING_PERIOD};
 use crate::sync::{compiler_fence, Arc, Ordering};
 use crate::PoolInner;
@@ -166,9 +166,8 @@ impl ThreadHeap {
             None => self.refill(class)?,
         };
         if self.checked {
-            let slab = (block.as_ptr() as usize & !(SLAB_SIZE - 1)) as *const Slab;
-            // SAFETY: the block came from one of our slabs, which is aligned
-            // to SLAB_SIZE and mapped.
+            let slab = Slab::header_address(block.as_ptr() as usize) as *const Slab;
+            // SAFETY: the block came from one of our slabs, which is mapped.
             let slab = unsafe { &*slab };
             slab.mark_allocated(slab.index_of(block));
         }
@@ -445,6 +444,7 @@ impl ThreadHeap {
 mod tests {
     use super::*;
     use crate::size_class::class_of;
+    use crate::slab::{DATA_OFFSET, SLAB_SIZE};
     use crate::MemoryPool;
 
     /// A heap of this thread for `pool`, outside any table; retired by the
@@ -461,7 +461,7 @@ mod tests {
 
     /// The slab `block` lies in.
     fn slab_of(block: NonNull<u8>) -> *const Slab {
-        (block.as_ptr() as usize & !(SLAB_SIZE - 1)) as *const Slab
+        Slab::header_address(block.as_ptr() as usize) as *const Slab
     }
 
     fn fill(blocks: &[NonNull<u8>], size: usize) {
@@ -483,7 +483,7 @@ mod tests {
         let pool = MemoryPool::new(1 << 20).unwrap();
         let heap = heap_for(&pool);
         let class = class_of(1024);
-        let capacity = (SLAB_SIZE - std::mem::size_of::<Slab>()) / 1024;
+        let capacity = (SLAB_SIZE - DATA_OFFSET) / 1024;
         let blocks: Vec<_> = (0..capacity + 1).map(|_| heap.allocate(class).unwrap()).collect();
         fill(&blocks, 1024);
         let (first, second) = (slab_of(blocks[0]), slab_of(blocks[capacity]));

@@ -150,7 +150,7 @@ fn new_slab(pool: &PoolInner, class: usize, owner: SlabOwner) -> Result<OwnedSla
     if pool.config.checked {
         guard::poison_new_slab(&slab);
     }
-    // SAFETY: the header is written at the start of the block, which fills
+    // SAFETY: the header is written in the block, which fills
     // its chunk (SLAB_SIZE, aligned to it) and stays live until
     // `release_slab` unregisters it.
     if let Err(error) = unsafe { pool.shared.map.register(slab.as_ptr()) } {
@@ -184,7 +184,7 @@ unsafe fn release_slab(pool: &PoolInner, slab: OwnedSlab<'_>) {
         // once it is free, which requires it unmarked as a slab.
         pool.shared.map.unregister(slab.as_ptr());
         pool.caches.slab_blocks.subtract_concurrent(slab.capacity());
-        let address = slab.as_ptr() as usize;
+        let address = slab.base();
         if pool.config.checked {
             // SAFETY: the caller gives the slab up, and it is unregistered.
             unsafe { guard::poison_released_slab(address) };
@@ -495,7 +495,7 @@ mod tests {
     fn frees_without_a_heap_count_with_the_pool_and_reach_the_slab() {
         let pool = MemoryPool::new(1 << 20).unwrap();
         let block = pool.allocate_fast(128).unwrap();
-        let slab = (block.as_ptr() as usize & !(SLAB_SIZE - 1)) as *const Slab;
+        let slab = Slab::header_address(block.as_ptr() as usize) as *const Slab;
         // SAFETY: a live block of the slab, given up; the slab is mapped.
         unsafe { free_without_heap(&pool.inner, &*slab, block) };
         let totals = pool.inner.caches.totals();

@@ -4,12 +4,12 @@
 //! The inline free asks the filter whether the slab a pointer falls in is
 //! one of its heap's, instead of asking the pool's slab map and the slab's
 //! owner: one load from memory the thread already holds. The filter is a
-//! direct-mapped set of slab addresses, one entry per slab-sized chunk
-//! number modulo its length. An entry equal to a pointer's slab address is
-//! the proof; a collision evicts the older slab, which only sends its frees
-//! to the full path.
+//! direct-mapped set of slab headers, one entry per slab-sized chunk number
+//! modulo its length. An entry holding a header in the pointer's chunk is
+//! the proof, and the header is the answer; a collision evicts the older
+//! slab, which only sends its frees to the full path.
 
-use crate::slab::SLAB_SIZE;
+use crate::slab::{Slab, DATA_OFFSET, SLAB_SIZE};
 use std::cell::Cell;
 
 /// Entries in the filter; a power of two. 512 cover 32 MiB of slabs
@@ -17,17 +17,19 @@ use std::cell::Cell;
 /// live blocks span a few hundred slabs (the larson benchmark's do) keeps
 /// its frees on the inline path.
 const ENTRIES: usize = 512;
-/// An empty entry: no slab starts at an odd address.
-const NO_SLAB: usize = 1;
+/// An empty entry: in chunk 0, past every place a header takes there, so
+/// no address finds it (the test in `slab_of`).
+const NO_SLAB: usize = SLAB_SIZE - 1;
+const _: () = assert!(NO_SLAB >= DATA_OFFSET);
 
 pub(super) struct OwnedFilter {
     entries: [Cell<usize>; ENTRIES],
 }
 
-/// The entry for the slab at `slab_address`.
+/// The entry for the slab whose chunk holds `address`.
 #[inline(always)]
-fn entry_of(slab_address: usize) -> usize {
-    (slab_address >> SLAB_SIZE.trailing_zeros()) & (ENTRIES - 1)
+fn entry_of(address: usize) -> usize {
+    (address >> SLAB_SIZE.trailing_zeros()) & (ENTRIES - 1)
 }
 
 impl OwnedFilter {
@@ -35,25 +37,27 @@ impl OwnedFilter {
         OwnedFilter { entries: [const { Cell::new(NO_SLAB) }; ENTRIES] }
     }
 
-    /// The address of the slab that `address` lies in, if the filter holds
+    /// The header of the slab that `address` lies in, if the filter holds
     /// that slab.
     #[inline(always)]
     pub(super) fn slab_of(&self, address: usize) -> Option<usize> {
-        let slab_address = address & !(SLAB_SIZE - 1);
-        (self.entries[entry_of(slab_address)].get() == slab_address).then_some(slab_address)
+        let header = self.entries[entry_of(address)].get();
+        // A header lies in the first `DATA_OFFSET` bytes of its chunk.
+        (header.wrapping_sub(address & !(SLAB_SIZE - 1)) < DATA_OFFSET).then_some(header)
     }
 
-    /// Records the slab at `slab_address`, evicting whichever shares its
-    /// entry.
-    pub(super) fn insert(&self, slab_address: usize) {
-        debug_assert_eq!(slab_address % SLAB_SIZE, 0);
-        self.entries[entry_of(slab_address)].set(slab_address);
+    /// Records the slab whose header is at `header`, evicting whichever
+    /// shares its entry.
+    pub(super) fn insert(&self, header: usize) {
+        debug_assert_eq!(Slab::header_address(header), header);
+        self.entries[entry_of(header)].set(header);
     }
 
-    /// Drops the slab at `slab_address`, which may or may not be held.
-    pub(super) fn forget(&self, slab_address: usize) {
-        let entry = &self.entries[entry_of(slab_address)];
-        if entry.get() == slab_address {
+    /// Drops the slab whose header is at `header`, which may or may not be
+    /// held.
+    pub(super) fn forget(&self, header: usize) {
+        let entry = &self.entries[entry_of(header)];
+        if entry.get() == header {
             entry.set(NO_SLAB);
         }
     }
@@ -68,20 +72,24 @@ mod tests {
     #[test]
     fn every_address_of_a_held_slab_finds_it_and_no_other_does() {
         let filter = OwnedFilter::new();
-        assert_eq!(filter.slab_of(BASE), None, "a new filter holds nothing");
-        filter.insert(BASE + 3 * SLAB_SIZE);
-        for offset in [0, 1, SLAB_SIZE / 2, SLAB_SIZE - 1] {
-            assert_eq!(filter.slab_of(BASE + 3 * SLAB_SIZE + offset), Some(BASE + 3 * SLAB_SIZE));
+        for address in [0, 1, 64, DATA_OFFSET - 1, NO_SLAB, BASE] {
+            assert_eq!(filter.slab_of(address), None, "a new filter holds nothing: {address:#x}");
         }
-        assert_eq!(filter.slab_of(BASE + 2 * SLAB_SIZE + SLAB_SIZE - 1), None, "the chunk before");
-        assert_eq!(filter.slab_of(BASE + 4 * SLAB_SIZE), None, "the chunk after");
-        assert_eq!(filter.slab_of(NO_SLAB), None, "the empty marker is no slab");
+        let chunk = BASE + 3 * SLAB_SIZE;
+        let header = Slab::header_address(chunk);
+        assert_ne!(header, chunk, "the third chunk's header is not at its start");
+        filter.insert(header);
+        for offset in [0, 1, header - chunk, SLAB_SIZE / 2, SLAB_SIZE - 1] {
+            assert_eq!(filter.slab_of(chunk + offset), Some(header));
+        }
+        assert_eq!(filter.slab_of(chunk - 1), None, "the chunk before");
+        assert_eq!(filter.slab_of(chunk + SLAB_SIZE), None, "the chunk after");
     }
 
     #[test]
     fn a_colliding_slab_evicts_and_forgetting_spares_the_other() {
         let filter = OwnedFilter::new();
-        let (first, colliding) = (BASE, BASE + ENTRIES * SLAB_SIZE);
+        let (first, colliding) = (Slab::header_address(BASE), Slab::header_address(BASE + ENTRIES * SLAB_SIZE));
         filter.insert(first);
         filter.insert(colliding);
         assert_eq!(filter.slab_of(first), None, "evicted by the slab sharing its entry");
