@@ -57,7 +57,9 @@ impl MemoryPool {
     pub(crate) fn allocate_for_layout(&self, layout: Layout) -> Result<NonNull<u8>, PoolError> {
         debug_assert!(layout.size() > 0);
         match class_for_layout(layout) {
-            Some(class) => self.allocate_in_class(layout.size(), class),
+            // Padded to its alignment, the size's own class is the layout's:
+            // what the full path, which works from the size, allocates.
+            Some(class) => self.allocate_in_class(layout.pad_to_align().size(), class),
             None => self.allocate_aligned(layout.size(), layout.align()),
         }
     }

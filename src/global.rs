@@ -26,7 +26,7 @@
 //!   free of a shared block or the end of the outermost `with_pool`.
 
 use crate::fork;
-use crate::size_class::class_for_layout;
+use crate::size_class::{class_for_layout, class_of_aligned_16, MAX_FAST_SIZE};
 use crate::slab_map::Owner;
 use crate::thread_cache;
 use crate::{MemoryPool, PoolConfig};
@@ -38,7 +38,7 @@ use std::ptr::{self, NonNull};
 // The state lives in a `static` and needs a const constructor, and a global
 // allocator must not be modelled by loom or shuttle (their own runtimes
 // allocate through it): so these are std's, not `crate::sync`'s.
-use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
 
 const UNINITIALISED: u8 = 0;
 const INITIALISING: u8 = 1;
@@ -151,6 +151,11 @@ fn abort_on_unwind<R>(body: impl FnOnce() -> R) -> R {
 /// ```
 pub struct GlobalPool {
     state: AtomicU8,
+    /// The pool's inline key (see `thread_cache::InlineKey`) once it is
+    /// ready, no heap's before: the inline paths compare it with the
+    /// thread's front heap and need not read `state`, since a thread has a
+    /// heap of the pool only once the pool is ready.
+    inline_key: AtomicU64,
     initial_size: usize,
     /// Written once, by the thread that moves `state` from initialising to
     /// ready; read only after seeing ready.
@@ -195,6 +200,7 @@ impl GlobalPool {
     pub const fn with_initial_size(initial_size: usize) -> Self {
         GlobalPool {
             state: AtomicU8::new(UNINITIALISED),
+            inline_key: AtomicU64::new(thread_cache::InlineKey::NONE.to_bits()),
             initial_size,
             pool: UnsafeCell::new(MaybeUninit::uninit()),
             waiting_frees: AtomicPtr::new(ptr::null_mut()),
@@ -278,7 +284,8 @@ impl GlobalPool {
                 fork::serves_global_allocator(&pool.inner);
                 // SAFETY: winning the claim above makes this thread the
                 // only writer, and nobody reads before READY.
-                unsafe { (*self.pool.get()).write(pool) };
+                let pool = unsafe { (*self.pool.get()).write(pool) };
+                self.inline_key.store(pool.inline_key.to_bits(), Ordering::Relaxed);
                 fork::finish_initialisation(&self.state, READY);
                 self.ready_pool()
             }
@@ -313,18 +320,61 @@ impl GlobalPool {
     /// ```
     #[inline]
     pub fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
-        if let (Some(pool), Some(class)) = (self.ready_pool(), class_for_layout(layout)) {
-            // The inline path takes no lock and calls nothing that could
-            // allocate, so it needs no mark of its own: only the check that
-            // no pool operation of this thread is underway, whose heap it
-            // might be changing.
-            if !InsidePool::is_set() {
-                if let Some(block) = thread_cache::try_allocate_cached(pool.inline_key, class) {
-                    return Some(block);
-                }
-            }
+        if let Some(block) = class_for_layout(layout).and_then(|class| self.allocate_inline(class)) {
+            return Some(block);
         }
         self.allocate_from_pool(layout)
+    }
+
+    /// A block of at least `size` bytes aligned to 16, as C's `malloc`
+    /// returns on 64-bit targets: what [`allocate`](Self::allocate) returns
+    /// for that layout (`None` where it does, and for a size no layout
+    /// has), with the size class found by one table lookup and no layout
+    /// built on the inline path.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let global = lle_mempool::GlobalPool::new();
+    /// let block = global.allocate_aligned_16(65).unwrap();
+    /// assert_eq!(block.as_ptr() as usize % 16, 0);
+    /// assert!(global.usable_size(block.as_ptr()).unwrap() >= 65);
+    /// assert_eq!(global.allocate_aligned_16(0), None, "zero-sized: the fallback's");
+    /// assert_eq!(global.allocate_aligned_16(usize::MAX), None);
+    /// assert!(unsafe { global.free(block) });
+    /// ```
+    #[inline]
+    pub fn allocate_aligned_16(&self, size: usize) -> Option<NonNull<u8>> {
+        // `size - 1` wraps for 0, which the pool's path refuses.
+        if size.wrapping_sub(1) < MAX_FAST_SIZE {
+            if let Some(block) = self.allocate_inline(class_of_aligned_16(size)) {
+                return Some(block);
+            }
+        }
+        self.allocate_from_pool(Layout::from_size_align(size, 16).ok()?)
+    }
+
+    /// The inline path of the allocations: a block of `class` from this
+    /// thread's cache, if it has one ready.
+    #[inline(always)]
+    fn allocate_inline(&self, class: usize) -> Option<NonNull<u8>> {
+        // The inline path takes no lock and calls nothing that could
+        // allocate, so it needs no mark of its own: only the check that no
+        // pool operation of this thread is underway, whose heap it might be
+        // changing. The key is read first: an atomic load between the two
+        // thread-local reads would make the compiler work out the
+        // thread-local's address twice.
+        let key = self.inline_key();
+        if InsidePool::is_set() {
+            return None;
+        }
+        thread_cache::try_allocate_cached(key, class)
+    }
+
+    /// The key of the pool's heaps, or of no heap before the pool is ready.
+    #[inline(always)]
+    fn inline_key(&self) -> thread_cache::InlineKey {
+        thread_cache::InlineKey::from_bits(self.inline_key.load(Ordering::Relaxed))
     }
 
     /// [`allocate`](Self::allocate) past its inline path: marked inside the
@@ -367,20 +417,74 @@ impl GlobalPool {
     /// ```
     #[inline]
     pub unsafe fn free(&self, block: NonNull<u8>) -> bool {
-        if let Some(pool) = self.ready_pool() {
-            // As in `allocate`: the inline path allocates nothing. (Its rare
-            // tail, a slab that empties going back to the shared pool, takes
-            // the pool's lock unmarked; a nested call there is refused as
-            // re-entry and served by the fallback.)
-            // SAFETY: as the caller guarantees.
-            if !InsidePool::is_set()
-                && unsafe { thread_cache::try_free_cached(pool.inline_key, block.as_ptr()) }.finish()
-            {
-                return true;
-            }
-        }
         // SAFETY: as the caller guarantees.
-        unsafe { self.free_classified(block) }
+        unsafe { self.free_inline(block) || self.free_classified(block) }
+    }
+
+    /// [`free`](Self::free) for a caller that frees the pointers the pool
+    /// did not hand out elsewhere (its fallback allocator): they go to
+    /// `free_elsewhere`. The common case stays inline and keeps nothing
+    /// for later: the rest, the pool's map and the fallback, is one call
+    /// out of line.
+    ///
+    /// # Safety
+    ///
+    /// As [`free`](Self::free); `free_elsewhere` may free any pointer it is
+    /// given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::{GlobalAlloc, Layout, System};
+    ///
+    /// let global = lle_mempool::GlobalPool::new();
+    /// let layout = Layout::new::<u64>();
+    /// let theirs = std::ptr::NonNull::new(unsafe { System.alloc(layout) }).unwrap();
+    /// let ours = global.allocate(layout).unwrap();
+    /// let mut elsewhere = Vec::new();
+    /// unsafe {
+    ///     global.free_or_else(ours, |block| elsewhere.push(block));
+    ///     global.free_or_else(theirs, |block| elsewhere.push(block));
+    /// }
+    /// assert_eq!(elsewhere, [theirs]);
+    /// unsafe { System.dealloc(theirs.as_ptr(), layout) };
+    /// ```
+    #[inline]
+    pub unsafe fn free_or_else(&self, block: NonNull<u8>, free_elsewhere: impl FnOnce(NonNull<u8>)) {
+        // SAFETY: as the caller guarantees.
+        if !unsafe { self.free_inline(block) } {
+            // SAFETY: as the caller guarantees.
+            unsafe { self.free_classified_or_else(block, free_elsewhere) }
+        }
+    }
+
+    /// [`free_or_else`](Self::free_or_else) past its inline path.
+    ///
+    /// # Safety
+    /// As [`free_or_else`](Self::free_or_else).
+    #[inline(never)]
+    unsafe fn free_classified_or_else(&self, block: NonNull<u8>, free_elsewhere: impl FnOnce(NonNull<u8>)) {
+        // SAFETY: as the caller guarantees.
+        if !unsafe { self.free_classified(block) } {
+            free_elsewhere(block);
+        }
+    }
+
+    /// The inline path of the frees: `true` if `block` was a block of a
+    /// slab this thread owns, and is free now.
+    ///
+    /// # Safety
+    /// As [`free`](Self::free).
+    #[inline(always)]
+    unsafe fn free_inline(&self, block: NonNull<u8>) -> bool {
+        // As in `allocate_inline`: the inline path allocates nothing. (Its
+        // rare tail, a slab that empties going back to the shared pool,
+        // takes the pool's lock unmarked; a nested call there is refused as
+        // re-entry and served by the fallback.)
+        // The key first, as there.
+        let key = self.inline_key();
+        // SAFETY: as the caller guarantees.
+        !InsidePool::is_set() && unsafe { thread_cache::try_free_cached(key, block.as_ptr()) }.finish()
     }
 
     /// [`free`](Self::free) past its inline path.
@@ -719,6 +823,39 @@ unsafe impl GlobalAlloc for GlobalPool {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    /// Every size up to the caches' largest, aligned to 16, on a thread's
+    /// first allocation of each class (the full path) and on later ones
+    /// (the inline path), through `allocate` and `allocate_aligned_16`:
+    /// each block is aligned, holds its bytes, and keeps them.
+    #[test]
+    fn blocks_aligned_to_16_are_on_every_path_and_hold_their_bytes() {
+        let global = GlobalPool::new();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut blocks = Vec::new();
+                for size in 1..=MAX_FAST_SIZE {
+                    for block in [
+                        global.allocate(Layout::from_size_align(size, 16).unwrap()).unwrap(),
+                        global.allocate_aligned_16(size).unwrap(),
+                    ] {
+                        assert_eq!(block.as_ptr() as usize % 16, 0, "{size} bytes");
+                        assert!(global.usable_size(block.as_ptr()).unwrap() >= size);
+                        // SAFETY: a live block of at least `size` bytes.
+                        unsafe { block.as_ptr().write_bytes(size as u8, size) };
+                        blocks.push((block, size));
+                    }
+                }
+                for (block, size) in blocks {
+                    // SAFETY: as above, written above.
+                    let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), size) };
+                    assert!(bytes.iter().all(|&byte| byte == size as u8), "{size} bytes");
+                    // SAFETY: live, given up.
+                    assert!(unsafe { global.free(block) });
+                }
+            });
+        });
+    }
 
     /// A child forked while another thread is creating a `GlobalPool`
     /// (here: this test's thread holds the claim across the fork) finds it

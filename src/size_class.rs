@@ -51,26 +51,42 @@ pub(crate) const fn class_alignment(class: usize) -> usize {
 /// The class whose blocks serve `layout`: one whose size holds the layout
 /// and whose blocks are aligned as it asks. `None` for layouts only the
 /// shared pool serves: zero-sized, larger than [`MAX_FAST_SIZE`], or
-/// aligned beyond what the class guarantees.
+/// aligned beyond 16. Every class is aligned to 8 (its size is a multiple
+/// of 8), so up to 8 the size decides alone; an alignment of 16 takes the
+/// smallest class of a multiple of 16 that holds the size.
 #[inline]
 pub(crate) fn class_for_layout(layout: Layout) -> Option<usize> {
     let size = layout.size();
     if size == 0 || size > MAX_FAST_SIZE {
         return None;
     }
-    let class = class_of(size);
-    (layout.align() <= ALIGNMENT_BY_CLASS[class] as usize).then_some(class)
+    match layout.align() {
+        ..=8 => Some(class_of(size)),
+        16 => Some(class_of_aligned_16(size)),
+        _ => None,
+    }
 }
 
-/// `class_alignment` by table: on the allocation path a load is cheaper
-/// than working out the size's lowest set bit.
-static ALIGNMENT_BY_CLASS: [u8; CLASS_COUNT] = {
-    let mut table = [0u8; CLASS_COUNT];
-    let mut class = 0;
-    while class < CLASS_COUNT {
-        assert!(class_alignment(class) <= u8::MAX as usize);
-        table[class] = class_alignment(class) as u8;
-        class += 1;
+/// The class of a request of `size` bytes, `1..=MAX_FAST_SIZE`, whose block
+/// must be aligned to 16 (as C's `malloc` promises): the smallest class of
+/// a multiple of 16 that holds it, by one table lookup.
+#[inline]
+pub(crate) fn class_of_aligned_16(size: usize) -> usize {
+    debug_assert!(size > 0 && size <= MAX_FAST_SIZE);
+    CLASS_BY_SIXTEENTHS[(size - 1) / 16] as usize
+}
+
+/// `class_of_aligned_16` by table, indexed as `CLASS_BY_EIGHTHS` but by
+/// sixteenths: a request rounded up to a multiple of 16 gets a class of a
+/// multiple of 16 (see the module docs), the smallest such that holds it.
+static CLASS_BY_SIXTEENTHS: [u8; MAX_FAST_SIZE / 16] = {
+    let mut table = [0u8; MAX_FAST_SIZE / 16];
+    let mut index = 0;
+    while index < MAX_FAST_SIZE / 16 {
+        let class = compute_class((index + 1) * 16);
+        assert!(class_alignment(class) == 16);
+        table[index] = class as u8;
+        index += 1;
     }
     table
 };
@@ -135,12 +151,20 @@ mod tests {
         // 48 bytes: a 48-byte class, aligned to 16, not 32.
         assert_eq!(class_for_layout(layout(48, 16)), Some(class_of(48)));
         assert_eq!(class_for_layout(layout(48, 32)), None);
+        // 65 bytes aligned to 16: not the 72-byte class, aligned to 8.
+        assert_eq!(class_size(class_for_layout(layout(65, 16)).unwrap()), 80);
         for size in 1..=MAX_FAST_SIZE {
-            for align in [1, 2, 4, 8, 16, 32] {
-                if let Some(class) = class_for_layout(layout(size, align)) {
-                    assert!(class_size(class) >= size && class_alignment(class) >= align, "size {size} align {align}");
-                }
+            for align in [1, 2, 4, 8, 16] {
+                let class = class_for_layout(layout(size, align)).expect("up to 16, every size has a class");
+                assert!(class_size(class) >= size && class_alignment(class) >= align, "size {size} align {align}");
+                // The smallest that serves.
+                let mut smaller = (0..class).filter(|&smaller| class_alignment(smaller) >= align);
+                assert!(smaller.all(|smaller| class_size(smaller) < size), "size {size} align {align}");
+                // The class of the size padded to the alignment, which the
+                // paths that work from a size use.
+                assert_eq!(class, class_of(layout(size, align).pad_to_align().size()), "size {size} align {align}");
             }
+            assert_eq!(class_for_layout(layout(size, 32)), None);
         }
     }
 }

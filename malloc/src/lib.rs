@@ -109,7 +109,23 @@ fn page_size() -> usize {
 /// Callable from C at any time.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    allocate_sized(size, MIN_ALIGN)
+    // `MIN_ALIGN` is 16: the pool's path for that alignment, with no
+    // layout built.
+    match POOL.allocate_aligned_16(size.max(1)) {
+        Some(block) => block.as_ptr().cast(),
+        None => allocate_elsewhere(size),
+    }
+}
+
+/// `malloc`'s fallback for a size the pool refused: glibc's block, or
+/// null with `errno` ENOMEM for a size no block can have.
+#[cold]
+#[inline(never)]
+fn allocate_elsewhere(size: usize) -> *mut c_void {
+    match block_layout(size, MIN_ALIGN) {
+        Some(layout) => allocate_from_glibc(layout),
+        None => fail(libc::ENOMEM),
+    }
 }
 
 /// Frees a block of any of these functions, or a block of glibc's; null
@@ -121,17 +137,13 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 pub unsafe extern "C" fn free(block: *mut c_void) {
     let Some(nonnull) = NonNull::new(block) else { return };
     // SAFETY: a live block the caller gives up, taken by the pool if it is
-    // the pool's.
-    if !unsafe { POOL.free(nonnull.cast()) } {
-        free_foreign(block);
-    }
+    // the pool's, else glibc's.
+    unsafe { POOL.free_or_else(nonnull.cast(), free_foreign) }
 }
 
-#[cold]
-#[inline(never)]
-fn free_foreign(block: *mut c_void) {
+fn free_foreign(block: NonNull<u8>) {
     // SAFETY: a live block the pool did not hand out: glibc's.
-    unsafe { glibc::free(block) }
+    unsafe { glibc::free(block.as_ptr().cast()) }
 }
 
 /// `free`, by its old name.

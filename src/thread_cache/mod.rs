@@ -71,6 +71,21 @@ const NO_INLINE_KEY: u64 = u64::MAX;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct InlineKey(u64);
 
+impl InlineKey {
+    /// The key of no heap: the inline paths never pass with it.
+    pub(crate) const NONE: InlineKey = InlineKey(NO_INLINE_KEY);
+
+    /// The key as a word, to keep in an atomic.
+    pub(crate) const fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// The key that [`to_bits`](Self::to_bits) made `bits`.
+    pub(crate) const fn from_bits(bits: u64) -> InlineKey {
+        InlineKey(bits)
+    }
+}
+
 /// The pool's side of its thread caches.
 pub(crate) struct PoolCaches {
     /// The key the inline fast paths look for at the front of a thread's
