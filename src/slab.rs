@@ -405,8 +405,8 @@ impl Slab {
             _remote: CacheLineStart,
             thread_free: AtomicU64::new(RemoteList::EMPTY.0),
         };
-        // SAFETY: the caller hands us SLAB_SIZE suitably aligned bytes, and
-        // the header is far smaller than that.
+        // SAFETY: the caller hands us SLAB_SIZE bytes aligned to SLAB_SIZE,
+        // and the header's place, aligned to 64, lies before the blocks.
         unsafe { ptr::write(slab, header) };
         let bitmap = base + bitmap_offset(slab as usize - base);
         // SAFETY: the bitmap's place lies between the slab's start and its
