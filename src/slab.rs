@@ -233,8 +233,8 @@ pub(crate) struct Slab {
 }
 
 /// With `checked`: one bit per block, set while the block is handed out.
-/// Kept beside the header (see [`bitmap_offset`]), not in it: only checked
-/// pools read it, and the header's size is what its colors cost.
+/// Kept in a checked slab's last bytes, not in the header: only checked
+/// pools have it, and the header's size is what its colors cost every slab.
 type AllocatedBits = [AtomicU64; BITMAP_WORDS];
 
 // The three groups of fields stay on three lines (the models' atomics are
@@ -292,53 +292,31 @@ fn owner_words(owner: Option<SlabOwner>) -> (*mut (), usize) {
 
 /// How many places a slab's header may sit in, by the slab's address.
 /// Slabs are aligned to their size, so headers at their start would all
-/// fall in the same few sets of every cache (a 48 KiB, 12-way L1 holds the
-/// first line of only 12 of them, a 2 MiB, 16-way L2 of 32): a program
-/// whose live blocks span a few hundred slabs would miss on a header at
-/// most allocations and frees. Each color moves the header by its size, so
-/// neighbouring slabs' headers fall in different sets. Under the models
-/// one place: their slabs are one page, and their layout measures nothing.
+/// fall in the same few sets of every cache (a 48 KiB, 12-way L1 holds a
+/// given header line of only 12 of them, a 2 MiB, 16-way L2 of 32): a
+/// program whose live blocks span a few hundred slabs would miss on a
+/// header at most allocations and frees. Each color moves the header by its
+/// size, so neighbouring slabs' headers fall in different sets. Four colors
+/// take the room the header and the checked pools' bitmap took together
+/// before the bitmap moved to the slab's end. Under the models one place:
+/// their slabs are one page, and their layout measures nothing.
 #[cfg(not(lle_mempool_model))]
-const HEADER_COLORS: usize = 8;
+const HEADER_COLORS: usize = 4;
 #[cfg(lle_mempool_model)]
 const HEADER_COLORS: usize = 1;
 const HEADER_SIZE: usize = std::mem::size_of::<Slab>();
 const BITMAP_SIZE: usize = std::mem::size_of::<AllocatedBits>();
 
-/// Where the first block starts: after the header at its farthest place,
-/// and after the bitmap.
-pub(crate) const DATA_OFFSET: usize = {
-    let colored = HEADER_COLORS * HEADER_SIZE;
-    let end = if colored > HEADER_SIZE + BITMAP_SIZE { colored } else { HEADER_SIZE + BITMAP_SIZE };
-    end.next_multiple_of(64)
-};
-// At most a quarter of the slab, so even the largest class gets three
-// blocks. Under shuttle each atomic carries a vector clock (about 100 bytes),
-// which puts the header and bitmap at a quarter of the models' 4 KiB slab.
-const _: () = assert!(DATA_OFFSET <= SLAB_SIZE / 4);
-
-/// Where a slab's bitmap sits, from the slab's start, for a header
-/// `header_offset` bytes in: right after the header when it fits there
-/// before the blocks, else right before the header.
-const fn bitmap_offset(header_offset: usize) -> usize {
-    if header_offset + HEADER_SIZE + BITMAP_SIZE <= DATA_OFFSET {
-        header_offset + HEADER_SIZE
-    } else {
-        header_offset - BITMAP_SIZE
-    }
-}
-
-// Every color's bitmap fits on one side of its header, aligned: headers
-// sit at multiples of 64, and a size is a multiple of its alignment.
-const _: () = {
-    assert!(std::mem::align_of::<AllocatedBits>() <= 64 && HEADER_SIZE % 64 == 0);
-    let mut color = 0;
-    while color < HEADER_COLORS {
-        let header_offset = color * HEADER_SIZE;
-        assert!(header_offset + HEADER_SIZE + BITMAP_SIZE <= DATA_OFFSET || header_offset >= BITMAP_SIZE);
-        color += 1;
-    }
-};
+/// Where the first block starts: after the header at its farthest place.
+pub(crate) const DATA_OFFSET: usize = HEADER_COLORS * HEADER_SIZE;
+// Headers sit at multiples of 64 (`Slab` is aligned to 64, so its size is a
+// multiple of 64), and so do blocks; and at most a quarter of the slab, so
+// even the largest class gets three blocks. Under shuttle each atomic
+// carries a vector clock (about 100 bytes), which makes the header large.
+const _: () = assert!(HEADER_SIZE % 64 == 0 && DATA_OFFSET <= SLAB_SIZE / 4);
+// A checked slab's bitmap, at its end, is aligned: the slab's size is a
+// multiple of the bitmap's alignment, and the bitmap's size of it.
+const _: () = assert!(SLAB_SIZE % std::mem::align_of::<AllocatedBits>() == 0);
 
 /// The number of blocks on the chain from `first` to `last` (see [`link`]).
 ///
@@ -379,7 +357,9 @@ impl Slab {
         // callers, aligned, which may take a few bytes of padding.
         let per_block = block_size + records.bytes_per_block();
         let padding = if records == BlockRecords::SizesAndCallers { std::mem::align_of::<CallerSlot>() } else { 0 };
-        let capacity = (SLAB_SIZE - DATA_OFFSET - padding) / per_block;
+        // A checked slab's bitmap takes its last bytes.
+        let bitmap = if records == BlockRecords::None { 0 } else { BITMAP_SIZE };
+        let capacity = (SLAB_SIZE - DATA_OFFSET - padding - bitmap) / per_block;
         let base = memory.as_ptr() as usize;
         // SAFETY: the header's place lies in the first quarter of the
         // caller's memory.
@@ -409,10 +389,11 @@ impl Slab {
         // SAFETY: the caller hands us SLAB_SIZE bytes aligned to SLAB_SIZE,
         // and the header's place, aligned to 64, lies before the blocks.
         unsafe { ptr::write(slab, header) };
-        let bitmap = base + bitmap_offset(slab as usize - base);
-        // SAFETY: the bitmap's place lies between the slab's start and its
-        // first block, apart from the header, in the caller's memory.
-        unsafe { ptr::write(bitmap as *mut AllocatedBits, std::array::from_fn(|_| AtomicU64::new(0))) };
+        if bitmap > 0 {
+            // SAFETY: the slab's last bytes, which `capacity` left free of
+            // blocks and records, aligned (see `BITMAP_SIZE`).
+            unsafe { ptr::write(Slab::bitmap_address(base), std::array::from_fn(|_| AtomicU64::new(0))) };
+        }
         // The memory may have held another slab, whose links are not this
         // one's.
         forget_block_links(base, base + SLAB_SIZE);
@@ -545,14 +526,18 @@ impl Slab {
         self.checked
     }
 
-    /// The slab's bitmap of handed-out blocks.
+    /// Where the bitmap of a checked slab at `base` sits: its last bytes.
+    fn bitmap_address(base: usize) -> *mut AllocatedBits {
+        (base + SLAB_SIZE - BITMAP_SIZE) as *mut AllocatedBits
+    }
+
+    /// A checked slab's bitmap of handed-out blocks.
     #[inline]
     fn allocated_bits(&self) -> &AllocatedBits {
-        let base = self.base();
-        let bitmap = base + bitmap_offset(self as *const Slab as usize - base);
-        // SAFETY: `create` wrote the bitmap there with the header, and it
-        // lives as long as the header.
-        unsafe { &*(bitmap as *const AllocatedBits) }
+        debug_assert!(self.checked, "only checked slabs keep a bitmap");
+        // SAFETY: `create` wrote the bitmap there with the header of a
+        // checked slab, and it lives as long as the header.
+        unsafe { &*Slab::bitmap_address(self.base()) }
     }
 
     /// With `checked`: records that block `index` was handed out.
@@ -1208,40 +1193,44 @@ mod tests {
     use crate::size_class::CLASS_COUNT;
 
     #[test]
-    fn neighbouring_slabs_take_every_color_and_header_bitmap_and_blocks_stay_apart() {
+    fn neighbouring_slabs_take_every_color_and_header_blocks_records_and_bitmap_stay_apart() {
         let memory = SlabMemory::many(2 * HEADER_COLORS);
+        let here = Location::caller();
         let mut offsets = Vec::new();
         for index in 0..2 * HEADER_COLORS {
             let base = memory.base(index).as_ptr() as usize;
-            // The smallest class has the most blocks, so the longest bitmap.
+            // The smallest class has the most blocks, so the most records.
             // SAFETY: fresh, aligned, exclusively ours.
             let slab = unsafe { Slab::create(memory.base(index), 0, None, BlockRecords::SizesAndCallers) };
             let header = slab.as_ptr() as usize;
             offsets.push(header - base);
+            assert!(header - base + HEADER_SIZE <= DATA_OFFSET, "the header ends before the blocks");
             for addr in [base, header, base + DATA_OFFSET, base + SLAB_SIZE - 1] {
                 assert_eq!(Slab::header_address(addr), header, "every address of the chunk finds its header");
             }
             assert_eq!(slab.base(), base);
-            let bitmap = bitmap_offset(header - base);
-            let header_range = header - base..header - base + HEADER_SIZE;
-            assert!(header_range.end <= DATA_OFFSET && bitmap + BITMAP_SIZE <= DATA_OFFSET);
-            assert!(bitmap + BITMAP_SIZE <= header_range.start || bitmap >= header_range.end);
-            // Every block written, every other one marked handed out: the
-            // header, the bitmap and the blocks keep their values.
+            assert_eq!(slab.capacity(), (SLAB_SIZE - DATA_OFFSET - 8 - BITMAP_SIZE) / 26);
+            // Every block written and every record set, every other block
+            // marked handed out: the header, the blocks, the records and the
+            // bitmap keep their values.
             for block in slab.indices() {
                 // SAFETY: a block of the slab, which the test owns.
                 unsafe { (slab.block_address(block) as *mut u8).write_bytes(0xa5, slab.block_size()) };
+                slab.record_asked(block, 1 + block % 16);
+                slab.record_caller(block, here);
             }
             for block in slab.indices().step_by(2) {
                 slab.mark_allocated(block);
-                slab.record_asked(block, 1 + block % 16);
             }
-            assert_eq!((slab.class(), slab.block_size(), slab.capacity()), (0, 16, (SLAB_SIZE - DATA_OFFSET - 8) / 26));
+            assert_eq!((slab.class(), slab.block_size()), (0, 16));
             assert!(slab.indices().all(|block| slab.is_allocated(block) == (block % 2 == 0)));
-            // SAFETY: the slab's blocks, which the test owns.
-            let blocks = unsafe { std::slice::from_raw_parts(base as *const u8, SLAB_SIZE) };
+            assert!(slab
+                .indices()
+                .all(|block| slab.asked(block) == 1 + block % 16 && slab.caller(block) == Some(here)));
+            // SAFETY: the slab's memory, which the test owns.
+            let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, SLAB_SIZE) };
             let (start, len) = slab.block_area();
-            assert!(blocks[start - base..start - base + len].iter().all(|&byte| byte == 0xa5));
+            assert!(bytes[start - base..start - base + len].iter().all(|&byte| byte == 0xa5));
         }
         let mut colors = offsets.clone();
         colors.sort_unstable();
@@ -1427,21 +1416,25 @@ mod purge_tests {
     /// taken last and purges once more, with some pages still parked.
     fn purge_and_refill(class: usize, keep: impl Fn(usize, usize) -> bool) {
         let memory = SlabMemory::new();
-        // Unchecked, as only those slabs are purged; the hand-out bitmap
-        // still records every block, and its debug assertion catches a
-        // block handed out twice.
+        // Unchecked, as only those slabs are purged, so with no hand-out
+        // bitmap: the test keeps its own, which catches a block handed out
+        // twice.
         // SAFETY: fresh, aligned, exclusively ours.
         let slab = unsafe { Slab::create(memory.base(0), class, None, BlockRecords::None) };
         let (size, capacity) = (slab.block_size as usize, slab.capacity());
+        let mut handed_out = vec![false; capacity];
+        let hand_out = |handed_out: &mut [bool], index: usize| {
+            assert!(!std::mem::replace(&mut handed_out[index], true), "class {class}: block {index} handed out twice");
+        };
         let blocks: Vec<NonNull<u8>> = std::iter::from_fn(|| slab.pop()).collect();
         assert_eq!(blocks.len(), capacity);
         for (index, &block) in blocks.iter().enumerate() {
-            slab.mark_allocated(index);
+            hand_out(&mut handed_out, index);
             fill(block, size, pattern(index));
         }
         let live: BTreeSet<usize> = (0..capacity).filter(|&index| keep(index, capacity)).collect();
         for (index, &block) in blocks.iter().enumerate().filter(|(index, _)| !live.contains(index)) {
-            assert!(slab.mark_freed(index));
+            handed_out[index] = false;
             // SAFETY: handed out above, given up here.
             unsafe {
                 if index % 3 == 0 {
@@ -1476,7 +1469,7 @@ mod purge_tests {
         while let Some(block) = slab.pop() {
             let index = slab.block_index(block.as_ptr() as usize).expect("a block start");
             assert!(!live.contains(&index), "class {class}: live block {index} handed out");
-            slab.mark_allocated(index);
+            hand_out(&mut handed_out, index);
             fill(block, size, pattern(index));
             again.push(block);
         }
@@ -1492,14 +1485,14 @@ mod purge_tests {
         // take them all back.
         let returned = again.len() / 2;
         for &block in &again[again.len() - returned..] {
-            assert!(slab.mark_freed(slab.index_of(block)));
+            handed_out[slab.index_of(block)] = false;
             // SAFETY: handed out above, given up here.
             unsafe { slab.push_local(block) };
         }
         slab.purge_free_pages();
         let mut last: BTreeSet<usize> = BTreeSet::new();
         while let Some(block) = slab.pop() {
-            slab.mark_allocated(slab.index_of(block));
+            hand_out(&mut handed_out, slab.index_of(block));
             assert!(last.insert(block.as_ptr() as usize), "class {class}: handed out twice");
         }
         let expected: BTreeSet<usize> =
