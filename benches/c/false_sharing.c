@@ -22,15 +22,8 @@
  * The result is the wall time; throughput is objects (one malloc and one
  * free each) per second.
  *
- * The test runs `runs` times, with fresh threads (and, for cache-scratch,
- * freshly handed objects) each time, and the fastest run counts, as for the
- * pair: a run lasts under two seconds, and on a shared machine a neighbour
- * often slows one by a tenth or more, far more than the allocator can
- * change it when it avoids false sharing.
- *
- * Usage: cache-thrash|cache-scratch [threads] [iterations] [object_size] [repetitions] [runs]
- * Defaults are mimalloc-bench's `<threads> 1000 1 2000000`, with 2 threads,
- * and 3 runs.
+ * Usage: cache-thrash|cache-scratch [threads] [iterations] [object_size] [repetitions]
+ * Defaults are mimalloc-bench's `<threads> 1000 1 2000000`, with 2 threads.
  */
 #include "harness.h"
 
@@ -73,10 +66,18 @@ static void *write_objects(void *argument) {
     return NULL;
 }
 
-/* One run of the test; returns its wall time. */
-static double run_once(writer *writers, int threads, size_t object_size) {
+int main(int argc, char **argv) {
+    int threads = (int)harness_argument(WORKLOAD, argc, argv, 1, 2);
+    size_t iterations = (size_t)harness_argument(WORKLOAD, argc, argv, 2, 1000);
+    size_t object_size = (size_t)harness_argument(WORKLOAD, argc, argv, 3, 1);
+    size_t repetitions = (size_t)harness_argument(WORKLOAD, argc, argv, 4, 2000000);
+
+    writer *writers = harness_malloc(WORKLOAD, sizeof *writers * (size_t)threads);
     for (int t = 0; t < threads; t++) {
         writers[t].handed_object = NULL;
+        writers[t].iterations = iterations;
+        writers[t].object_size = object_size;
+        writers[t].repetitions = repetitions;
         if (FALSE_SHARING_PASSIVE) {
             writers[t].handed_object = harness_malloc(WORKLOAD, object_size);
             harness_fill(writers[t].handed_object, object_size);
@@ -89,30 +90,8 @@ static double run_once(writer *writers, int threads, size_t object_size) {
     for (int t = 0; t < threads; t++) {
         pthread_join(writers[t].thread, NULL);
     }
-    return harness_now() - started;
-}
-
-int main(int argc, char **argv) {
-    int threads = (int)harness_argument(WORKLOAD, argc, argv, 1, 2);
-    size_t iterations = (size_t)harness_argument(WORKLOAD, argc, argv, 2, 1000);
-    size_t object_size = (size_t)harness_argument(WORKLOAD, argc, argv, 3, 1);
-    size_t repetitions = (size_t)harness_argument(WORKLOAD, argc, argv, 4, 2000000);
-    long runs = harness_argument(WORKLOAD, argc, argv, 5, 3);
-
-    writer *writers = harness_malloc(WORKLOAD, sizeof *writers * (size_t)threads);
-    for (int t = 0; t < threads; t++) {
-        writers[t].iterations = iterations;
-        writers[t].object_size = object_size;
-        writers[t].repetitions = repetitions;
-    }
-    double fastest = run_once(writers, threads, object_size);
-    for (long run = 1; run < runs; run++) {
-        double elapsed = run_once(writers, threads, object_size);
-        if (elapsed < fastest) {
-            fastest = elapsed;
-        }
-    }
+    double elapsed = harness_now() - started;
     free(writers);
-    harness_report(WORKLOAD, threads, (double)threads * (double)iterations, fastest);
+    harness_report(WORKLOAD, threads, (double)threads * (double)iterations, elapsed);
     return 0;
 }

@@ -20,7 +20,12 @@
 #  4. Runs N rounds (default 3). Each round runs every workload with 2
 #     threads under every allocator, one after another (glibc: no preload;
 #     the others through LD_PRELOAD), starting with a different allocator in
-#     each round so that none always runs first. Then the pairs: 20 million
+#     each round so that none always runs first. cache-scratch and
+#     cache-thrash, which last under two seconds a run, run three times
+#     under every allocator in each round, interleaved, and each
+#     allocator's fastest counts: a neighbour's burst on this shared machine
+#     slows one such run by a tenth or more, and interleaving spreads it
+#     over every allocator's runs. Then the pairs: 20 million
 #     64-byte allocate/free pairs with one byte written into each block
 #     (five times in each program, the fastest counting),
 #     through lle_pool_allocate_fast / lle_pool_free_fast linked statically
@@ -170,6 +175,9 @@ else
     command[bench-malloc-thread]="bench-malloc-thread 2 5"
 fi
 
+# Runs per round of each workload under each allocator (see above).
+declare -A passes=([cache-scratch]=3 [cache-thrash]=3)
+
 # 4. The rounds.
 echo "round,workload,allocator,threads,operations,seconds,ops_per_s,ns_per_pair" >"$csv"
 failures=()
@@ -209,8 +217,10 @@ for ((round = 1; round <= rounds; round++)); do
     order=("${allocators[@]:shift_by}" "${allocators[@]:0:shift_by}")
     for workload in "${workloads[@]}"; do
         read -r -a words <<<"${command[$workload]}"
-        for allocator in "${order[@]}"; do
-            measure "$round" "$workload" "$allocator" "${preload[$allocator]}" "$build/${words[0]}" "${words[@]:1}"
+        for ((pass = 1; pass <= ${passes[$workload]:-1}; pass++)); do
+            for allocator in "${order[@]}"; do
+                measure "$round" "$workload" "$allocator" "${preload[$allocator]}" "$build/${words[0]}" "${words[@]:1}"
+            done
         done
     done
     measure "$round" pair rust "" "${rust_pair[@]}"
