@@ -302,9 +302,9 @@ impl EmptiedSlab {
 
 /// Frees `block` if it is a block of a slab in this thread's most recently
 /// used heap, found in that heap's owned-slab filter, and nothing special
-/// applies. Null is no slab's (the filter's empty marker is not 0), so a
-/// caller that accepts null, as C's free functions do, tests for it only
-/// on the full path.
+/// applies. Null is no slab's (no address of chunk 0 finds the filter's
+/// empty marker), so a caller that accepts null, as C's free functions do,
+/// tests for it only on the full path.
 ///
 /// # Safety
 /// If `block` starts a block of a slab of `pool`, it is a live block the
