@@ -170,8 +170,12 @@ pub(crate) trait CounterValue: Copy + PartialOrd {
     fn load(atomic: &Self::Atomic) -> Self;
     /// A `Relaxed` store.
     fn store(atomic: &Self::Atomic, value: Self);
+    /// A `Release` store.
+    fn store_release(atomic: &Self::Atomic, value: Self);
     /// A `Relaxed` fetch-add.
     fn fetch_add(atomic: &Self::Atomic, amount: Self);
+    /// A `Release` fetch-add.
+    fn fetch_add_release(atomic: &Self::Atomic, amount: Self);
     /// A `Relaxed` fetch-sub.
     fn fetch_sub(atomic: &Self::Atomic, amount: Self);
     /// `self + amount`, wrapping.
@@ -200,8 +204,18 @@ macro_rules! counter_value {
             }
 
             #[inline(always)]
+            fn store_release(atomic: &$atomic, value: Self) {
+                atomic.store(value, Ordering::Release);
+            }
+
+            #[inline(always)]
             fn fetch_add(atomic: &$atomic, amount: Self) {
                 atomic.fetch_add(amount, Ordering::Relaxed);
+            }
+
+            #[inline(always)]
+            fn fetch_add_release(atomic: &$atomic, amount: Self) {
+                atomic.fetch_add(amount, Ordering::Release);
             }
 
             #[inline(always)]
@@ -226,7 +240,10 @@ counter_value!(u64, AtomicU64);
 counter_value!(usize, AtomicUsize);
 
 /// A statistic that any thread may read at any time (`Relaxed`: a counter
-/// orders nothing).
+/// orders nothing, except where a reader must find one count no lower than
+/// another: the `_release` methods publish everything the writer did
+/// before, which a reader's `Acquire` fence after reading this count then
+/// sees; see `CacheRegistry::totals`).
 ///
 /// Most counters have one writer at a time: the thread whose cache they
 /// belong to, or the holder of the lock that guards them. Those change with
@@ -261,6 +278,20 @@ impl<T: CounterValue> Counter<T> {
         self.set(self.get().plus(amount));
     }
 
+    /// Sets the value, publishing what the writer did before; one writer at
+    /// a time.
+    #[inline(always)]
+    pub(crate) fn set_release(&self, value: T) {
+        T::store_release(&self.0, value);
+    }
+
+    /// Adds `amount`, publishing what the writer did before; one writer at
+    /// a time.
+    #[inline(always)]
+    pub(crate) fn add_release(&self, amount: T) {
+        self.set_release(self.get().plus(amount));
+    }
+
     /// Subtracts `amount`, which the counter holds; one writer at a time.
     #[inline(always)]
     pub(crate) fn subtract(&self, amount: T) {
@@ -283,6 +314,13 @@ impl<T: CounterValue> Counter<T> {
         T::fetch_add(&self.0, amount);
     }
 
+    /// Adds `amount`, from any thread, publishing what the thread did
+    /// before.
+    #[inline]
+    pub(crate) fn add_concurrent_release(&self, amount: T) {
+        T::fetch_add_release(&self.0, amount);
+    }
+
     /// Subtracts `amount`, from any thread.
     #[inline]
     pub(crate) fn subtract_concurrent(&self, amount: T) {
@@ -297,7 +335,9 @@ impl<T: CounterValue + Default> Default for Counter<T> {
 }
 
 /// Counts operations of one kind, and times one in `PERIOD` of them: the
-/// first, and every `PERIOD`th after it. One writer at a time.
+/// first, and every `PERIOD`th after it. One writer at a time. The count is
+/// published with `Release` (a plain store on x86): a free's count then
+/// carries its block's allocation, which `stats` relies on.
 pub(crate) struct SampledTimer<const PERIOD: u64> {
     operations: Counter<u64>,
     total_nanos: Counter<u64>,
@@ -338,7 +378,7 @@ impl<const PERIOD: u64> SampledTimer<PERIOD> {
     /// numbered `number`.
     #[inline(always)]
     pub(crate) fn count_untimed(&self, number: u64) {
-        self.operations.set(number + 1);
+        self.operations.set_release(number + 1);
     }
 
     /// Counts `timing`'s operation and, if it is timed, records how long
@@ -354,7 +394,7 @@ impl<const PERIOD: u64> SampledTimer<PERIOD> {
     /// operation is started. [`stop`](Self::stop) stops it.
     #[inline(always)]
     pub(crate) fn count_one(&self) {
-        self.operations.add(1);
+        self.operations.add_release(1);
     }
 
     /// Records how long `timing`'s operation took, if it is timed; after

@@ -58,8 +58,9 @@ const _: () = assert!(CLASS_COUNT <= u64::BITS as usize);
 pub(super) struct HeapCounters {
     pub(super) allocations: SampledTimer<FAST_TIMING_PERIOD>,
     pub(super) frees: SampledTimer<FAST_TIMING_PERIOD>,
-    /// Of the frees, those into slabs of other threads.
-    remote_frees: Counter<u64>,
+    /// Of the frees, those into slabs of other threads; counted after the
+    /// free, with `Release`, so that a reader that sees it sees the free.
+    pub(super) remote_frees: Counter<u64>,
 }
 
 impl HeapCounters {
@@ -334,8 +335,8 @@ impl ThreadHeap {
         let timing = self.counters.frees.start();
         // SAFETY: as the caller guarantees.
         unsafe { self.remote_batch.add(slab, block) };
-        self.counters.remote_frees.add(1);
         self.counters.frees.finish(timing);
+        self.counters.remote_frees.add_release(1);
     }
 
     /// Hands the remote batch to its slab, if there is one.

@@ -123,8 +123,11 @@ impl PoolCaches {
     /// The counts of every heap, live or retired; `frees` includes the
     /// frees made without a heap.
     pub(crate) fn totals(&self) -> FastCounts {
+        // Read before the heaps' allocations, as the heaps' frees are (see
+        // `CacheRegistry::totals`).
+        let orphan_frees = self.orphan_frees.get();
         let mut totals = self.registry.totals();
-        totals.frees += self.orphan_frees.get();
+        totals.frees += orphan_frees;
         totals
     }
 
@@ -403,7 +406,8 @@ pub(crate) unsafe fn free_to_slab(pool: &PoolInner, slab: &Slab, block: NonNull<
 pub(crate) unsafe fn free_without_heap(pool: &PoolInner, slab: &Slab, block: NonNull<u8>) {
     // SAFETY: as the caller guarantees.
     unsafe { slab.push_remote(block) };
-    pool.caches.orphan_frees.add_concurrent(1);
+    // Release: see `SampledTimer`, which counts the other frees.
+    pool.caches.orphan_frees.add_concurrent_release(1);
 }
 
 /// Runs `use_heap` with this thread's heap for `pool`, creating it on first

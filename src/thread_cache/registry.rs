@@ -13,10 +13,10 @@
 use super::heap::ThreadHeap;
 #[cfg(not(lle_mempool_model))]
 use crate::sync::MutexGuard;
-use crate::sync::{lock, Mutex};
+use crate::sync::{fence, lock, Mutex, Ordering};
 
 /// Counters of the thread caches, as `stats` reports them.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 pub(crate) struct FastCounts {
     pub(crate) allocations: u64,
     pub(crate) frees: u64,
@@ -101,15 +101,29 @@ impl CacheRegistry {
         lock(&self.state)
     }
 
-    /// The counts of every heap, live or retired.
+    /// The counts of every heap, live or retired, such that a snapshot
+    /// taken while threads allocate and free still has `remote_frees <=
+    /// frees <= allocations`. Each count is read before the counts it
+    /// must not exceed: every heap's remote frees, then every heap's
+    /// frees, then every heap's allocations, with an `Acquire` fence
+    /// between the passes. A heap publishes each count with `Release`
+    /// after the counts it must not exceed (a free after its block's
+    /// allocation, however the block travelled between threads; a remote
+    /// free's count after the free's), so a count seen brings what it
+    /// depends on with it.
     pub(super) fn totals(&self) -> FastCounts {
         let state = lock(&self.state);
-        let mut totals = FastCounts::default();
-        totals.add(&state.retired);
-        for &heap in &state.heaps {
-            // SAFETY: listed heaps are alive (see the type's docs); their
-            // counters are atomics.
-            totals.add(&unsafe { &*heap }.counters.read());
+        // SAFETY: listed heaps are alive (see the type's docs); their
+        // counters are atomics.
+        let heaps = || state.heaps.iter().map(|&heap| unsafe { &(*heap).counters });
+        let mut totals = state.retired;
+        totals.remote_frees += heaps().map(|counters| counters.remote_frees.get()).sum::<u64>();
+        fence(Ordering::Acquire);
+        totals.frees += heaps().map(|counters| counters.frees.operations()).sum::<u64>();
+        fence(Ordering::Acquire);
+        for counters in heaps() {
+            // Allocations and times; the frees are in already.
+            totals.add(&FastCounts { frees: 0, remote_frees: 0, ..counters.read() });
         }
         totals
     }
